@@ -1,0 +1,75 @@
+"""The build stage: blocks.json + ONNX files in, one engine per block + tokenizer + manifest.json out.
+
+Reads only the export directory (checking every ONNX file's sha256 as it goes), builds each block with the
+chosen backend for the chosen target, copies the tokenizer, and writes manifest.json last, so a failed build
+never leaves a manifest that describes missing or stale engines.
+Usage: `build_engines(BuildOptions(onnx_dir=Path("artifacts/onnx/m"), out_dir=Path("engines/m")))`.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from cetrt.backends import get_backend
+from cetrt.blocks import TOKENIZER_DIR, read_blocks
+from cetrt.errors import UserError
+from cetrt.files import FileRecord
+from cetrt.manifest import MANIFEST_FILE, EngineBlock, Manifest, write_manifest
+from cetrt.spec import Target
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    onnx_dir: Path
+    out_dir: Path
+    backend: str = "onnxruntime"
+    target: str = "cpu"
+    backend_options: dict = field(default_factory=dict)
+
+
+def check_target(target: Target, backend: str) -> None:
+    if backend not in target.backends:
+        raise UserError(f"backend {backend!r} does not build for target {target.name!r}; it takes {list(target.backends)}")
+
+
+def build_engines(options: BuildOptions) -> Manifest:
+    exported = read_blocks(options.onnx_dir)
+    target = Target.from_name(options.target)
+    check_target(target, options.backend)
+    backend = get_backend(options.backend)
+    out = Path(options.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST_FILE).unlink(missing_ok=True)
+    fix = "re-run the export (`make engines` or `ce-export`)"
+    blocks = []
+    for block in tqdm(exported.blocks, desc=f"build ({backend.name}, {target.name})", unit="block"):
+        for record in block.files:
+            record.check_digest(Path(options.onnx_dir), None, fix)
+        engine_path = out / f"block_{block.spec.index:03d}{backend.engine_suffix}"
+        result = backend.build(Path(options.onnx_dir) / block.onnx_file.path, engine_path, target, options.backend_options)
+        files = tuple(FileRecord.of(out, f) for f in result.files)
+        blocks.append(EngineBlock(spec=block.spec, files=files, build_seconds=result.seconds, details=result.details))
+    tokenizer_out = out / TOKENIZER_DIR
+    shutil.rmtree(tokenizer_out, ignore_errors=True)
+    for record in exported.tokenizer_files:
+        dest = out / record.path
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(options.onnx_dir) / record.path, dest)
+    manifest = Manifest(
+        model_id=exported.model_id,
+        model_hash=exported.model_hash,
+        model=exported.model,
+        dtype=exported.dtype,
+        backend=backend.name,
+        backend_version=backend.version(),
+        target=target,
+        tokenizer_files=exported.tokenizer_files,
+        blocks=tuple(blocks),
+        build_options={"opset": exported.opset, **options.backend_options},
+    )
+    write_manifest(out, manifest)
+    return manifest

@@ -1,0 +1,23 @@
+"""Backend registry: names to classes, imported lazily so `ce-run --help` works without heavy packages.
+
+Usage: `backend = get_backend("onnxruntime")`.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from cetrt.backends.base import Backend
+from cetrt.errors import UserError
+
+_BACKENDS = {
+    "onnxruntime": ("cetrt.backends.onnxruntime", "OnnxRuntimeBackend"),
+}
+BACKEND_NAMES = tuple(_BACKENDS)
+
+
+def get_backend(name: str) -> Backend:
+    if name not in _BACKENDS:
+        raise UserError(f"unknown backend {name!r}; choose one of {list(BACKEND_NAMES)}")
+    module, cls = _BACKENDS[name]
+    return getattr(importlib.import_module(module), cls)()

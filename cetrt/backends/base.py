@@ -1,0 +1,63 @@
+"""The backend seam: build an engine from an ONNX file, load an engine, run it on named inputs.
+
+A backend is small and stateless; a `Session` is one loaded engine. Tensors between blocks stay whatever the
+session returns (a NumPy array on CPU, a device buffer on GPU); the runner only asks a session to bring the
+head's outputs to the host with `to_host`. Loading takes a `EngineSource`, so the caller (the streamer)
+decides when the bytes are read.
+Usage: `backend.build(onnx_path, engine_path, target)`; `session = backend.load(source, target)`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from cetrt.spec import Target
+
+
+@dataclass(frozen=True)
+class EngineSource:
+    """Where an engine's bytes come from: its path, and optionally a callable that reads (and verifies) them."""
+
+    path: Path
+    read: Callable[[], bytes] | None = None
+
+    def read_bytes(self) -> bytes:
+        return self.read() if self.read is not None else self.path.read_bytes()
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    files: tuple[Path, ...]  # the engine first, then any side files it needs at load time
+    seconds: float
+    details: dict  # backend-specific facts worth recording in the manifest (layer counts, profiles)
+
+
+class Session(ABC):
+    @abstractmethod
+    def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        """Run the engine on named inputs; returns named outputs."""
+
+    def to_host(self, value: Any) -> np.ndarray:
+        return np.asarray(value)
+
+    def close(self) -> None:
+        """Free the engine's memory now rather than at garbage collection."""
+
+
+class Backend(ABC):
+    name: str
+    engine_suffix: str
+
+    @abstractmethod
+    def version(self) -> str: ...
+
+    @abstractmethod
+    def build(self, onnx_path: Path, engine_path: Path, target: Target, options: dict) -> BuildResult: ...
+
+    @abstractmethod
+    def load(self, source: EngineSource, target: Target, options: dict) -> Session: ...

@@ -1,0 +1,93 @@
+"""blocks.json: the one writer and reader of the export stage's output.
+
+An export directory holds `block_NNN.onnx` (plus `block_NNN.onnx.data` when weights go to external data),
+`tokenizer/`, and `blocks.json`, which names the model, its shape, the precision, and per block its interface
+and files with sizes and sha256. The build stage reads only this.
+Usage: `write_blocks(out_dir, exported)`; `exported = read_blocks(out_dir)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from cetrt.errors import UserError
+from cetrt.files import FileRecord, read_json, write_json_atomic
+from cetrt.spec import BlockSpec, ModelSpec
+
+BLOCKS_FILE = "blocks.json"
+BLOCKS_VERSION = 1
+TOKENIZER_DIR = "tokenizer"  # beside the blocks, and copied as is beside the engines
+_FIX = "re-run the export (`make engines` or `ce-export`)"
+
+
+@dataclass(frozen=True)
+class ExportedBlock:
+    spec: BlockSpec
+    files: tuple[FileRecord, ...]  # the .onnx first, then its external data if any
+
+    @property
+    def onnx_file(self) -> FileRecord:
+        return self.files[0]
+
+
+@dataclass(frozen=True)
+class ExportedModel:
+    model_id: str
+    model_hash: str
+    model: ModelSpec
+    dtype: str
+    opset: int
+    tokenizer_files: tuple[FileRecord, ...]
+    blocks: tuple[ExportedBlock, ...]
+
+    def to_json(self) -> dict:
+        return {
+            "format": "cetrt-blocks",
+            "version": BLOCKS_VERSION,
+            "model_id": self.model_id,
+            "model_hash": self.model_hash,
+            "model": self.model.to_json(),
+            "dtype": self.dtype,
+            "opset": self.opset,
+            "tokenizer_files": [f.to_json() for f in self.tokenizer_files],
+            "blocks": [{**b.spec.to_json(), "files": [f.to_json() for f in b.files]} for b in self.blocks],
+        }
+
+
+def write_blocks(out_dir: Path, exported: ExportedModel) -> Path:
+    path = Path(out_dir) / BLOCKS_FILE
+    write_json_atomic(path, exported.to_json())
+    return path
+
+
+def read_blocks(export_dir: Path) -> ExportedModel:
+    """Load and validate blocks.json: format, version, and that every file it names is present at its size."""
+    export_dir = Path(export_dir)
+    if not export_dir.is_dir():
+        raise UserError(f"{export_dir}: no such export directory; {_FIX}")
+    path = export_dir / BLOCKS_FILE
+    data = read_json(path, "blocks.json", _FIX)
+    if data.get("format") != "cetrt-blocks" or data.get("version") != BLOCKS_VERSION:
+        raise UserError(
+            f"{path}: format {data.get('format')!r} version {data.get('version')!r}, but this cetrt reads "
+            f"cetrt-blocks version {BLOCKS_VERSION}; {_FIX}"
+        )
+    try:
+        exported = ExportedModel(
+            model_id=data["model_id"],
+            model_hash=data["model_hash"],
+            model=ModelSpec.from_json(data["model"]),
+            dtype=data["dtype"],
+            opset=int(data["opset"]),
+            tokenizer_files=tuple(FileRecord.from_json(f) for f in data["tokenizer_files"]),
+            blocks=tuple(
+                ExportedBlock(spec=BlockSpec.from_json(b), files=tuple(FileRecord.from_json(f) for f in b["files"]))
+                for b in data["blocks"]
+            ),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{path}: malformed ({type(e).__name__}: {e}); {_FIX}") from None
+    for record in exported.tokenizer_files + tuple(f for b in exported.blocks for f in b.files):
+        record.check_size(export_dir, _FIX)
+    return exported

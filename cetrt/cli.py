@@ -1,0 +1,89 @@
+"""Command lines: `ce-export`, `ce-build`, `ce-run`. Thin: options -> dataclass -> one stage call.
+
+Stage modules (torch, onnxruntime, transformers) are imported inside each command, so `--help` is instant and
+works without them. A `UserError` becomes one line on stderr and exit code 1; a bug keeps its traceback.
+Usage: `ce-run --engines engines/smollm2-135m --dataset ../shared/data/hellaswag/hellaswag_val.jsonl --limit 200`.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+
+from cetrt.errors import UserError
+from cetrt.spec import DTYPES, TARGETS
+
+BACKEND_CHOICES = ("onnxruntime",)
+
+
+def user_errors(command):
+    """Turn a UserError into `error: <message>` and exit 1, with no traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except UserError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--model", default="smollm2-135m", show_default=True,
+              help="Hugging Face model directory, a .gguf file, or the preset 'smollm2-135m'.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Directory for the ONNX blocks.")
+@click.option("--layers-per-block", default=1, show_default=True, type=int, help="Decoder layers in each layers block.")
+@click.option("--dtype", type=click.Choice(DTYPES), default="float16", show_default=True, help="Engine precision.")
+@user_errors
+def export_command(model, out_dir, layers_per_block, dtype):
+    """Export a LLaMA or OPT model to per-block ONNX files and blocks.json."""
+    from cetrt.export.pipeline import ExportOptions, export_model
+
+    exported = export_model(ExportOptions(model=model, out_dir=out_dir, layers_per_block=layers_per_block, dtype=dtype))
+    click.echo(f"exported {len(exported.blocks)} blocks of {exported.model_id} ({dtype}) to {out_dir}")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--onnx", "onnx_dir", type=click.Path(path_type=Path), required=True, help="Export directory (blocks.json).")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Directory for engines and manifest.json.")
+@click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="onnxruntime", show_default=True)
+@click.option("--target", type=click.Choice(sorted(TARGETS)), default="cpu", show_default=True)
+@user_errors
+def build_command(onnx_dir, out_dir, backend, target):
+    """Build one engine per exported block, and manifest.json."""
+    from cetrt.build.engines import BuildOptions, build_engines
+
+    manifest = build_engines(BuildOptions(onnx_dir=onnx_dir, out_dir=out_dir, backend=backend, target=target))
+    click.echo(f"built {len(manifest.blocks)} {backend} engines for {target} in {out_dir} "
+               f"({manifest.engine_bytes / 2**20:.1f} MiB)")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--engines", type=click.Path(path_type=Path), required=True, help="Engines directory (manifest.json).")
+@click.option("--dataset", default="Rowan/hellaswag", show_default=True,
+              help="HellaSwag jsonl path (official or reduced form), a local dataset directory, or a hub id.")
+@click.option("--limit", type=int, default=None, help="Score only the first N items.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write results.json here.")
+@click.option("--tokens-per-batch", type=int, default=4096, show_default=True, help="Padded tokens per batch.")
+@click.option("--chunk-tokens", type=int, default=1 << 16, show_default=True,
+              help="Padded tokens run through one block before the next block (layer-major chunk).")
+@click.option("--threads", type=int, default=None, help="Intra-op threads for CPU backends (default: all cores).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@user_errors
+def run_command(engines, dataset, limit, json_path, tokens_per_batch, chunk_tokens, threads, quiet):
+    """Score HellaSwag with prebuilt engines and print acc and acc_norm."""
+    from cetrt.runner.evaluate import RunOptions, evaluate
+    from cetrt.runner.report import summary_table, write_results
+
+    options = RunOptions(engines=engines, dataset=dataset, limit=limit, tokens_per_batch=tokens_per_batch,
+                         chunk_tokens=chunk_tokens, threads=threads, progress=not quiet)
+    results = evaluate(options)
+    click.echo(summary_table(results))
+    if json_path:
+        write_results(json_path, results)
+        click.echo(f"  results    {json_path}")

@@ -1,0 +1,133 @@
+"""manifest.json: the one writer and reader of the build stage's output, and the engines' integrity check.
+
+An engines directory holds one engine per block, `tokenizer/`, and `manifest.json`: the model (id, hash,
+shape), precision, backend and its version, target, build options, and per block its interface, files
+(bytes, sha256), build time and backend details. Opening the directory checks format and sizes; each engine's
+sha256 is checked on the bytes as they are read for loading (`engine_source`).
+Usage: `write_manifest(out_dir, manifest)`; `manifest = read_manifest(engines_dir)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cetrt.backends.base import EngineSource
+from cetrt.errors import UserError
+from cetrt.files import FileRecord, read_json, write_json_atomic
+from cetrt.spec import BlockSpec, ModelSpec, Target
+
+MANIFEST_FILE = "manifest.json"
+MANIFEST_VERSION = 1
+_FIX = "rebuild the engines with `make engines` (or `ce-build`)"
+
+
+@dataclass(frozen=True)
+class EngineBlock:
+    spec: BlockSpec
+    files: tuple[FileRecord, ...]  # the engine first, then side files (external weights)
+    build_seconds: float
+    details: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {
+            **self.spec.to_json(),
+            "files": [f.to_json() for f in self.files],
+            "build_seconds": round(self.build_seconds, 3),
+            "details": self.details,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> "EngineBlock":
+        return cls(
+            spec=BlockSpec.from_json(data),
+            files=tuple(FileRecord.from_json(f) for f in data["files"]),
+            build_seconds=float(data["build_seconds"]),
+            details=dict(data.get("details", {})),
+        )
+
+
+@dataclass(frozen=True)
+class Manifest:
+    model_id: str
+    model_hash: str
+    model: ModelSpec
+    dtype: str
+    backend: str
+    backend_version: str
+    target: Target
+    tokenizer_files: tuple[FileRecord, ...]
+    blocks: tuple[EngineBlock, ...]
+    build_options: dict = field(default_factory=dict)
+
+    @property
+    def engine_bytes(self) -> int:
+        return sum(f.bytes for b in self.blocks for f in b.files)
+
+    def to_json(self) -> dict:
+        return {
+            "format": "cetrt-manifest",
+            "version": MANIFEST_VERSION,
+            "model_id": self.model_id,
+            "model_hash": self.model_hash,
+            "model": self.model.to_json(),
+            "dtype": self.dtype,
+            "backend": {"name": self.backend, "version": self.backend_version},
+            "target": self.target.to_json(),
+            "build_options": self.build_options,
+            "tokenizer_files": [f.to_json() for f in self.tokenizer_files],
+            "blocks": [b.to_json() for b in self.blocks],
+        }
+
+
+def write_manifest(out_dir: Path, manifest: Manifest) -> Path:
+    path = Path(out_dir) / MANIFEST_FILE
+    write_json_atomic(path, manifest.to_json())
+    return path
+
+
+def read_manifest(engines_dir: Path) -> Manifest:
+    """Open an engines directory: format, version, target record, and every file present at its size."""
+    engines_dir = Path(engines_dir)
+    if not engines_dir.is_dir():
+        raise UserError(f"{engines_dir}: no such engines directory; build it first with `make engines`")
+    path = engines_dir / MANIFEST_FILE
+    data = read_json(path, "manifest.json", _FIX)
+    if data.get("format") != "cetrt-manifest" or data.get("version") != MANIFEST_VERSION:
+        raise UserError(
+            f"{path}: format {data.get('format')!r} version {data.get('version')!r}, but this cetrt reads "
+            f"cetrt-manifest version {MANIFEST_VERSION}; {_FIX}"
+        )
+    try:
+        target = Target(**{**data["target"], "backends": tuple(data["target"]["backends"])})
+        manifest = Manifest(
+            model_id=data["model_id"],
+            model_hash=data["model_hash"],
+            model=ModelSpec.from_json(data["model"]),
+            dtype=data["dtype"],
+            backend=data["backend"]["name"],
+            backend_version=data["backend"]["version"],
+            target=target,
+            tokenizer_files=tuple(FileRecord.from_json(f) for f in data["tokenizer_files"]),
+            blocks=tuple(EngineBlock.from_json(b) for b in data["blocks"]),
+            build_options=dict(data.get("build_options", {})),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{path}: malformed ({type(e).__name__}: {e}); {_FIX}") from None
+    for record in manifest.tokenizer_files + tuple(f for b in manifest.blocks for f in b.files):
+        record.check_size(engines_dir, _FIX)
+    return manifest
+
+
+def engine_source(engines_dir: Path, block: EngineBlock) -> EngineSource:
+    """An EngineSource whose read returns the engine's bytes after checking every file's sha256."""
+    engines_dir = Path(engines_dir)
+
+    def read() -> bytes:
+        main = (engines_dir / block.files[0].path).read_bytes()
+        block.files[0].check_digest(engines_dir, main, _FIX)
+        for side in block.files[1:]:
+            side.check_digest(engines_dir, None, _FIX)
+        return main
+
+    return EngineSource(path=engines_dir / block.files[0].path, read=read)

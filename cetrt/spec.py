@@ -1,0 +1,225 @@
+"""Records shared by every stage: the model's shape, a block's interface, and a target device.
+
+Frozen dataclasses built with keywords; they round-trip through JSON (`to_json` / `from_json`) so the files
+between stages (blocks.json, manifest.json) carry them without importing a stage's internals.
+Usage: `ModelSpec.from_hf_config(config)`, `Target.from_name("orin-agx-32gb")`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from cetrt.errors import UserError
+
+# Tensor names at the block boundaries: the one place they are spelled.
+INPUT_IDS = "input_ids"
+POSITION_IDS = "position_ids"
+ATTENTION_MASK = "attention_mask"
+HIDDEN = "hidden"
+HIDDEN_OUT = "hidden_out"
+SCORE_INDEX = "score_index"
+TARGET_IDS = "target_ids"
+LOGPROBS = "logprobs"
+GREEDY = "greedy"
+
+ARCHITECTURES = ("llama", "opt")
+DTYPES = ("float16", "float32")
+BLOCK_KINDS = ("embed", "layers", "head")
+
+GiB = 1 << 30
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The shape of a decoder-only LM, enough to size memory and FLOP without loading weights."""
+
+    architecture: str
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    vocab_size: int
+    max_positions: int
+    embed_dim: int  # OPT's word_embed_proj_dim; equals hidden_size elsewhere
+
+    @classmethod
+    def from_hf_config(cls, config: Any) -> "ModelSpec":
+        model_type = getattr(config, "model_type", None)
+        if model_type == "llama":
+            heads = config.num_attention_heads
+            return cls(
+                architecture="llama",
+                hidden_size=config.hidden_size,
+                num_layers=config.num_hidden_layers,
+                num_heads=heads,
+                num_kv_heads=getattr(config, "num_key_value_heads", None) or heads,
+                head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
+                intermediate_size=config.intermediate_size,
+                vocab_size=config.vocab_size,
+                max_positions=config.max_position_embeddings,
+                embed_dim=config.hidden_size,
+            )
+        if model_type == "opt":
+            heads = config.num_attention_heads
+            return cls(
+                architecture="opt",
+                hidden_size=config.hidden_size,
+                num_layers=config.num_hidden_layers,
+                num_heads=heads,
+                num_kv_heads=heads,
+                head_dim=config.hidden_size // heads,
+                intermediate_size=config.ffn_dim,
+                vocab_size=config.vocab_size,
+                max_positions=config.max_position_embeddings,
+                embed_dim=config.word_embed_proj_dim,
+            )
+        raise UserError(
+            f"unsupported model type {model_type!r}: cetrt exports LlamaForCausalLM and OPTForCausalLM "
+            f"(model_type one of {list(ARCHITECTURES)})"
+        )
+
+    def layer_params(self) -> int:
+        """Parameters of one decoder layer (weights and biases), for memory arithmetic."""
+        h, kv = self.hidden_size, self.num_kv_heads * self.head_dim
+        q = self.num_heads * self.head_dim
+        if self.architecture == "llama":
+            return h * (q + 2 * kv) + q * h + 3 * h * self.intermediate_size + 2 * h
+        return (h + 1) * 3 * h + (h + 1) * h + 2 * (h + 1) * self.intermediate_size - self.intermediate_size + h + 4 * h
+
+    def layer_bytes(self, dtype: str) -> int:
+        return self.layer_params() * dtype_bytes(dtype)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "ModelSpec":
+        return cls(**data)
+
+
+def dtype_bytes(dtype: str) -> int:
+    return {"float16": 2, "float32": 4}[dtype]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One named input or output of a block; string dims are dynamic (B, L, S)."""
+
+    name: str
+    dtype: str
+    shape: tuple
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "TensorSpec":
+        return cls(name=data["name"], dtype=data["dtype"], shape=tuple(data["shape"]))
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """One exported block: `embed`, a run of decoder layers [first, last), or `head`."""
+
+    index: int
+    kind: str
+    first_layer: int
+    last_layer: int
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @property
+    def name(self) -> str:
+        if self.kind == "layers":
+            return f"layers[{self.first_layer}:{self.last_layer}]"
+        return self.kind
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.inputs)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.outputs)
+
+    def to_json(self) -> dict:
+        return {
+            "index": self.index,
+            "kind": self.kind,
+            "first_layer": self.first_layer,
+            "last_layer": self.last_layer,
+            "inputs": [t.to_json() for t in self.inputs],
+            "outputs": [t.to_json() for t in self.outputs],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> "BlockSpec":
+        return cls(
+            index=data["index"],
+            kind=data["kind"],
+            first_layer=data["first_layer"],
+            last_layer=data["last_layer"],
+            inputs=tuple(TensorSpec.from_json(t) for t in data["inputs"]),
+            outputs=tuple(TensorSpec.from_json(t) for t in data["outputs"]),
+        )
+
+
+@dataclass(frozen=True)
+class Target:
+    """A device engines are built for, and its limits. Figures marked datasheet are not measured here."""
+
+    name: str
+    device: str  # "cpu" or "cuda"
+    compute_capability: str | None
+    memory_bytes: int  # what the runner may use for engines and activations
+    workspace_bytes: int
+    backends: tuple[str, ...]
+    default_dtype: str
+    note: str = ""
+
+    @classmethod
+    def from_name(cls, name: str) -> "Target":
+        if name not in TARGETS:
+            raise UserError(f"unknown target {name!r}; choose one of {sorted(TARGETS)}")
+        return TARGETS[name]
+
+    def to_json(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["backends"] = list(self.backends)
+        return data
+
+
+TARGETS: dict[str, Target] = {
+    t.name: t
+    for t in (
+        Target(
+            name="cpu", device="cpu", compute_capability=None, memory_bytes=16 * GiB, workspace_bytes=0,
+            backends=("onnxruntime",), default_dtype="float32",
+            note="ONNX Runtime CPU; FP32 by default because ORT's x86 CPU kernels for FP16 MatMul cast to FP32",
+        ),
+        Target(
+            name="orin-agx-32gb", device="cuda", compute_capability="8.7", memory_bytes=28 * GiB,
+            workspace_bytes=2 * GiB, backends=("tensorrt", "onnxruntime"), default_dtype="float16",
+            note="Jetson AGX Orin 32GB: 32 GB shared by CPU and GPU, about 28 GB usable (datasheet, not measured)",
+        ),
+        Target(
+            name="orin-agx-64gb", device="cuda", compute_capability="8.7", memory_bytes=60 * GiB,
+            workspace_bytes=4 * GiB, backends=("tensorrt", "onnxruntime"), default_dtype="float16",
+            note="Jetson AGX Orin 64GB (datasheet, not measured)",
+        ),
+        Target(
+            name="rtx", device="cuda", compute_capability="8.6", memory_bytes=20 * GiB,
+            workspace_bytes=4 * GiB, backends=("tensorrt-rtx", "tensorrt", "onnxruntime"), default_dtype="float16",
+            note="a desktop RTX GPU (Ampere or newer) with 24 GB",
+        ),
+        Target(
+            name="h100", device="cuda", compute_capability="9.0", memory_bytes=72 * GiB,
+            workspace_bytes=8 * GiB, backends=("tensorrt", "onnxruntime"), default_dtype="float16",
+            note="NVIDIA H100 80GB",
+        ),
+    )
+}

@@ -1,0 +1,80 @@
+"""Pieces every architecture's blocks share: FP32 norms, grouped attention with an additive mask, the head.
+
+Precision rule of the export: matrix products run in the block's dtype; normalisation statistics and softmax
+run in FP32 and are cast back, so an FP16 engine keeps those islands whatever the backend chooses.
+Usage: `attention(q, k, v, mask, num_kv_heads)`; `ScoringHead(final_norm, projection, lm_head)`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def fuse_linears(*layers: nn.Linear) -> nn.Linear:
+    """One Linear whose output is the concatenation of several (Q|K|V, gate|up): one MatMul instead of many."""
+    weight = torch.cat([layer.weight.detach() for layer in layers], dim=0)
+    has_bias = layers[0].bias is not None
+    fused = nn.Linear(weight.shape[1], weight.shape[0], bias=has_bias, dtype=weight.dtype)
+    fused.weight = nn.Parameter(weight, requires_grad=False)
+    if has_bias:
+        fused.bias = nn.Parameter(torch.cat([layer.bias.detach() for layer in layers]), requires_grad=False)
+    return fused
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """LLaMA's RMSNorm with its statistics in FP32, in Hugging Face's order (cast back, then scale)."""
+    x32 = x.float()
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x32.to(x.dtype)
+
+
+def layer_norm(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+    """LayerNorm computed in FP32 (weights upcast), result in the input's dtype."""
+    weight = norm.weight.float() if norm.weight is not None else None
+    bias = norm.bias.float() if norm.bias is not None else None
+    return nn.functional.layer_norm(x.float(), norm.normalized_shape, weight, bias, norm.eps).to(x.dtype)
+
+
+def split_heads(x: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor:
+    """[B, L, heads*dim] -> [B, heads, L, dim]."""
+    b, l, _ = x.shape
+    return x.view(b, l, num_heads, head_dim).transpose(1, 2)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
+    """Scaled dot-product attention with grouped K/V heads, softmax in FP32.
+
+    q [B, Hq, L, D], k and v [B, Hkv, L, D], mask [B, 1, L, L] additive FP32. Query heads are grouped over
+    the K/V heads by broadcasting (no copies of K and V); returns [B, L, Hq*D].
+    """
+    b, hq, l, d = q.shape
+    hkv = k.shape[1]
+    q = (q * scale).view(b, hkv, hq // hkv, l, d)
+    scores = torch.matmul(q, k.unsqueeze(2).transpose(-1, -2))  # [B, Hkv, G, L, L]
+    probs = torch.softmax(scores.float() + mask.unsqueeze(1), dim=-1).to(v.dtype)
+    out = torch.matmul(probs, v.unsqueeze(2))  # [B, Hkv, G, L, D]
+    return out.reshape(b, hq, l, d).transpose(1, 2).reshape(b, l, hq * d)
+
+
+class ScoringHead(nn.Module):
+    """Final norm, LM head and log-softmax at the scored positions only; never returns [tokens, vocab] logits.
+
+    Inputs: hidden [B, L, H], score_index [B, S] (positions whose next token is scored), target_ids [B, S].
+    Outputs: logprobs [B, S] FP32, greedy [B, S] bool (the target is the argmax).
+    """
+
+    def __init__(self, final_norm: nn.Module, lm_head: nn.Linear):
+        super().__init__()
+        self.final_norm = final_norm
+        self.lm_head = lm_head
+
+    def forward(self, hidden: torch.Tensor, score_index: torch.Tensor, target_ids: torch.Tensor):
+        index = score_index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
+        picked = torch.gather(hidden, 1, index)
+        logits = self.lm_head(self.final_norm(picked)).float()
+        logprobs = torch.log_softmax(logits, dim=-1)
+        target = target_ids.unsqueeze(-1)
+        token_logprobs = torch.gather(logprobs, -1, target).squeeze(-1)
+        greedy = torch.argmax(logits, dim=-1) == target_ids
+        return token_logprobs, greedy

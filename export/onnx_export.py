@@ -1,0 +1,71 @@
+"""Export one block module to an ONNX file with dynamic batch and length, standard ops only.
+
+Uses torch.onnx's exporter (torch.export based) at opset 17, which TensorRT 10.3 (JetPack 6) parses; the
+exporter's own graph optimizer folds constants and drops identity ops. Weights move to `<file>.data` when
+the block is larger than `external_data_bytes` (protobuf cannot hold more than 2 GB).
+Usage: `paths = export_block(module, examples, block_spec, path)`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+
+from cetrt.spec import BlockSpec
+
+OPSET = 17
+EXTERNAL_DATA_BYTES = 1 << 30
+
+
+def _dynamic_shapes(spec: BlockSpec) -> dict:
+    dims = {name: torch.export.Dim(name, min=1, max=1 << 16) for name in ("B", "L", "S")}
+    return {t.name: {axis: dims[d] for axis, d in enumerate(t.shape) if isinstance(d, str)} for t in spec.inputs}
+
+
+def parameter_bytes(module: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporter prints progress and version-conversion notes on stdout; keep our progress bar readable."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        previous = logging.root.manager.disable
+        logging.disable(logging.WARNING)
+        try:
+            yield
+        finally:
+            logging.disable(previous)
+
+
+def export_block(
+    module: torch.nn.Module,
+    examples: dict[str, torch.Tensor],
+    spec: BlockSpec,
+    path: Path,
+    external_data_bytes: int = EXTERNAL_DATA_BYTES,
+) -> list[Path]:
+    """Write `path` (and `path.data` if external); return the files written, the .onnx first."""
+    args = tuple(examples[name] for name in spec.input_names)
+    external = parameter_bytes(module) > external_data_bytes
+    with torch.no_grad(), _quiet():
+        program = torch.onnx.export(
+            module,
+            args,
+            None,
+            input_names=list(spec.input_names),
+            output_names=list(spec.output_names),
+            opset_version=OPSET,
+            dynamo=True,
+            dynamic_shapes=tuple(_dynamic_shapes(spec)[name] for name in spec.input_names),
+            verbose=False,
+        )
+        program.save(str(path), external_data=external)
+    data = path.with_name(path.name + ".data")
+    return [path, data] if external and data.exists() else [path]

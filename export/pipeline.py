@@ -1,0 +1,119 @@
+"""The export stage: a Hugging Face model in, per-block ONNX files + tokenizer + blocks.json out.
+
+Blocks: `embed`, `layers[i:j]` of `layers_per_block` decoder layers each, `head`. Their interfaces (names,
+dtypes, dynamic dims B, L, S) are fixed here, once, and written to blocks.json for the later stages.
+Usage: `export_model(ExportOptions(model="smollm2-135m", out_dir=Path("artifacts/onnx/smollm2-135m")))`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from cetrt.blocks import BLOCKS_FILE, TOKENIZER_DIR, ExportedBlock, ExportedModel, write_blocks
+from cetrt.errors import UserError
+from cetrt.export.llama import llama_blocks
+from cetrt.export.loading import DEFAULT_MODEL, LoadedModel, load_model
+from cetrt.export.onnx_export import EXTERNAL_DATA_BYTES, OPSET, export_block
+from cetrt.export.opt import opt_blocks
+from cetrt.files import FileRecord
+from cetrt.spec import (
+    ATTENTION_MASK, DTYPES, GREEDY, HIDDEN, HIDDEN_OUT, INPUT_IDS, LOGPROBS, POSITION_IDS, SCORE_INDEX,
+    TARGET_IDS, BlockSpec, TensorSpec,
+)
+
+_EXAMPLE_B, _EXAMPLE_L, _EXAMPLE_S = 2, 7, 5
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    model: str = DEFAULT_MODEL
+    out_dir: Path = Path("artifacts/onnx") / DEFAULT_MODEL
+    layers_per_block: int = 1
+    dtype: str = "float16"
+    external_data_bytes: int = EXTERNAL_DATA_BYTES
+
+
+def block_specs(architecture: str, num_layers: int, layers_per_block: int, hidden: int, dtype: str) -> list[BlockSpec]:
+    """The interface of every block; the one place block inputs and outputs are decided."""
+    ids = TensorSpec(INPUT_IDS, "int64", ("B", "L"))
+    positions = TensorSpec(POSITION_IDS, "int64", ("B", "L"))
+    mask = TensorSpec(ATTENTION_MASK, "float32", ("B", 1, "L", "L"))
+    hidden_in = TensorSpec(HIDDEN, dtype, ("B", "L", hidden))
+    hidden_out = TensorSpec(HIDDEN_OUT, dtype, ("B", "L", hidden))
+    embed_inputs = (ids, positions) if architecture == "opt" else (ids,)
+    layer_inputs = (hidden_in, positions, mask) if architecture == "llama" else (hidden_in, mask)
+    specs = [BlockSpec(index=0, kind="embed", first_layer=0, last_layer=0, inputs=embed_inputs, outputs=(hidden_out,))]
+    for first in range(0, num_layers, layers_per_block):
+        last = min(first + layers_per_block, num_layers)
+        specs.append(BlockSpec(
+            index=len(specs), kind="layers", first_layer=first, last_layer=last,
+            inputs=layer_inputs, outputs=(hidden_out,),
+        ))
+    specs.append(BlockSpec(
+        index=len(specs), kind="head", first_layer=num_layers, last_layer=num_layers,
+        inputs=(hidden_in, TensorSpec(SCORE_INDEX, "int64", ("B", "S")), TensorSpec(TARGET_IDS, "int64", ("B", "S"))),
+        outputs=(TensorSpec(LOGPROBS, "float32", ("B", "S")), TensorSpec(GREEDY, "bool", ("B", "S"))),
+    ))
+    return specs
+
+
+def block_modules(loaded: LoadedModel):
+    """(embed, layers(first, last), head) modules for the loaded model's architecture."""
+    factory = {"llama": llama_blocks, "opt": opt_blocks}[loaded.spec.architecture]
+    return factory(loaded.model)
+
+
+def example_inputs(hidden: int, dtype: torch.dtype, vocab: int) -> dict[str, torch.Tensor]:
+    b, l, s = _EXAMPLE_B, _EXAMPLE_L, _EXAMPLE_S
+    return {
+        INPUT_IDS: torch.randint(0, vocab, (b, l)),
+        POSITION_IDS: torch.arange(l).repeat(b, 1),
+        ATTENTION_MASK: torch.zeros(b, 1, l, l),
+        HIDDEN: torch.randn(b, l, hidden, dtype=dtype),
+        SCORE_INDEX: torch.randint(0, l, (b, s)),
+        TARGET_IDS: torch.randint(0, vocab, (b, s)),
+    }
+
+
+def export_loaded(loaded: LoadedModel, options: ExportOptions) -> ExportedModel:
+    if options.dtype not in DTYPES:
+        raise UserError(f"--dtype {options.dtype!r}: choose one of {list(DTYPES)}")
+    if options.layers_per_block < 1:
+        raise UserError(f"--layers-per-block {options.layers_per_block}: must be at least 1")
+    out = Path(options.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / BLOCKS_FILE).unlink(missing_ok=True)  # a stale blocks.json must never describe new files
+    torch_dtype = {"float16": torch.float16, "float32": torch.float32}[options.dtype]
+    loaded.model.to(torch_dtype)  # in place: load_model already gives this dtype, so normally a no-op
+    spec = loaded.spec
+    embed, layers, head = block_modules(loaded)
+    examples = example_inputs(spec.hidden_size, torch_dtype, spec.vocab_size)
+    specs = block_specs(spec.architecture, spec.num_layers, options.layers_per_block, spec.hidden_size, options.dtype)
+    blocks = []
+    for block in tqdm(specs, desc="export", unit="block"):
+        module = {"embed": embed, "head": head}.get(block.kind) or layers(block.first_layer, block.last_layer)
+        path = out / f"block_{block.index:03d}.onnx"
+        files = export_block(module.eval(), examples, block, path, options.external_data_bytes)
+        blocks.append(ExportedBlock(spec=block, files=tuple(FileRecord.of(out, f) for f in files)))
+    tokenizer_dir = out / TOKENIZER_DIR
+    loaded.tokenizer.save_pretrained(tokenizer_dir)
+    exported = ExportedModel(
+        model_id=loaded.source.model_id,
+        model_hash=loaded.model_hash,
+        model=spec,
+        dtype=options.dtype,
+        opset=OPSET,
+        tokenizer_files=tuple(FileRecord.of(out, p) for p in sorted(tokenizer_dir.rglob("*")) if p.is_file()),
+        blocks=tuple(blocks),
+    )
+    write_blocks(out, exported)
+    return exported
+
+
+def export_model(options: ExportOptions) -> ExportedModel:
+    """Load the model in the export precision and write every block."""
+    return export_loaded(load_model(options.model, dtype=options.dtype), options)

@@ -1,0 +1,138 @@
+"""Packing with a shared prefix: one row per item, `[ctx][e0][e1][e2][e3]`, batched by length.
+
+Each ending is fed without its last token (the harness's input is (context + continuation)[:-1]); its first
+token is scored from the context's last position, the rest from its own positions. Ending positions continue
+from the context length; ending tokens see all of the context and their own ending causally, never another
+ending. Rows are sorted by length and padded to a few lengths (multiples of `length_multiple`), batched up to
+`tokens_per_batch` padded tokens.
+Usage: `batches = make_batches([pack(e) for e in encoded], tokens_per_batch=4096)`; `batch.arrays()`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from cetrt.errors import UserError
+from cetrt.runner.requests import EncodedDoc
+from cetrt.spec import ATTENTION_MASK, INPUT_IDS, POSITION_IDS, SCORE_INDEX, TARGET_IDS
+
+PAD_SEGMENT = -1
+MASKED = np.float32(-1e9)  # finite, so a fully masked row (never built) could not turn softmax into NaN
+
+
+@dataclass(frozen=True)
+class PackedRow:
+    item: int  # index into the encoded documents
+    tokens: np.ndarray  # [n] int64
+    positions: np.ndarray  # [n] int64
+    segments: np.ndarray  # [n] int8: 0 context, k + 1 ending k
+    score_index: np.ndarray  # [s] positions whose next-token log-probability is scored
+    targets: np.ndarray  # [s] the token scored at each of them
+    slot_ending: np.ndarray  # [s] which ending each scored token belongs to
+
+    @property
+    def length(self) -> int:
+        return len(self.tokens)
+
+
+def pack(item: int, encoded: EncodedDoc) -> PackedRow:
+    ctx = list(encoded.context)
+    tokens, positions, segments = list(ctx), list(range(len(ctx))), [0] * len(ctx)
+    score_index, targets, slot_ending = [], [], []
+    for k, cont in enumerate(encoded.continuations):
+        start = len(tokens)
+        fed = list(cont[:-1])
+        tokens += fed
+        positions += range(len(ctx), len(ctx) + len(fed))
+        segments += [k + 1] * len(fed)
+        score_index += [len(ctx) - 1] + list(range(start, start + len(fed)))
+        targets += list(cont)
+        slot_ending += [k] * len(cont)
+    return PackedRow(
+        item=item,
+        tokens=np.asarray(tokens, dtype=np.int64),
+        positions=np.asarray(positions, dtype=np.int64),
+        segments=np.asarray(segments, dtype=np.int8),
+        score_index=np.asarray(score_index, dtype=np.int64),
+        targets=np.asarray(targets, dtype=np.int64),
+        slot_ending=np.asarray(slot_ending, dtype=np.int64),
+    )
+
+
+def attention_mask(segments: np.ndarray) -> np.ndarray:
+    """Additive mask [B, 1, L, L] from segment ids [B, L]; padding attends to itself only."""
+    b, l = segments.shape
+    query, key = segments[:, :, None], segments[:, None, :]
+    causal = np.tril(np.ones((l, l), dtype=bool))[None]
+    allowed = causal & ((key == 0) | (key == query)) & (key != PAD_SEGMENT)
+    allowed |= np.eye(l, dtype=bool)[None] & (query == PAD_SEGMENT)
+    mask = np.where(allowed, np.float32(0), MASKED)
+    return mask[:, None, :, :]
+
+
+@dataclass(frozen=True)
+class Batch:
+    rows: tuple[PackedRow, ...]
+    length: int  # padded L
+    slots: int  # padded S
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.rows), self.length
+
+    @property
+    def tokens(self) -> int:
+        """Real (unpadded) tokens, for throughput figures."""
+        return sum(r.length for r in self.rows)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The block inputs that come from the batch itself (everything but hidden states)."""
+        b = len(self.rows)
+        ids = np.zeros((b, self.length), dtype=np.int64)
+        positions = np.zeros((b, self.length), dtype=np.int64)
+        segments = np.full((b, self.length), PAD_SEGMENT, dtype=np.int8)
+        score_index = np.zeros((b, self.slots), dtype=np.int64)
+        targets = np.zeros((b, self.slots), dtype=np.int64)
+        for i, row in enumerate(self.rows):
+            ids[i, : row.length] = row.tokens
+            positions[i, : row.length] = row.positions
+            segments[i, : row.length] = row.segments
+            score_index[i, : len(row.score_index)] = row.score_index
+            targets[i, : len(row.targets)] = row.targets
+        return {
+            INPUT_IDS: ids,
+            POSITION_IDS: positions,
+            ATTENTION_MASK: attention_mask(segments),
+            SCORE_INDEX: score_index,
+            TARGET_IDS: targets,
+        }
+
+
+def padded_length(length: int, multiple: int) -> int:
+    return -(-length // multiple) * multiple
+
+
+def make_batches(rows: list[PackedRow], tokens_per_batch: int = 4096, length_multiple: int = 32,
+                 max_positions: int | None = None) -> list[Batch]:
+    """Sort rows by length and cut them into batches of at most `tokens_per_batch` padded tokens."""
+    if tokens_per_batch < 1 or length_multiple < 1:
+        raise UserError(f"tokens per batch ({tokens_per_batch}) and length multiple ({length_multiple}) must be positive")
+    if max_positions is not None:
+        too_long = [r for r in rows if r.positions.max(initial=0) >= max_positions]
+        if too_long:
+            raise UserError(
+                f"{len(too_long)} item(s) need position {int(too_long[0].positions.max())}, but the model has "
+                f"{max_positions} positions; these items cannot be scored by this model"
+            )
+    ordered = sorted(rows, key=lambda r: r.length)
+    batches: list[Batch] = []
+    start = 0
+    while start < len(ordered):
+        length = padded_length(ordered[start].length, length_multiple)
+        size = max(1, tokens_per_batch // length)
+        group = [r for r in ordered[start : start + size] if r.length <= length]
+        batches.append(Batch(rows=tuple(group), length=length, slots=max(len(r.targets) for r in group)))
+        start += len(group)
+    return batches

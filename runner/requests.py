@@ -1,0 +1,94 @@
+"""HellaSwag requests exactly as lm-evaluation-harness 0.4.13 builds and tokenizes them.
+
+Harness sources followed (lm_eval 0.4.13): tasks/hellaswag/utils.py (`preprocess`, `process_docs`),
+api/model.py `_encode_pair` (trailing spaces of the context move to the continuation; encode context +
+continuation whole and split at the context's length), models/huggingface.py `tok_encode` (the tokenizer's
+default special tokens, unless the text already starts with the decoded prefix token), and api/task.py
+`process_results` (acc_norm divides by the ending's length in characters, `len(choice)`).
+Usage: `encoded = encode_docs(tokenizer, docs)`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from cetrt.runner.dataset import Doc
+
+TARGET_DELIMITER = " "
+
+
+def preprocess(text: str) -> str:
+    text = text.strip()
+    text = text.replace(" [title]", ". ")
+    text = re.sub("\\[.*?\\]", "", text)
+    text = text.replace("  ", " ")
+    return text
+
+
+def query(doc: Doc) -> str:
+    return preprocess(doc.activity_label + ": " + doc.ctx_a + " " + doc.ctx_b.capitalize())
+
+
+def choices(doc: Doc) -> list[str]:
+    return [preprocess(ending) for ending in doc.endings]
+
+
+@dataclass(frozen=True)
+class EncodedDoc:
+    doc: Doc
+    context: tuple[int, ...]
+    continuations: tuple[tuple[int, ...], ...]
+    lengths: tuple[float, ...]  # acc_norm's divisor per ending: len(choice) in characters, as the harness
+
+
+class HarnessTokenizer:
+    """tok_encode and _encode_pair of the harness's HF model, over any Hugging Face tokenizer."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        self.prefix_text = tokenizer.decode(prefix) if prefix is not None else None
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        """Batched tok_encode: default special tokens, none for a text that already starts with the prefix."""
+        plain = [i for i, t in enumerate(texts) if not self._has_prefix(t)]
+        prefixed = [i for i, t in enumerate(texts) if self._has_prefix(t)]
+        out: list[list[int]] = [[] for _ in texts]
+        for indices, special in ((plain, True), (prefixed, False)):
+            if indices:
+                ids = self.tokenizer([texts[i] for i in indices], add_special_tokens=special)["input_ids"]
+                for i, row in zip(indices, ids):
+                    out[i] = list(row)
+        return out
+
+    def _has_prefix(self, text: str) -> bool:
+        return self.prefix_text is not None and text.startswith(self.prefix_text)
+
+    def encode_pairs(self, pairs: list[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
+        moved = []
+        for context, continuation in pairs:
+            n_spaces = len(context) - len(context.rstrip())
+            if n_spaces > 0:
+                context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+            moved.append((context, continuation))
+        wholes = self.encode([c + k for c, k in moved])
+        unique = list(dict.fromkeys(c for c, _ in moved))  # each query once, not once per ending
+        context_ids = dict(zip(unique, self.encode(unique)))
+        return [(context_ids[c], whole[len(context_ids[c]):]) for (c, _), whole in zip(moved, wholes)]
+
+
+def encode_docs(tokenizer, docs: list[Doc]) -> list[EncodedDoc]:
+    harness = HarnessTokenizer(tokenizer)
+    pairs = [(query(doc), TARGET_DELIMITER + choice) for doc in docs for choice in choices(doc)]
+    encoded = harness.encode_pairs(pairs)
+    out = []
+    for i, doc in enumerate(docs):
+        four = encoded[4 * i : 4 * i + 4]
+        out.append(EncodedDoc(
+            doc=doc,
+            context=tuple(four[0][0]),
+            continuations=tuple(tuple(cont) for _, cont in four),
+            lengths=tuple(float(len(choice)) for choice in choices(doc)),
+        ))
+    return out

@@ -1,0 +1,79 @@
+"""From per-token log-probabilities to per-item scores, predictions, and the harness's metrics.
+
+Score of an ending = sum of its tokens' log-probabilities; acc = argmax of scores; acc_norm = argmax of score /
+len(choice) in characters (lm-eval 0.4.13 api/task.py). Standard errors are the harness's `mean_stderr`:
+sample standard deviation (n - 1) over sqrt(n).
+Usage: `items = item_results(encoded, batches, outputs)`; `metrics(items)`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from cetrt.runner.executor import HeadOutput
+from cetrt.runner.packing import Batch
+from cetrt.runner.requests import EncodedDoc
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    ind: int
+    label: int
+    scores: tuple[float, ...]
+    lengths: tuple[float, ...]
+    greedy: tuple[bool, ...]  # every token of the ending was the argmax (the harness's is_greedy)
+
+    @property
+    def pred(self) -> int:
+        return int(np.argmax(self.scores))
+
+    @property
+    def pred_norm(self) -> int:
+        return int(np.argmax(np.asarray(self.scores) / np.asarray(self.lengths)))
+
+    def to_json(self) -> dict:
+        return {
+            "ind": self.ind, "label": self.label, "scores": list(self.scores), "lengths": list(self.lengths),
+            "pred": self.pred, "pred_norm": self.pred_norm, "greedy": list(self.greedy),
+        }
+
+
+def item_results(encoded: list[EncodedDoc], batches: list[Batch], outputs: list[HeadOutput]) -> list[ItemResult]:
+    """Sum each ending's scored slots; results come back in the documents' order."""
+    by_item: dict[int, ItemResult] = {}
+    for batch, out in zip(batches, outputs):
+        for r, row in enumerate(batch.rows):
+            n = len(row.targets)
+            logprobs = out.logprobs[r, :n].astype(np.float64)
+            greedy = out.greedy[r, :n].astype(bool)
+            endings = len(encoded[row.item].continuations)
+            scores = np.bincount(row.slot_ending, weights=logprobs, minlength=endings)
+            all_greedy = [bool(greedy[row.slot_ending == k].all()) for k in range(endings)]
+            doc = encoded[row.item]
+            by_item[row.item] = ItemResult(
+                ind=doc.doc.ind, label=doc.doc.label, scores=tuple(float(s) for s in scores),
+                lengths=doc.lengths, greedy=tuple(all_greedy),
+            )
+    return [by_item[i] for i in range(len(encoded))]
+
+
+def mean_stderr(values: list[float]) -> float:
+    n = len(values)
+    if n < 2:
+        return float("nan")
+    mu = sum(values) / n
+    return math.sqrt(sum((x - mu) ** 2 for x in values) / (n - 1)) / math.sqrt(n)
+
+
+def metrics(items: list[ItemResult]) -> dict[str, float]:
+    acc = [float(i.pred == i.label) for i in items]
+    acc_norm = [float(i.pred_norm == i.label) for i in items]
+    return {
+        "acc": sum(acc) / len(acc),
+        "acc_stderr": mean_stderr(acc),
+        "acc_norm": sum(acc_norm) / len(acc_norm),
+        "acc_norm_stderr": mean_stderr(acc_norm),
+    }

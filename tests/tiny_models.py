@@ -1,0 +1,74 @@
+"""Tiny random LLaMA and OPT models from a config, with a small byte-level BPE tokenizer trained offline.
+
+The tokenizer is trained on HellaSwag text from ../shared (no hub), adds a BOS like LLaMA's and OPT's do,
+and is saved with the model so the pipeline loads both from one local directory as it would a real model.
+Usage: `path = make_tiny_model(tmp_path, "llama")`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+HELLASWAG = SHARED / "data" / "hellaswag" / "hellaswag_val.jsonl"
+
+ARCHS = ("llama", "opt", "opt-postnorm")
+
+
+def make_tokenizer(vocab_size: int = 600):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    lines = []
+    with open(HELLASWAG) as f:
+        for _, line in zip(range(1500), f):
+            doc = json.loads(line)
+            lines.append(doc["activity_label"] + ": " + doc["ctx"])
+            lines.extend(" " + e for e in doc["endings"])
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<s>", "</s>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator(lines, trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+
+
+def tiny_config(arch: str, vocab_size: int):
+    from transformers import LlamaConfig, OPTConfig
+
+    if arch == "llama":
+        return LlamaConfig(
+            vocab_size=vocab_size, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, rms_norm_eps=1e-5,
+            initializer_range=0.1, bos_token_id=0, eos_token_id=1, pad_token_id=2, tie_word_embeddings=False,
+        )
+    post_norm = arch == "opt-postnorm"
+    return OPTConfig(
+        vocab_size=vocab_size, hidden_size=64, ffn_dim=96, num_hidden_layers=3, num_attention_heads=4,
+        max_position_embeddings=1024, do_layer_norm_before=not post_norm, word_embed_proj_dim=32 if post_norm else 64,
+        init_std=0.1, bos_token_id=0, eos_token_id=1, pad_token_id=2, activation_function="relu",
+    )
+
+
+def make_tiny_model(directory: Path, arch: str, tokenizer=None, seed: int = 0) -> Path:
+    """Save a random model + tokenizer as a Hugging Face directory (config.json, safetensors, tokenizer)."""
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = tokenizer or make_tokenizer()
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(arch, len(tokenizer)), attn_implementation="eager")
+    with torch.no_grad():  # non-trivial norm parameters, so a dropped or misplaced norm shows
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.add_(0.2 * torch.randn_like(param))
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
