@@ -44,13 +44,15 @@ class FusedLlamaLayer(nn.Module):
     def forward(self, hidden, cos, sin, mask):
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         x = rms_norm(hidden, self.input_norm, self.eps)
-        q, k, v = self.qkv(x).split([q_size, kv_size, kv_size], dim=-1)
+        qkv = self.qkv(x)  # slices, not Split: onnx has no opset 18 -> 17 adapter for Split
+        q, k, v = qkv[..., :q_size], qkv[..., q_size : q_size + kv_size], qkv[..., q_size + kv_size :]
         q = apply_rotary(split_heads(q, self.num_heads, self.head_dim), cos, sin)
         k = apply_rotary(split_heads(k, self.num_kv_heads, self.head_dim), cos, sin)
         v = split_heads(v, self.num_kv_heads, self.head_dim)
         hidden = hidden + self.o_proj(attention(q, k, v, mask, self.scale))
         x = rms_norm(hidden, self.post_norm, self.eps)
-        gate, up = self.gate_up(x).split([self.intermediate_size] * 2, dim=-1)
+        gate_up = self.gate_up(x)
+        gate, up = gate_up[..., : self.intermediate_size], gate_up[..., self.intermediate_size :]
         return hidden + self.down_proj(self.act(gate) * up)
 
 

@@ -14,11 +14,14 @@ import logging
 import warnings
 from pathlib import Path
 
+import onnx
 import torch
+from onnx import version_converter
 
 from cetrt.spec import BlockSpec
 
-OPSET = 17
+OPSET = 17  # TensorRT 10.3 (JetPack 6) parses it; the exporter works at 18 and we convert down
+_EXPORTER_OPSET = 18
 EXTERNAL_DATA_BYTES = 1 << 30
 
 
@@ -61,11 +64,30 @@ def export_block(
             None,
             input_names=list(spec.input_names),
             output_names=list(spec.output_names),
-            opset_version=OPSET,
+            opset_version=_EXPORTER_OPSET,
             dynamo=True,
             dynamic_shapes=tuple(_dynamic_shapes(spec)[name] for name in spec.input_names),
             verbose=False,
         )
-        program.save(str(path), external_data=external)
+        model = _drop_stale_attributes(version_converter.convert_version(program.model_proto, OPSET))
+    if {o.version for o in model.opset_import if o.domain in ("", "ai.onnx")} != {OPSET}:
+        raise RuntimeError(f"{spec.name}: the ONNX graph is not at opset {OPSET} after conversion")
     data = path.with_name(path.name + ".data")
-    return [path, data] if external and data.exists() else [path]
+    data.unlink(missing_ok=True)
+    onnx.save_model(model, str(path), save_as_external_data=external, all_tensors_to_one_file=True,
+                    location=data.name, size_threshold=0)
+    onnx.checker.check_model(str(path), full_check=False)
+    return [path, data] if external else [path]
+
+
+def _drop_stale_attributes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """onnx's 18 -> 17 adapter for the Reduce ops moves `axes` back to an attribute but leaves
+    `noop_with_empty_axes`, which opset 17 does not define; with axes given it is the default 0 and can go."""
+    for node in model.graph.node:
+        if node.op_type.startswith("Reduce"):
+            for attr in list(node.attribute):
+                if attr.name == "noop_with_empty_axes":
+                    if onnx.helper.get_attribute_value(attr) != 0:
+                        raise RuntimeError(f"{node.name}: noop_with_empty_axes=1 has no opset 17 equivalent")
+                    node.attribute.remove(attr)
+    return model

@@ -50,7 +50,8 @@ class FusedOptLayer(nn.Module):
 
     def forward(self, hidden, mask):
         x = layer_norm(hidden, self.attn_norm) if self.pre_norm else hidden
-        q, k, v = (split_heads(t, self.num_heads, self.head_dim) for t in self.qkv(x).split([self.hidden_size] * 3, dim=-1))
+        qkv, h = self.qkv(x), self.hidden_size  # slices, not Split: no opset 18 -> 17 adapter for Split
+        q, k, v = (split_heads(t, self.num_heads, self.head_dim) for t in (qkv[..., :h], qkv[..., h : 2 * h], qkv[..., 2 * h :]))
         hidden = hidden + self.out_proj(attention(q, k, v, mask, self.scale))
         if not self.pre_norm:
             hidden = layer_norm(hidden, self.attn_norm)

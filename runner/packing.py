@@ -66,7 +66,7 @@ def attention_mask(segments: np.ndarray) -> np.ndarray:
     b, l = segments.shape
     query, key = segments[:, :, None], segments[:, None, :]
     causal = np.tril(np.ones((l, l), dtype=bool))[None]
-    allowed = causal & ((key == 0) | (key == query)) & (key != PAD_SEGMENT)
+    allowed = causal & ((key == 0) | (key == query)) & (key != PAD_SEGMENT) & (query != PAD_SEGMENT)
     allowed |= np.eye(l, dtype=bool)[None] & (query == PAD_SEGMENT)
     mask = np.where(allowed, np.float32(0), MASKED)
     return mask[:, None, :, :]

@@ -1,0 +1,98 @@
+"""Each exported block equals its PyTorch module, and the chained modules equal the Hugging Face model."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from cetrt.blocks import read_blocks
+from cetrt.export.loading import load_model
+from cetrt.export.pipeline import block_modules
+from cetrt.runner.packing import attention_mask
+from cetrt.spec import ATTENTION_MASK, HIDDEN, INPUT_IDS, POSITION_IDS, SCORE_INDEX, TARGET_IDS
+from tiny_models import ARCHS
+
+B, L, S = 3, 13, 6  # not the export's example shape: the dims must really be dynamic
+
+
+def block_inputs(spec, hidden_size: int, vocab: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    segments = np.zeros((B, L), dtype=np.int8)
+    segments[:, 6:9], segments[:, 9:12], segments[1, 11:] = 1, 2, -1  # context, two endings, padding
+    positions = np.tile(np.arange(L), (B, 1))
+    positions[:, 9:12] = np.arange(6, 9)  # the second ending restarts after the context
+    pool = {
+        INPUT_IDS: rng.integers(0, vocab, (B, L)),
+        POSITION_IDS: positions.astype(np.int64),
+        ATTENTION_MASK: attention_mask(segments),
+        HIDDEN: rng.standard_normal((B, L, hidden_size)).astype(np.float32),
+        SCORE_INDEX: rng.integers(0, L, (B, S)),
+        TARGET_IDS: rng.integers(0, vocab, (B, S)),
+    }
+    return {name: pool[name] for name in spec.input_names}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_block_onnx_matches_its_torch_module(zoo, arch):
+    onnx_dir = zoo.onnx(arch)
+    exported = read_blocks(onnx_dir)
+    loaded = load_model(str(zoo.model(arch)))
+    embed, layers, head = block_modules(loaded)
+    for block in exported.blocks:
+        module = {"embed": embed, "head": head}.get(block.spec.kind) or layers(block.spec.first_layer, block.spec.last_layer)
+        feeds = block_inputs(block.spec, loaded.spec.hidden_size, loaded.spec.vocab_size)
+        with torch.no_grad():
+            expected = module(*(torch.from_numpy(feeds[n]) for n in block.spec.input_names))
+        expected = expected if isinstance(expected, tuple) else (expected,)
+        session = ort.InferenceSession(str(onnx_dir / block.onnx_file.path), providers=["CPUExecutionProvider"])
+        actual = session.run(list(block.spec.output_names), feeds)
+        for name, want, got in zip(block.spec.output_names, expected, actual):
+            if want.dtype == torch.bool:
+                assert np.array_equal(want.numpy(), got), f"{block.spec.name} {name}"
+            else:
+                err = np.abs(want.numpy() - got).max()
+                assert err <= 1e-4, f"{arch} {block.spec.name} {name}: max abs error {err}"
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_chained_blocks_match_hugging_face(zoo, arch):
+    """The fused blocks, run one after the other on plain causal sequences, give the HF model's log-probs."""
+    loaded = load_model(str(zoo.model(arch)))
+    embed, layers, head = block_modules(loaded)
+    ids = torch.randint(3, loaded.spec.vocab_size, (2, 11), generator=torch.Generator().manual_seed(1))
+    positions = torch.arange(11).repeat(2, 1)
+    mask = torch.from_numpy(attention_mask(np.zeros((2, 11), dtype=np.int8)))
+    with torch.no_grad():
+        hidden = embed(ids, positions) if loaded.spec.architecture == "opt" else embed(ids)
+        args = (positions, mask) if loaded.spec.architecture == "llama" else (mask,)
+        hidden = layers(0, loaded.spec.num_layers)(hidden, *args)
+        index, targets = positions[:, :-1], ids[:, 1:]
+        ours, greedy = head(hidden, index, targets)
+        ref = torch.log_softmax(loaded.model(ids).logits.float(), -1)[:, :-1]
+    expected = ref.gather(-1, targets[..., None])[..., 0]
+    assert (ours - expected).abs().max().item() <= 1e-4
+    assert torch.equal(greedy, ref.argmax(-1) == targets)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_projections_are_fused(zoo, arch):
+    """Q, K and V are one MatMul and (LLaMA) gate and up another: six MatMuls per decoder layer."""
+    exported = read_blocks(zoo.onnx(arch))
+    for block in exported.blocks:
+        if block.spec.kind != "layers":
+            continue
+        graph = onnx.load(str(zoo.onnx(arch) / block.onnx_file.path), load_external_data=False).graph
+        matmuls = sum(node.op_type == "MatMul" for node in graph.node)
+        assert matmuls == 6 * (block.spec.last_layer - block.spec.first_layer)
+
+
+def test_opset_and_standard_domain_only(zoo):
+    exported = read_blocks(zoo.onnx("llama"))
+    for block in exported.blocks:
+        model = onnx.load(str(zoo.onnx("llama") / block.onnx_file.path))
+        assert {o.domain for o in model.opset_import} <= {"", "ai.onnx"}
+        assert max(o.version for o in model.opset_import) == 17
+        assert all(node.domain in ("", "ai.onnx") for node in model.graph.node)

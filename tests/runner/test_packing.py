@@ -1,0 +1,60 @@
+"""Packing: what each token may attend to, where positions continue, and how rows are batched."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cetrt.errors import UserError
+from cetrt.runner.dataset import Doc
+from cetrt.runner.packing import MASKED, attention_mask, make_batches, pack
+from cetrt.runner.requests import EncodedDoc
+from cetrt.spec import ATTENTION_MASK, POSITION_IDS, SCORE_INDEX, TARGET_IDS
+
+DOC = Doc(ind=0, activity_label="a", ctx_a="b", ctx_b="", endings=("w", "x", "y", "z"), label=0)
+
+
+def encoded(ctx=(10, 11, 12), conts=((20, 21, 22), (30,), (40, 41), (50, 51, 52, 53))) -> EncodedDoc:
+    return EncodedDoc(doc=DOC, context=ctx, continuations=conts, lengths=(1.0,) * 4)
+
+
+def test_row_layout_drops_each_endings_last_token_and_continues_positions():
+    row = pack(0, encoded())
+    assert row.tokens.tolist() == [10, 11, 12, 20, 21, 40, 50, 51, 52]
+    assert row.positions.tolist() == [0, 1, 2, 3, 4, 3, 3, 4, 5]
+    assert row.segments.tolist() == [0, 0, 0, 1, 1, 3, 4, 4, 4]
+    # every ending's first token is scored from the context's last position (index 2)
+    assert row.score_index.tolist() == [2, 3, 4, 2, 2, 5, 2, 6, 7, 8]
+    assert row.targets.tolist() == [20, 21, 22, 30, 40, 41, 50, 51, 52, 53]
+    assert row.slot_ending.tolist() == [0, 0, 0, 1, 2, 2, 3, 3, 3, 3]
+
+
+def test_mask_context_causal_endings_see_context_and_themselves_only():
+    segments = np.array([[0, 0, 1, 1, 2, 2, -1]], dtype=np.int8)
+    allowed = attention_mask(segments)[0, 0] == 0
+    assert allowed[1].tolist() == [1, 1, 0, 0, 0, 0, 0]  # context: causal
+    assert allowed[3].tolist() == [1, 1, 1, 1, 0, 0, 0]  # ending 1: context + itself, causal
+    assert allowed[5].tolist() == [1, 1, 0, 0, 1, 1, 0]  # ending 2 never sees ending 1
+    assert allowed[6].tolist() == [0, 0, 0, 0, 0, 0, 1]  # padding sees itself only: no NaN rows
+    assert attention_mask(segments).dtype == np.float32 and attention_mask(segments).min() == MASKED
+
+
+def test_batches_cover_every_row_once_in_few_padded_shapes():
+    rng = np.random.default_rng(0)
+    rows = [pack(i, encoded(ctx=tuple(range(int(n))))) for i, n in enumerate(rng.integers(5, 150, 300))]
+    batches = make_batches(rows, tokens_per_batch=1024, length_multiple=32)
+    items = sorted(r.item for b in batches for r in b.rows)
+    assert items == list(range(300))
+    for b in batches:
+        assert b.length % 32 == 0 and all(r.length <= b.length for r in b.rows)
+        assert len(b.rows) * b.length <= max(1024, b.length)
+    assert len({b.length for b in batches}) <= 6
+    arrays = batches[0].arrays()
+    assert arrays[ATTENTION_MASK].shape == (len(batches[0].rows), 1, batches[0].length, batches[0].length)
+    assert arrays[SCORE_INDEX].shape == arrays[TARGET_IDS].shape == (len(batches[0].rows), batches[0].slots)
+    assert arrays[POSITION_IDS].dtype == np.int64
+
+
+def test_positions_beyond_the_model_are_refused_with_a_message():
+    with pytest.raises(UserError, match="positions"):
+        make_batches([pack(0, encoded())], max_positions=4)
