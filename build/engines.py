@@ -9,7 +9,7 @@ Usage: `build_engines(BuildOptions(onnx_dir=Path("artifacts/onnx/m"), out_dir=Pa
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
@@ -19,6 +19,7 @@ from cetrt.blocks import TOKENIZER_DIR, read_blocks
 from cetrt.errors import UserError
 from cetrt.files import FileRecord
 from cetrt.manifest import MANIFEST_FILE, EngineBlock, Manifest, write_manifest
+from cetrt.shapes import ShapePlan
 from cetrt.spec import Target
 
 
@@ -28,19 +29,26 @@ class BuildOptions:
     out_dir: Path
     backend: str = "onnxruntime"
     target: str = "cpu"
-    backend_options: dict = field(default_factory=dict)
+    check: bool = False  # parse and build only, for a target whose GPU is not here (engines not runnable)
+    shape_plan: ShapePlan = ShapePlan(max_length=512)
+    optimization_level: int = 3
 
 
-def check_target(target: Target, backend: str) -> None:
+def check_target(target: Target, backend: str, check: bool) -> None:
+    if check and backend == "tensorrt-rtx":
+        return  # the parse-and-build check of any target's blocks, with a real TensorRT builder and no GPU
     if backend not in target.backends:
-        raise UserError(f"backend {backend!r} does not build for target {target.name!r}; it takes {list(target.backends)}")
+        raise UserError(f"backend {backend!r} does not build for target {target.name!r}; it takes {list(target.backends)}"
+                        + ("; tensorrt-rtx can still --check any target's blocks" if backend == "tensorrt-rtx" else ""))
 
 
 def build_engines(options: BuildOptions) -> Manifest:
     exported = read_blocks(options.onnx_dir)
     target = Target.from_name(options.target)
-    check_target(target, options.backend)
+    check_target(target, options.backend, options.check)
     backend = get_backend(options.backend)
+    backend_options = {"check": options.check, "shape_plan": options.shape_plan.to_json(),
+                       "optimization_level": options.optimization_level}
     out = Path(options.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST_FILE).unlink(missing_ok=True)
@@ -50,7 +58,7 @@ def build_engines(options: BuildOptions) -> Manifest:
         for record in block.files:
             record.check_digest(Path(options.onnx_dir), None, fix)
         engine_path = out / f"block_{block.spec.index:03d}{backend.engine_suffix}"
-        result = backend.build(Path(options.onnx_dir) / block.onnx_file.path, engine_path, target, options.backend_options)
+        result = backend.build(Path(options.onnx_dir) / block.onnx_file.path, engine_path, block.spec, target, backend_options)
         files = tuple(FileRecord.of(out, f) for f in result.files)
         blocks.append(EngineBlock(spec=block.spec, files=files, build_seconds=result.seconds, details=result.details))
     tokenizer_out = out / TOKENIZER_DIR
@@ -69,7 +77,12 @@ def build_engines(options: BuildOptions) -> Manifest:
         target=target,
         tokenizer_files=exported.tokenizer_files,
         blocks=tuple(blocks),
-        build_options={"opset": exported.opset, **options.backend_options},
+        build_options={
+            "opset": exported.opset,
+            "check": options.check,
+            **({"shape_plan": options.shape_plan.to_json(), "optimization_level": options.optimization_level}
+               if backend.fixed_shapes else {}),
+        },
     )
     write_manifest(out, manifest)
     return manifest

@@ -3,9 +3,8 @@
 Each ending is fed without its last token (the harness's input is (context + continuation)[:-1]); its first
 token is scored from the context's last position, the rest from its own positions. Ending positions continue
 from the context length; ending tokens see all of the context and their own ending causally, never another
-ending. Rows are sorted by length and padded to a few lengths (multiples of `length_multiple`), batched up to
-`tokens_per_batch` padded tokens.
-Usage: `batches = make_batches([pack(e) for e in encoded], tokens_per_batch=4096)`; `batch.arrays()`.
+ending. Rows are sorted by length and padded to a few lengths, batched as the `ShapePlan` says.
+Usage: `batches = make_batches([pack(i, e) for i, e in enumerate(encoded)], ShapePlan())`; `batch.arrays()`.
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ import numpy as np
 
 from cetrt.errors import UserError
 from cetrt.runner.requests import EncodedDoc
+from cetrt.shapes import ShapePlan
 from cetrt.spec import ATTENTION_MASK, INPUT_IDS, POSITION_IDS, SCORE_INDEX, TARGET_IDS
 
 PAD_SEGMENT = -1
@@ -110,15 +110,8 @@ class Batch:
         }
 
 
-def padded_length(length: int, multiple: int) -> int:
-    return -(-length // multiple) * multiple
-
-
-def make_batches(rows: list[PackedRow], tokens_per_batch: int = 4096, length_multiple: int = 32,
-                 max_positions: int | None = None) -> list[Batch]:
-    """Sort rows by length and cut them into batches of at most `tokens_per_batch` padded tokens."""
-    if tokens_per_batch < 1 or length_multiple < 1:
-        raise UserError(f"tokens per batch ({tokens_per_batch}) and length multiple ({length_multiple}) must be positive")
+def make_batches(rows: list[PackedRow], plan: ShapePlan, max_positions: int | None = None) -> list[Batch]:
+    """Sort rows by length and cut them into batches of at most `plan.tokens_per_batch` padded tokens."""
     if max_positions is not None:
         too_long = [r for r in rows if r.positions.max(initial=0) >= max_positions]
         if too_long:
@@ -127,12 +120,16 @@ def make_batches(rows: list[PackedRow], tokens_per_batch: int = 4096, length_mul
                 f"{max_positions} positions; these items cannot be scored by this model"
             )
     ordered = sorted(rows, key=lambda r: r.length)
+    if plan.max_length is not None and ordered and plan.padded_length(ordered[-1].length) > plan.max_length:
+        raise UserError(
+            f"the longest packed row has {ordered[-1].length} tokens, but these engines accept rows of at most "
+            f"{plan.max_length}; rebuild them with MAX_LENGTH={plan.padded_length(ordered[-1].length)} or more"
+        )
     batches: list[Batch] = []
     start = 0
     while start < len(ordered):
-        length = padded_length(ordered[start].length, length_multiple)
-        size = max(1, tokens_per_batch // length)
-        group = [r for r in ordered[start : start + size] if r.length <= length]
+        length = plan.padded_length(ordered[start].length)
+        group = [r for r in ordered[start : start + plan.batch_size(length)] if r.length <= length]
         batches.append(Batch(rows=tuple(group), length=length, slots=max(len(r.targets) for r in group)))
         start += len(group)
     return batches

@@ -11,7 +11,9 @@ from cetrt.backends.base import Backend
 from cetrt.errors import UserError
 
 _BACKENDS = {
-    "onnxruntime": ("cetrt.backends.onnxruntime", "OnnxRuntimeBackend"),
+    "onnxruntime": ("cetrt.backends.onnxruntime", "OnnxRuntimeBackend", ()),
+    "tensorrt": ("cetrt.backends.tensorrt", "TensorRTBackend", ("tensorrt",)),
+    "tensorrt-rtx": ("cetrt.backends.tensorrt", "TensorRTBackend", ("tensorrt-rtx",)),
 }
 BACKEND_NAMES = tuple(_BACKENDS)
 
@@ -19,5 +21,5 @@ BACKEND_NAMES = tuple(_BACKENDS)
 def get_backend(name: str) -> Backend:
     if name not in _BACKENDS:
         raise UserError(f"unknown backend {name!r}; choose one of {list(BACKEND_NAMES)}")
-    module, cls = _BACKENDS[name]
-    return getattr(importlib.import_module(module), cls)()
+    module, cls, args = _BACKENDS[name]
+    return getattr(importlib.import_module(module), cls)(*args)

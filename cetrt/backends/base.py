@@ -4,7 +4,7 @@ A backend is small and stateless; a `Session` is one loaded engine. Tensors betw
 session returns (a NumPy array on CPU, a device buffer on GPU); the runner only asks a session to bring the
 head's outputs to the host with `to_host`. Loading takes a `EngineSource`, so the caller (the streamer)
 decides when the bytes are read.
-Usage: `backend.build(onnx_path, engine_path, target)`; `session = backend.load(source, target)`.
+Usage: `backend.build(onnx_path, engine_path, block, target, options)`; `session = backend.load(source, target)`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from cetrt.spec import Target
+from cetrt.spec import BlockSpec, Target
 
 
 @dataclass(frozen=True)
@@ -52,12 +52,13 @@ class Session(ABC):
 class Backend(ABC):
     name: str
     engine_suffix: str
+    fixed_shapes: bool = False  # engines accept only the shapes of their optimization profiles
 
     @abstractmethod
     def version(self) -> str: ...
 
     @abstractmethod
-    def build(self, onnx_path: Path, engine_path: Path, target: Target, options: dict) -> BuildResult: ...
+    def build(self, onnx_path: Path, engine_path: Path, block: BlockSpec, target: Target, options: dict) -> BuildResult: ...
 
     @abstractmethod
     def load(self, source: EngineSource, target: Target, options: dict) -> Session: ...

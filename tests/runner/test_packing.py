@@ -9,6 +9,7 @@ from cetrt.errors import UserError
 from cetrt.runner.dataset import Doc
 from cetrt.runner.packing import MASKED, attention_mask, make_batches, pack
 from cetrt.runner.requests import EncodedDoc
+from cetrt.shapes import ShapePlan
 from cetrt.spec import ATTENTION_MASK, POSITION_IDS, SCORE_INDEX, TARGET_IDS
 
 DOC = Doc(ind=0, activity_label="a", ctx_a="b", ctx_b="", endings=("w", "x", "y", "z"), label=0)
@@ -42,7 +43,7 @@ def test_mask_context_causal_endings_see_context_and_themselves_only():
 def test_batches_cover_every_row_once_in_few_padded_shapes():
     rng = np.random.default_rng(0)
     rows = [pack(i, encoded(ctx=tuple(range(int(n))))) for i, n in enumerate(rng.integers(5, 150, 300))]
-    batches = make_batches(rows, tokens_per_batch=1024, length_multiple=32)
+    batches = make_batches(rows, ShapePlan(tokens_per_batch=1024, length_multiple=32))
     items = sorted(r.item for b in batches for r in b.rows)
     assert items == list(range(300))
     for b in batches:
@@ -57,4 +58,18 @@ def test_batches_cover_every_row_once_in_few_padded_shapes():
 
 def test_positions_beyond_the_model_are_refused_with_a_message():
     with pytest.raises(UserError, match="positions"):
-        make_batches([pack(0, encoded())], max_positions=4)
+        make_batches([pack(0, encoded())], ShapePlan(), max_positions=4)
+
+
+def test_rows_longer_than_the_engines_accept_are_refused_with_the_fix():
+    with pytest.raises(UserError, match="MAX_LENGTH=64"):
+        make_batches([pack(0, encoded(ctx=tuple(range(40))))], ShapePlan(max_length=32))
+
+
+def test_every_batch_falls_inside_an_optimization_profile():
+    rng = np.random.default_rng(1)
+    plan = ShapePlan(tokens_per_batch=2048, max_length=512)
+    rows = [pack(i, encoded(ctx=tuple(range(int(n))))) for i, n in enumerate(rng.integers(1, 500, 400))]
+    for batch in make_batches(rows, plan):
+        plan.profile_for(len(batch.rows), batch.length, batch.slots)  # raises if outside
+    assert len(plan.profiles()) == 3

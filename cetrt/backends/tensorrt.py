@@ -1,0 +1,205 @@
+"""TensorRT backends: `tensorrt` (full TensorRT 10.3 .. 11.x, JetPack 6 on the Orin) and `tensorrt-rtx`.
+
+One builder path for both, written to the API they share (STYLE: strongly typed networks from the ONNX types,
+no precision flags; named I/O). Where they differ, `Features.of` decides from the flavor and version, never a
+try/except. Per block: parse, one optimization profile per length range of the `ShapePlan`, workspace limit
+from the target, a timing cache shared by every block of a build (full TensorRT; a no-op in TensorRT-RTX),
+build, and a layer report (engine inspector JSON when the engine can be loaded here, else the builder's
+detailed verbose log) written beside the engine as `block_NNN.layers.json`.
+`check` mode parses and builds for the target without a matching GPU (CI: tensorrt-rtx on a CPU machine).
+Usage: `get_backend("tensorrt-rtx").build(onnx, engine, block, target, {"check": True, "shape_plan": {...}})`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cetrt.backends.base import Backend, BuildResult, EngineSource, Session
+from cetrt.errors import MissingDependency, UserError
+from cetrt.gpu import current_gpu
+from cetrt.shapes import ShapePlan
+from cetrt.spec import BlockSpec, Target
+
+MODULES = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
+INSTALL = {
+    "tensorrt": "TensorRT ships with JetPack 6 (python3-libnvinfer) or NVIDIA's installers; it cannot be pip-installed here",
+    "tensorrt-rtx": "pip install tensorrt-rtx",
+}
+TIMING_CACHE = "timing.cache"
+# TensorRT-RTX builds for these; it has no 8.7 (Orin) or 9.0 (Hopper): check mode builds those for 8.6.
+RTX_COMPUTE_CAPABILITIES = {"7.5": "SM75", "8.0": "SM80", "8.6": "SM86", "8.9": "SM89", "12.0": "SM120"}
+RTX_STAND_IN = "8.6"
+
+
+def import_trt(flavor: str):
+    try:
+        return importlib.import_module(MODULES[flavor])
+    except ImportError:
+        raise MissingDependency(MODULES[flavor], INSTALL[flavor], f"the {flavor} backend") from None
+
+
+def parse_version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
+
+
+@dataclass(frozen=True)
+class Features:
+    """What this TensorRT offers, by flavor and version."""
+
+    flavor: str
+    version: tuple[int, ...]
+    timing_cache: bool  # full TensorRT; TensorRT-RTX made timing caches no-ops (deprecated in RTX 1.2)
+    compute_capability_targeting: bool  # TensorRT-RTX builds for a named compute capability without that GPU
+
+    @classmethod
+    def of(cls, flavor: str, version: str) -> "Features":
+        rtx = flavor == "tensorrt-rtx"
+        return cls(flavor=flavor, version=parse_version(version), timing_cache=not rtx, compute_capability_targeting=rtx)
+
+
+def capturing_logger(trt, severity):
+    """A TensorRT logger that keeps every message, so failures quote the builder and the layer list is readable."""
+
+    class Capture(trt.ILogger):
+        def __init__(self):
+            trt.ILogger.__init__(self)
+            self.messages: list[tuple[object, str]] = []
+
+        def log(self, level, message):
+            self.messages.append((level, message))
+
+        def errors(self) -> list[str]:
+            return [m for level, m in self.messages if level in (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR)]
+
+    logger = Capture()
+    logger.min_severity = severity
+    return logger
+
+
+_LAYER_LINE = re.compile(r"^Name: (?P<name>.*?), LayerType: (?P<type>[^,]+)", re.M)
+
+
+def layers_from_log(messages: list[str]) -> list[dict]:
+    """The built engine's layers from the detailed verbose build log (its `Layers:` message)."""
+    for message in reversed(messages):
+        if message.startswith("Layers:"):
+            return [{"name": m["name"], "type": m["type"]} for m in _LAYER_LINE.finditer(message)]
+    return []
+
+
+def layers_from_inspector(trt, engine) -> list[dict]:
+    inspector = engine.create_engine_inspector()
+    info = json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+    return [{"name": layer.get("Name", str(layer)) if isinstance(layer, dict) else str(layer),
+             "type": layer.get("LayerType", "") if isinstance(layer, dict) else ""} for layer in info.get("Layers", [])]
+
+
+class TensorRTBackend(Backend):
+    engine_suffix = ".engine"
+    fixed_shapes = True
+
+    def __init__(self, flavor: str):
+        self.name = flavor
+        self.flavor = flavor
+
+    @property
+    def trt(self):
+        return import_trt(self.flavor)
+
+    def version(self) -> str:
+        return self.trt.__version__
+
+    def check_device(self, target: Target, check: bool) -> str:
+        """The compute capability to build for; refuses a target that is not the GPU present, unless check."""
+        if check:
+            if self.flavor == "tensorrt-rtx" and target.compute_capability not in RTX_COMPUTE_CAPABILITIES:
+                return RTX_STAND_IN
+            return target.compute_capability or RTX_STAND_IN
+        gpu = current_gpu()
+        if gpu is None:
+            raise UserError(f"building {self.flavor} engines for {target.name} needs its GPU, and this machine has none; "
+                            "build on the target device, or pass --check to only parse and build")
+        if gpu.compute_capability != target.compute_capability:
+            raise UserError(
+                f"target {target.name} is compute capability {target.compute_capability}, but this GPU is {gpu.name} "
+                f"({gpu.compute_capability}); a TensorRT engine runs only where it was built. Build on the target "
+                "device, choose the target of this GPU, or pass --check to only parse and build"
+            )
+        return gpu.compute_capability
+
+    def build(self, onnx_path: Path, engine_path: Path, block: BlockSpec, target: Target, options: dict) -> BuildResult:
+        trt = self.trt
+        features = Features.of(self.flavor, trt.__version__)
+        check = bool(options.get("check"))
+        compute_capability = self.check_device(target, check)
+        plan = ShapePlan.from_json(options["shape_plan"])
+        start = time.perf_counter()
+        logger = capturing_logger(trt, trt.ILogger.Severity.VERBOSE)
+        builder = trt.Builder(logger)
+        network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+        parser = trt.OnnxParser(network, logger)
+        if not parser.parse_from_file(str(onnx_path)):
+            errors = "; ".join(parser.get_error(i).desc() for i in range(parser.num_errors))
+            raise UserError(f"{onnx_path}: the {self.flavor} ONNX parser rejected this block: {errors}; re-export it")
+        config = builder.create_builder_config()
+        # Without a GPU, TensorRT-RTX's builder tries to allocate a set workspace limit and fails (measured:
+        # OutOfMemory for the head at 0.5, 1, 2 and 8 GiB limits); check builds leave the pool at its default.
+        workspace = None if check else target.workspace_bytes
+        if workspace:
+            config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
+        config.builder_optimization_level = int(options.get("optimization_level", 3))
+        config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+        profiles = plan.profiles()
+        for shape_profile in profiles:
+            profile = builder.create_optimization_profile()
+            for tensor in block.inputs:
+                dims = [tuple(d if isinstance(d, int) else bound[d] for d in tensor.shape)
+                        for bound in (shape_profile.min, shape_profile.opt, shape_profile.max)]
+                profile.set_shape(tensor.name, *dims)
+            config.add_optimization_profile(profile)
+        cache_path = engine_path.parent / TIMING_CACHE
+        if features.timing_cache:
+            cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.exists() else b"")
+            config.set_timing_cache(cache, False)
+        if features.compute_capability_targeting:
+            config.num_compute_capabilities = 1
+            enum = getattr(trt.ComputeCapability, RTX_COMPUTE_CAPABILITIES[compute_capability])
+            if not config.set_compute_capability(enum, 0):
+                raise UserError(f"{self.flavor} {trt.__version__} cannot build for compute capability {compute_capability}")
+        serialized = builder.build_serialized_network(network, config)
+        if serialized is None:
+            raise UserError(f"{onnx_path}: {self.flavor} could not build this block: "
+                            f"{'; '.join(logger.errors()[-3:]) or 'no error message'}")
+        engine_path.write_bytes(serialized)
+        if features.timing_cache:
+            cache_path.write_bytes(config.get_timing_cache().serialize())
+        seconds = time.perf_counter() - start
+        layers = self._layer_report(trt, logger, serialized, check)
+        report = engine_path.with_name(engine_path.name.replace(self.engine_suffix, ".layers.json"))
+        report.write_text(json.dumps({"block": block.name, "layers": layers}, indent=1) + "\n")
+        return BuildResult(files=(engine_path,), seconds=seconds, details={
+            "tensorrt_version": trt.__version__,
+            "compute_capability": compute_capability,
+            "check_only": check,
+            "workspace_bytes": workspace,
+            "profiles": [p.to_json() for p in profiles],
+            "num_layers": len(layers),
+            "layer_report": report.name,
+        })
+
+    def _layer_report(self, trt, logger, serialized, check: bool) -> list[dict]:
+        if not check:  # the engine loads here (built on its GPU): the inspector is authoritative
+            engine = trt.Runtime(logger).deserialize_cuda_engine(serialized)
+            if engine is not None:
+                return layers_from_inspector(trt, engine)
+        return layers_from_log([message for _, message in logger.messages])
+
+    def load(self, source: EngineSource, target: Target, options: dict) -> Session:
+        from cetrt.backends.tensorrt_runtime import TensorRTSession
+
+        return TensorRTSession(self.trt, self.flavor, source, target)
