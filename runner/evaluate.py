@@ -1,28 +1,38 @@
 """The runner stage: an engines directory and a dataset in, scored items and metrics out.
 
-Steps, each timed: open the manifest, load documents, tokenize the harness's way, pack and batch, run the
-blocks layer-major, score. Latency is everything but tokenization.
+Steps, each timed: open the manifest, load documents, tokenize the harness's way, pack and batch, plan memory
+for the budget, run the blocks layer-major (engines resident or streamed), score. Latency is everything but
+tokenization. If the run fails part way, the items of the chunks that finished are written to the
+`partial_results` path before the error propagates.
 Usage: `results = evaluate(RunOptions(engines=Path("engines/smollm2-135m"), dataset="...jsonl", limit=200))`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from tqdm import tqdm
 
 from cetrt.backends import get_backend
 from cetrt.errors import UserError
-from cetrt.manifest import Manifest, engine_source, read_manifest
+from cetrt.manifest import Manifest, read_manifest
+from cetrt.runner.budget import activation_bytes_per_token, available_memory, parse_size, plan_memory
 from cetrt.runner.dataset import DEFAULT_DATASET, load_docs
-from cetrt.runner.executor import ResidentStore, Timings, run_layer_major
+from cetrt.runner.executor import (
+    DiskActivations, MemoryActivations, MemoryMeter, ResidentStore, StreamingStore, Timings, chunks, run_layer_major,
+)
+from cetrt.runner.memory import RssSampler
 from cetrt.runner.packing import make_batches, pack
-from cetrt.runner.report import RunResults
+from cetrt.runner.report import RunResults, write_results
 from cetrt.runner.requests import encode_docs
 from cetrt.runner.scoring import item_results, metrics
+from cetrt.runner.storage import ReadStats
+from cetrt.shapes import ShapePlan
 
 
 @dataclass(frozen=True)
@@ -32,8 +42,13 @@ class RunOptions:
     limit: int | None = None
     tokens_per_batch: int = 4096
     length_multiple: int = 32
-    chunk_tokens: int = 1 << 16
+    memory_budget: str | None = None  # a size ("8GiB"), "auto" (free memory), or None: the target's budget
+    chunk_tokens: int | None = None  # cap on a chunk's padded tokens (default: as large as the budget allows)
+    prefetch_depth: int = 1
+    spill_dir: Path | None = None
     threads: int | None = None
+    io_binding: bool = False  # ORT with I/O binding on CPU too (the CUDA path's host logic)
+    partial_results: Path | None = None
     progress: bool = True
 
 
@@ -45,16 +60,39 @@ def load_tokenizer(engines: Path, manifest: Manifest):
     return AutoTokenizer.from_pretrained(tokenizer_dir)
 
 
-def evaluate(options: RunOptions) -> RunResults:
-    start = time.perf_counter()
+def shape_plan(manifest: Manifest, options: RunOptions) -> ShapePlan:
+    """The engines' recorded plan (fixed optimization profiles) if they have one, else the run's options."""
+    if "shape_plan" in manifest.build_options:  # smaller batches than the build's still fit its profiles
+        recorded = ShapePlan.from_json(manifest.build_options["shape_plan"])
+        return dataclasses.replace(recorded, tokens_per_batch=min(recorded.tokens_per_batch, options.tokens_per_batch))
+    return ShapePlan(tokens_per_batch=options.tokens_per_batch, length_multiple=options.length_multiple)
+
+
+def budget_bytes(manifest: Manifest, option: str | None) -> int:
+    if option is None:
+        return manifest.target.memory_bytes
+    return available_memory() if option == "auto" else parse_size(option)
+
+
+def open_engines(options: RunOptions):
     engines = Path(options.engines)
     manifest = read_manifest(engines)
+    if manifest.build_options.get("check"):
+        raise UserError(f"{engines}: built with --check (parse and build only, for {manifest.target.name} without its "
+                        "GPU); these engines are not for running. Build on the target device with `make engines`")
     backend = get_backend(manifest.backend)
     if backend.version() != manifest.backend_version:
         raise UserError(
             f"{engines}: engines were built with {manifest.backend} {manifest.backend_version}, but "
             f"{backend.version()} is installed; rebuild them with `make engines`"
         )
+    return engines, manifest, backend
+
+
+def evaluate(options: RunOptions, announce: Callable[[str], None] = lambda text: None) -> RunResults:
+    start = time.perf_counter()
+    engines, manifest, backend = open_engines(options)
+    budget = budget_bytes(manifest, options.memory_budget)
     docs = load_docs(options.dataset, options.limit)
 
     tokenize_start = time.perf_counter()
@@ -62,17 +100,57 @@ def evaluate(options: RunOptions) -> RunResults:
     tokenize_s = time.perf_counter() - tokenize_start
 
     rows = [pack(i, e) for i, e in enumerate(encoded)]
-    batches = make_batches(rows, options.tokens_per_batch, options.length_multiple, manifest.model.max_positions)
-    timings = Timings()
-    backend_options = {"threads": options.threads} if options.threads else {}
-    store = ResidentStore(lambda block: backend.load(engine_source(engines, block), manifest.target, backend_options), timings)
+    batches = make_batches(rows, shape_plan(manifest, options), manifest.model.max_positions)
+    plan = plan_memory(manifest, batches, budget, options.chunk_tokens, options.prefetch_depth)
+    announce(plan.describe())
+    chunk_list = list(chunks(batches, plan.chunk_tokens))
+
+    timings, stats, meter = Timings(), ReadStats(), MemoryMeter()
+    backend_options = {k: v for k, v in (("threads", options.threads), ("io_binding", options.io_binding)) if v}
+
+    def load(block, source):
+        return backend.load(source, manifest.target, backend_options)
+
+    if plan.resident:
+        store = ResidentStore(engines, load, timings, stats, meter)
+    else:
+        sequence = [block for _ in chunk_list for block in manifest.blocks]
+        store = StreamingStore(engines, sequence, plan.prefetch_depth, load, timings, stats, meter)
+    if plan.activations == "memory":
+        activations = MemoryActivations(meter, activation_bytes_per_token(manifest, batches))
+    else:
+        activations = DiskActivations(meter, options.spill_dir)
+    outputs: list = [None] * len(batches)
+    finished: list[int] = []
     steps = len(batches) * len(manifest.blocks)
-    with tqdm(total=steps, desc="scoring", unit="step", disable=not options.progress) as bar:
+    with tqdm(total=steps, desc="scoring", unit="step", disable=not options.progress) as bar, RssSampler() as rss:
         try:
-            outputs = run_layer_major(manifest.blocks, store, batches, options.chunk_tokens, timings, bar.update)
+            run_layer_major(manifest.blocks, store, batches, chunk_list, activations, timings, outputs, bar.update,
+                            finished.extend, cache_inputs=plan.activations == "memory")
+        except UserError as error:
+            done = [i for i in finished]
+            saved = _save_partial(options, manifest, encoded, [batches[i] for i in done], [outputs[i] for i in done])
+            raise UserError(f"{error}{saved}") from None
         finally:
             store.close()
-    items = item_results(encoded, batches, outputs)
+            activations.close()
+    total_s = time.perf_counter() - start
+    streaming = {
+        "plan": plan.to_json(),
+        "bytes_read": stats.bytes_read,
+        "read_s": round(stats.read_s, 4),
+        "blocked_on_storage_s": round(stats.blocked_s, 4),
+        "overlap": round(1 - stats.blocked_s / max(total_s - tokenize_s, 1e-9), 4),
+        "direct_io": stats.direct,
+        "peak_held_bytes": meter.peak,
+        "peak_rss_increase_bytes": rss.peak_increase,
+    }
+    return make_results(manifest, options, item_results(encoded, batches, outputs), batches, timings,
+                        tokenize_s=tokenize_s, total_s=total_s, extra={"streaming": streaming})
+
+
+def make_results(manifest: Manifest, options: RunOptions, items, batches, timings: Timings, tokenize_s: float,
+                 total_s: float, extra: dict) -> RunResults:
     return RunResults(
         metrics=metrics(items),
         items=items,
@@ -86,8 +164,19 @@ def evaluate(options: RunOptions) -> RunResults:
         tokenize_s=tokenize_s,
         load_s=timings.load_s,
         compute_s=timings.compute_s,
-        total_s=time.perf_counter() - start,
+        total_s=total_s,
         tokens=sum(b.tokens for b in batches),
         padded_tokens=sum(b.shape[0] * b.shape[1] for b in batches),
         batch_shapes=[b.shape for b in batches],
+        extra=extra,
     )
+
+
+def _save_partial(options: RunOptions, manifest: Manifest, encoded, done_batches, done_outputs) -> str:
+    """Nothing of a failed run is lost: the finished chunks' items go to `partial_results`, if given."""
+    if not options.partial_results or not done_batches:
+        return ""
+    items = item_results(encoded, done_batches, done_outputs)
+    write_results(options.partial_results, make_results(manifest, options, items, done_batches, Timings(), 0.0, 0.0,
+                                                        extra={"complete": False}))
+    return f"; the {len(items)} items of the finished chunks were written to {options.partial_results}"

@@ -1,53 +1,174 @@
 """The layer-major executor: a chunk of batches goes through block i entirely before block i+1 runs.
 
 Each engine is therefore needed once per chunk, not once per batch: the schedule that lets engines stream
-from storage when the model does not fit (DESIGN.md). Activations of the chunk stay as the sessions return
-them (host arrays on CPU, device buffers on GPU) between blocks; only the head's outputs come to the host.
-Engines come from an `EngineStore`, which decides when bytes are read and what stays resident.
-Usage: `outputs = run_layer_major(blocks, store, batches, chunk_tokens=1 << 16, progress=bar)`.
+from storage when the model does not fit (DESIGN.md). Engines come from a store: `ResidentStore` loads each
+once and keeps it; `StreamingStore` takes bytes a background `Prefetcher` read ahead, loads, and frees the
+engine when the chunk is through it. Activations live in memory (as the sessions return them: host arrays
+on CPU, device buffers on GPU) or, as a third tier, in memory-mapped files. A `MemoryMeter` counts the bytes
+of engines and activations held, from the buffers' sizes, and keeps the peak.
+Usage: `outputs = run_layer_major(blocks, store, batches, chunk_list, activations, timings, progress)`.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 
-from cetrt.backends.base import Session
+from cetrt.backends.base import EngineSource, Session
 from cetrt.manifest import EngineBlock
 from cetrt.runner.packing import Batch
+from cetrt.runner.storage import Prefetcher, ReadStats
 from cetrt.spec import GREEDY, HIDDEN, HIDDEN_OUT, LOGPROBS
 
 
 @dataclass
 class Timings:
-    load_s: float = 0.0  # reading engines and creating sessions
+    load_s: float = 0.0  # creating sessions from engine bytes
     compute_s: float = 0.0  # running blocks, including building the batch inputs
-    bytes_read: int = 0
+
+
+class MemoryMeter:
+    """Bytes of engines and activations the executor holds now, and the most it ever held."""
+
+    def __init__(self):
+        self.current = 0
+        self.peak = 0
+        self._lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.current += n
+            self.peak = max(self.peak, self.current)
+
+    def sub(self, n: int) -> None:
+        with self._lock:
+            self.current -= n
+
+
+def engine_bytes(block: EngineBlock) -> int:
+    return sum(f.bytes for f in block.files)
 
 
 class ResidentStore:
     """Loads each engine on first use and keeps it: right when the whole model fits the memory budget."""
 
-    def __init__(self, load: Callable[[EngineBlock], Session], timings: Timings):
-        self._load = load
-        self._timings = timings
+    def __init__(self, engines_dir: Path, load: Callable[[EngineBlock, EngineSource], Session], timings: Timings,
+                 stats: ReadStats, meter: MemoryMeter):
+        from cetrt.runner.storage import read_verified
+
+        self._read = lambda block: read_verified(engines_dir, block, stats)
+        self._engines_dir, self._load, self._timings, self._meter = engines_dir, load, timings, meter
         self._sessions: dict[int, Session] = {}
 
     def get(self, block: EngineBlock) -> Session:
         if block.spec.index not in self._sessions:
+            data = self._read(block)
             start = time.perf_counter()
-            self._sessions[block.spec.index] = self._load(block)
+            source = EngineSource(path=self._engines_dir / block.files[0].path, read=lambda: data)
+            self._sessions[block.spec.index] = self._load(block, source)
             self._timings.load_s += time.perf_counter() - start
-            self._timings.bytes_read += sum(f.bytes for f in block.files)
+            self._meter.add(engine_bytes(block))
         return self._sessions[block.spec.index]
+
+    def release(self, block: EngineBlock) -> None:
+        """Resident engines stay until the run ends."""
 
     def close(self) -> None:
         for session in self._sessions.values():
             session.close()
         self._sessions.clear()
+
+
+class StreamingStore:
+    """Engines read ahead in `sequence` order, loaded when needed, freed when the chunk is through them."""
+
+    def __init__(self, engines_dir: Path, sequence: list[EngineBlock], depth: int,
+                 load: Callable[[EngineBlock, EngineSource], Session], timings: Timings, stats: ReadStats,
+                 meter: MemoryMeter):
+        self._engines_dir, self._load, self._timings, self._meter = engines_dir, load, timings, meter
+        self._prefetcher = Prefetcher(engines_dir, sequence, depth, stats, on_start=meter.add).__enter__()
+        self._sessions: dict[int, Session] = {}
+
+    def get(self, block: EngineBlock) -> Session:
+        data = self._prefetcher.take(block)
+        start = time.perf_counter()
+        source = EngineSource(path=self._engines_dir / block.files[0].path, read=lambda: data)
+        self._sessions[block.spec.index] = self._load(block, source)
+        self._timings.load_s += time.perf_counter() - start
+        self._meter.add(engine_bytes(block))
+        self._meter.sub(engine_bytes(block))  # the bytes go once the session holds the engine
+        del data
+        self._prefetcher.done()
+        return self._sessions[block.spec.index]
+
+    def release(self, block: EngineBlock) -> None:
+        self._sessions.pop(block.spec.index).close()
+        self._meter.sub(engine_bytes(block))
+
+    def close(self) -> None:
+        self._prefetcher.__exit__(None, None, None)
+        for session in self._sessions.values():
+            session.close()
+        self._sessions.clear()
+
+
+class MemoryActivations:
+    """Hidden states between blocks, kept as the session returned them."""
+
+    def __init__(self, meter: MemoryMeter, bytes_per_token: int):
+        self._values: dict[int, object] = {}
+        self._sizes: dict[int, int] = {}
+        self._meter, self._per_token = meter, bytes_per_token
+
+    def put(self, i: int, batch: Batch, value, session: Session) -> None:
+        self.drop(i)
+        self._values[i], self._sizes[i] = value, batch.shape[0] * batch.shape[1] * self._per_token
+        self._meter.add(self._sizes[i])
+
+    def get(self, i: int):
+        return self._values[i]
+
+    def drop(self, i: int) -> None:
+        if i in self._values:
+            del self._values[i]
+            self._meter.sub(self._sizes.pop(i))
+
+    def close(self) -> None:
+        for i in list(self._values):
+            self.drop(i)
+
+
+class DiskActivations:
+    """The third tier: hidden states in memory-mapped .npy files; only the batch in flight is in memory."""
+
+    def __init__(self, meter: MemoryMeter, directory: Path | None = None):
+        self._dir = Path(tempfile.mkdtemp(prefix="cetrt-activations-", dir=directory))
+        self._meter = meter
+
+    def put(self, i: int, batch: Batch, value, session: Session) -> None:
+        array = session.to_host(value)
+        self._meter.add(array.nbytes)
+        out = np.lib.format.open_memmap(self._dir / f"{i}.npy", mode="w+", dtype=array.dtype, shape=array.shape)
+        out[:] = array
+        out.flush()
+        del out
+        self._meter.sub(array.nbytes)
+
+    def get(self, i: int):
+        return np.load(self._dir / f"{i}.npy", mmap_mode="r")
+
+    def drop(self, i: int) -> None:
+        (self._dir / f"{i}.npy").unlink(missing_ok=True)
+
+    def close(self) -> None:
+        shutil.rmtree(self._dir, ignore_errors=True)
 
 
 @dataclass
@@ -71,24 +192,32 @@ def chunks(batches: list[Batch], chunk_tokens: int) -> Iterator[list[int]]:
         yield current
 
 
-def run_layer_major(blocks: tuple[EngineBlock, ...], store, batches: list[Batch], chunk_tokens: int,
-                    timings: Timings, progress: Callable[[int], None] = lambda n: None) -> list[HeadOutput]:
-    """Run every batch through every block, chunk by chunk; returns the head's outputs per batch."""
-    results: list[HeadOutput | None] = [None] * len(batches)
-    for chunk in chunks(batches, chunk_tokens):
-        inputs = {i: batches[i].arrays() for i in chunk}
-        hidden: dict[int, object] = {}
+def run_layer_major(blocks: tuple[EngineBlock, ...], store, batches: list[Batch], chunk_list: list[list[int]],
+                    activations, timings: Timings, results: list, progress: Callable[[int], None] = lambda n: None,
+                    on_chunk_done: Callable[[list[int]], None] = lambda chunk: None, cache_inputs: bool = True) -> None:
+    """Run every batch through every block, chunk by chunk, filling `results[i]` with batch i's head output.
+
+    The caller owns `results`, so the chunks that finished before a failure keep their outputs.
+    `cache_inputs` keeps each batch's ids, positions and mask for the whole chunk instead of rebuilding them
+    for every block (the planner counts them as activations); off when activations spill to disk.
+    """
+    for chunk in chunk_list:
+        cache: dict[int, dict] = {}
         for block in blocks:
             session = store.get(block)
             start = time.perf_counter()
             for i in chunk:
-                feeds = {name: hidden[i] if name == HIDDEN else inputs[i][name] for name in block.spec.input_names}
+                inputs = cache.get(i) or batches[i].arrays()
+                if cache_inputs:
+                    cache[i] = inputs
+                feeds = {name: activations.get(i) if name == HIDDEN else inputs[name] for name in block.spec.input_names}
                 out = session.run(feeds)
                 if block.spec.kind == "head":
                     results[i] = HeadOutput(session.to_host(out[LOGPROBS]), session.to_host(out[GREEDY]))
-                    del hidden[i]
+                    activations.drop(i)
                 else:
-                    hidden[i] = out[HIDDEN_OUT]
+                    activations.put(i, batches[i], out[HIDDEN_OUT], session)
                 progress(1)
             timings.compute_s += time.perf_counter() - start
-    return results  # type: ignore[return-value]
+            store.release(block)
+        on_chunk_done(chunk)

@@ -42,7 +42,7 @@ class ItemResult:
 
 
 def item_results(encoded: list[EncodedDoc], batches: list[Batch], outputs: list[HeadOutput]) -> list[ItemResult]:
-    """Sum each ending's scored slots; results come back in the documents' order."""
+    """Sum each ending's scored slots, for the items of the given batches, in the documents' order."""
     by_item: dict[int, ItemResult] = {}
     for batch, out in zip(batches, outputs):
         for r, row in enumerate(batch.rows):
@@ -57,7 +57,7 @@ def item_results(encoded: list[EncodedDoc], batches: list[Batch], outputs: list[
                 ind=doc.doc.ind, label=doc.doc.label, scores=tuple(float(s) for s in scores),
                 lengths=doc.lengths, greedy=tuple(all_greedy),
             )
-    return [by_item[i] for i in range(len(encoded))]
+    return [by_item[i] for i in sorted(by_item)]
 
 
 def mean_stderr(values: list[float]) -> float:

@@ -8,12 +8,14 @@ Usage: `path = make_tiny_model(tmp_path, "llama")`.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-HELLASWAG = SHARED / "data" / "hellaswag" / "hellaswag_val.jsonl"
+# ../shared does not travel to the GPU machine: there the tests are pointed at a carried copy.
+HELLASWAG = Path(os.environ.get("CETRT_HELLASWAG", SHARED / "data" / "hellaswag" / "hellaswag_val.jsonl"))
 
 ARCHS = ("llama", "opt", "opt-postnorm")
 
@@ -57,13 +59,14 @@ def tiny_config(arch: str, vocab_size: int):
     )
 
 
-def make_tiny_model(directory: Path, arch: str, tokenizer=None, seed: int = 0) -> Path:
+def make_tiny_model(directory: Path, arch: str, tokenizer=None, seed: int = 0, config=None) -> Path:
     """Save a random model + tokenizer as a Hugging Face directory (config.json, safetensors, tokenizer)."""
     from transformers import AutoModelForCausalLM
 
     tokenizer = tokenizer or make_tokenizer()
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(arch, len(tokenizer)), attn_implementation="eager")
+    config = config or tiny_config(arch, len(tokenizer))
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
     with torch.no_grad():  # non-trivial norm parameters, so a dropped or misplaced norm shows
         for name, param in model.named_parameters():
             if "norm" in name:

@@ -1,0 +1,147 @@
+"""The memory plan: what stays resident, how many tokens a chunk holds, where activations live, what is read.
+
+Weight-stationary, layer-major (DESIGN.md): a chunk of batches goes through block i before block i+1, so each
+streamed engine is read once per chunk. The budget covers what the runner holds: engines (the one in use and
+those read ahead) and the chunk's activations; the chunk is as large as the budget allows. One batch's working
+memory inside the backend (attention scores, the head's logits) comes on top: the plan states it as the slack. When the whole model fits, every
+engine is read once and stays. When not even one batch of activations fits beside two engines, activations
+spill to memory-mapped files (the third tier) and the weights are read once.
+Usage: `plan = plan_memory(manifest, batches, budget_bytes=parse_size("8GiB"))`; `print(plan.describe())`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from cetrt.errors import UserError
+from cetrt.manifest import Manifest
+from cetrt.runner.executor import chunks
+from cetrt.runner.packing import Batch
+from cetrt.spec import dtype_bytes
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """'8GiB', '512MB', '1.5GiB', '1000000' -> bytes."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?I?B?)\s*", text.upper())
+    if not match or match.group(2) not in _UNITS:
+        raise UserError(f"--memory-budget {text!r}: give a size such as 8GiB, 512MiB or 2GB, or 'auto'")
+    return int(float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def available_memory() -> int:
+    """MemAvailable from /proc/meminfo: what `--memory-budget auto` means (on the Orin, CPU and GPU share it)."""
+    for line in open("/proc/meminfo"):
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    raise UserError("--memory-budget auto reads /proc/meminfo, which this system does not have; give a size")
+
+
+def engine_bytes(block) -> int:
+    return sum(f.bytes for f in block.files)
+
+
+def activation_bytes_per_token(manifest: Manifest, batches: list[Batch]) -> int:
+    """What a chunk holds per padded token between blocks: the hidden state, plus the batch inputs kept for
+    the chunk (a row of the FP32 mask, ids, positions, scored slots)."""
+    longest = max(b.length for b in batches)
+    return manifest.model.hidden_size * dtype_bytes(manifest.dtype) + 4 * longest + 32
+
+
+def working_bytes(manifest: Manifest, batch: Batch) -> int:
+    """Memory one batch needs inside a block beyond its stored activations: an estimate, not a measurement.
+
+    The largest of: a layer's intermediates (mask, FP32 scores and probabilities per head, the fused MLP
+    activations, hidden in and out) and the head's FP32 logits and log-probabilities over the vocabulary.
+    """
+    spec, b, l = manifest.model, len(batch.rows), batch.length
+    width = dtype_bytes(manifest.dtype)
+    tokens = b * l
+    layer = b * l * l * 4 * (1 + 2 * spec.num_heads) + tokens * (2 * spec.intermediate_size + 4 * spec.hidden_size) * width
+    head = b * batch.slots * spec.vocab_size * 4 * 2
+    return max(layer, head) + 2 * tokens * spec.hidden_size * width
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    budget_bytes: int
+    model_bytes: int
+    resident: bool  # every engine loaded once and kept
+    chunk_tokens: int  # padded tokens per chunk
+    chunks: int
+    bytes_to_read: int
+    activations: str  # "memory" or "disk"
+    peak_bytes: int  # engines + activations held, as planned (at most the budget)
+    slack_bytes: int  # one batch's working memory inside the backend, on top of the budget (an estimate)
+    prefetch_depth: int  # engines read ahead of the one computing
+
+    @property
+    def passes(self) -> int:
+        """How many times the weights are read from storage."""
+        return 1 if self.resident else self.chunks
+
+    def describe(self) -> str:
+        gib = 2**30
+        engines = "all stay resident (read once)" if self.resident else f"streamed, {self.prefetch_depth} read ahead"
+        rows = [
+            ("budget", f"{self.budget_bytes / gib:.2f} GiB for {self.model_bytes / gib:.2f} GiB of engines"),
+            ("engines", engines),
+            ("chunks", f"{self.chunks} of up to {self.chunk_tokens:,} padded tokens"),
+            ("weights read", f"{self.passes} pass(es), {self.bytes_to_read / gib:.2f} GiB"),
+            ("activations", "in memory" if self.activations == "memory" else "spilled to memory-mapped files"),
+            ("expected peak", f"{self.peak_bytes / gib:.3f} GiB held, plus up to {self.slack_bytes / gib:.3f} GiB "
+                              "working memory of one batch"),
+        ]
+        return "\n".join(f"  plan {k:<13} {v}" for k, v in rows)
+
+    def to_json(self) -> dict:
+        return {"budget_bytes": self.budget_bytes, "model_bytes": self.model_bytes, "resident": self.resident,
+                "chunk_tokens": self.chunk_tokens, "chunks": self.chunks, "passes": self.passes,
+                "bytes_to_read": self.bytes_to_read, "activations": self.activations, "peak_bytes": self.peak_bytes,
+                "slack_bytes": self.slack_bytes, "prefetch_depth": self.prefetch_depth}
+
+
+def count_chunks(batches: list[Batch], chunk_tokens: int) -> int:
+    return sum(1 for _ in chunks(batches, chunk_tokens))
+
+
+def plan_memory(manifest: Manifest, batches: list[Batch], budget_bytes: int, chunk_tokens: int | None = None,
+                prefetch_depth: int = 1) -> MemoryPlan:
+    """Choose residency, chunk size and activation tier for `budget_bytes`; `chunk_tokens` caps the chunk."""
+    sizes = [engine_bytes(b) for b in manifest.blocks]
+    model = sum(sizes)
+    per_token = activation_bytes_per_token(manifest, batches)
+    hidden_bytes = manifest.model.hidden_size * dtype_bytes(manifest.dtype)
+    all_tokens = sum(b.shape[0] * b.shape[1] for b in batches)
+    largest_batch = max(b.shape[0] * b.shape[1] for b in batches)
+    working = max(working_bytes(manifest, b) for b in batches)
+    cap = chunk_tokens or all_tokens
+
+    def chunked(resident: bool, engines_held: int, activations: str, tokens: int) -> MemoryPlan:
+        tokens = max(largest_batch, min(tokens, cap))
+        n = count_chunks(batches, tokens)
+        held = min(tokens, all_tokens) * per_token if activations == "memory" else 2 * largest_batch * hidden_bytes
+        return MemoryPlan(
+            budget_bytes=budget_bytes, model_bytes=model, resident=resident, chunk_tokens=tokens, chunks=n,
+            bytes_to_read=model if resident else model * n, activations=activations,
+            peak_bytes=engines_held + held, slack_bytes=working, prefetch_depth=0 if resident else prefetch_depth,
+        )
+
+    room_resident = budget_bytes - model
+    if room_resident >= largest_batch * per_token:
+        return chunked(True, model, "memory", room_resident // per_token)
+    streaming_engines = (1 + prefetch_depth) * max(sizes)
+    room_streaming = budget_bytes - streaming_engines
+    if room_streaming >= largest_batch * per_token:
+        return chunked(False, streaming_engines, "memory", room_streaming // per_token)
+    in_flight = 2 * largest_batch * hidden_bytes  # the batch read from its file and the one written back
+    if room_streaming >= in_flight:
+        return chunked(False, streaming_engines, "disk", all_tokens)
+    needed = streaming_engines + in_flight
+    raise UserError(
+        f"--memory-budget {budget_bytes / 2**20:.2f} MiB is too small: the largest engine ({max(sizes) / 2**20:.2f} MiB) "
+        f"with {prefetch_depth} read ahead and one batch of activations need {needed / 2**20:.2f} MiB; raise the "
+        "budget, lower --tokens-per-batch, or export with fewer layers per block"
+    )

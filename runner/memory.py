@@ -1,0 +1,49 @@
+"""Measured memory: the process's resident set, sampled in the background while the run goes.
+
+On Linux it reads /proc/self/statm every 20 ms; `peak_increase` is the largest RSS seen minus the RSS when
+sampling began (the interpreter and libraries already loaded). On the Orin, where CPU and GPU share memory,
+this counts host allocations only; device allocations show in the executor's held-bytes meter.
+Usage: `with RssSampler() as rss: ...`; `rss.peak_increase`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except OSError:
+        return None
+
+
+class RssSampler:
+    def __init__(self, interval_s: float = 0.02):
+        self._interval = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.baseline = rss_bytes()
+        self.peak = self.baseline
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            now = rss_bytes()
+            if now is not None and (self.peak is None or now > self.peak):
+                self.peak = now
+
+    @property
+    def peak_increase(self) -> int | None:
+        return None if self.baseline is None else self.peak - self.baseline
+
+    def __enter__(self) -> "RssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=1)
