@@ -217,6 +217,11 @@ TARGETS: dict[str, Target] = {
             note="a desktop RTX GPU (Ampere or newer) with 24 GB",
         ),
         Target(
+            name="cuda", device="cuda", compute_capability=None, memory_bytes=64 * GiB, workspace_bytes=4 * GiB,
+            backends=("onnxruntime",), default_dtype="float16",
+            note="any CUDA GPU through ONNX Runtime's CUDA execution provider (onnxruntime-gpu)",
+        ),
+        Target(
             name="h100", device="cuda", compute_capability="9.0", memory_bytes=72 * GiB,
             workspace_bytes=8 * GiB, backends=("tensorrt", "onnxruntime"), default_dtype="float16",
             note="NVIDIA H100 80GB",
