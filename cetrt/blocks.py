@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cetrt.errors import UserError
-from cetrt.files import FileRecord, read_json, write_json_atomic
+from cetrt.files import FileRecord, read_versioned_json, write_json_atomic
 from cetrt.spec import BlockSpec, ModelSpec
 
 BLOCKS_FILE = "blocks.json"
@@ -64,15 +64,8 @@ def write_blocks(out_dir: Path, exported: ExportedModel) -> Path:
 def read_blocks(export_dir: Path) -> ExportedModel:
     """Load and validate blocks.json: format, version, and that every file it names is present at its size."""
     export_dir = Path(export_dir)
-    if not export_dir.is_dir():
-        raise UserError(f"{export_dir}: no such export directory; {_FIX}")
-    path = export_dir / BLOCKS_FILE
-    data = read_json(path, "blocks.json", _FIX)
-    if data.get("format") != "cetrt-blocks" or data.get("version") != BLOCKS_VERSION:
-        raise UserError(
-            f"{path}: format {data.get('format')!r} version {data.get('version')!r}, but this cetrt reads "
-            f"cetrt-blocks version {BLOCKS_VERSION}; {_FIX}"
-        )
+    path, data = read_versioned_json(export_dir, BLOCKS_FILE, "cetrt-blocks", BLOCKS_VERSION,
+                                     f"no such export directory; {_FIX}", _FIX)
     try:
         exported = ExportedModel(
             model_id=data["model_id"],

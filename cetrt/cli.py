@@ -16,7 +16,7 @@ import click
 from cetrt.errors import UserError
 from cetrt.spec import DTYPES, TARGETS
 
-BACKEND_CHOICES = ("onnxruntime",)
+BACKEND_CHOICES = ("onnxruntime", "tensorrt", "tensorrt-rtx")
 
 
 def user_errors(command):
@@ -53,12 +53,22 @@ def export_command(model, out_dir, layers_per_block, dtype):
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Directory for engines and manifest.json.")
 @click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="onnxruntime", show_default=True)
 @click.option("--target", type=click.Choice(sorted(TARGETS)), default="cpu", show_default=True)
+@click.option("--check", is_flag=True,
+              help="Parse and build for the target without its GPU (engines are not for running).")
+@click.option("--max-length", type=int, default=512, show_default=True,
+              help="Longest packed row the engines accept (TensorRT optimization profiles).")
+@click.option("--tokens-per-batch", type=int, default=4096, show_default=True, help="Largest batch, in padded tokens.")
+@click.option("--optimization-level", type=click.IntRange(0, 5), default=3, show_default=True,
+              help="TensorRT builder optimization level.")
 @user_errors
-def build_command(onnx_dir, out_dir, backend, target):
+def build_command(onnx_dir, out_dir, backend, target, check, max_length, tokens_per_batch, optimization_level):
     """Build one engine per exported block, and manifest.json."""
     from cetrt.build.engines import BuildOptions, build_engines
+    from cetrt.shapes import ShapePlan
 
-    manifest = build_engines(BuildOptions(onnx_dir=onnx_dir, out_dir=out_dir, backend=backend, target=target))
+    plan = ShapePlan(tokens_per_batch=tokens_per_batch, max_length=max_length)
+    manifest = build_engines(BuildOptions(onnx_dir=onnx_dir, out_dir=out_dir, backend=backend, target=target,
+                                          check=check, shape_plan=plan, optimization_level=optimization_level))
     click.echo(f"built {len(manifest.blocks)} {backend} engines for {target} in {out_dir} "
                f"({manifest.engine_bytes / 2**20:.1f} MiB)")
 
@@ -70,19 +80,29 @@ def build_command(onnx_dir, out_dir, backend, target):
 @click.option("--limit", type=int, default=None, help="Score only the first N items.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write results.json here.")
 @click.option("--tokens-per-batch", type=int, default=4096, show_default=True, help="Padded tokens per batch.")
-@click.option("--chunk-tokens", type=int, default=1 << 16, show_default=True,
-              help="Padded tokens run through one block before the next block (layer-major chunk).")
+@click.option("--memory-budget", default=None,
+              help="Memory for engines and activations: a size (8GiB, 512MiB), or 'auto' (free memory). "
+                   "Default: the target's budget from the manifest.")
+@click.option("--chunk-tokens", type=int, default=None,
+              help="Cap on the padded tokens a chunk runs through one block before the next (default: as many as fit).")
+@click.option("--prefetch-depth", type=click.IntRange(1, 4), default=1, show_default=True,
+              help="Engines read ahead of the one computing, when streaming.")
+@click.option("--spill-dir", type=click.Path(path_type=Path), default=None,
+              help="Where activations go when they must spill to disk (default: the system's temp dir).")
 @click.option("--threads", type=int, default=None, help="Intra-op threads for CPU backends (default: all cores).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors
-def run_command(engines, dataset, limit, json_path, tokens_per_batch, chunk_tokens, threads, quiet):
+def run_command(engines, dataset, limit, json_path, tokens_per_batch, memory_budget, chunk_tokens, prefetch_depth,
+                spill_dir, threads, quiet):
     """Score HellaSwag with prebuilt engines and print acc and acc_norm."""
     from cetrt.runner.evaluate import RunOptions, evaluate
     from cetrt.runner.report import summary_table, write_results
 
+    partial = json_path.with_name(json_path.stem + ".partial.json") if json_path else None
     options = RunOptions(engines=engines, dataset=dataset, limit=limit, tokens_per_batch=tokens_per_batch,
-                         chunk_tokens=chunk_tokens, threads=threads, progress=not quiet)
-    results = evaluate(options)
+                         memory_budget=memory_budget, chunk_tokens=chunk_tokens, prefetch_depth=prefetch_depth,
+                         spill_dir=spill_dir, threads=threads, partial_results=partial, progress=not quiet)
+    results = evaluate(options, announce=click.echo)
     click.echo(summary_table(results))
     if json_path:
         write_results(json_path, results)

@@ -77,3 +77,16 @@ def read_json(path: Path, what: str, fix: str) -> dict:
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a JSON object; {fix}")
     return data
+
+
+def read_versioned_json(directory: Path, name: str, fmt: str, version: int, missing_dir: str, fix: str) -> tuple[Path, dict]:
+    """Open `directory/name` and check its format and version; the message names the file and the fix."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise UserError(f"{directory}: {missing_dir}")
+    path = directory / name
+    data = read_json(path, name, fix)
+    if data.get("format") != fmt or data.get("version") != version:
+        raise UserError(f"{path}: format {data.get('format')!r} version {data.get('version')!r}, but this cetrt "
+                        f"reads {fmt} version {version}; {fix}")
+    return path, data

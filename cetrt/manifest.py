@@ -3,7 +3,7 @@
 An engines directory holds one engine per block, `tokenizer/`, and `manifest.json`: the model (id, hash,
 shape), precision, backend and its version, target, build options, and per block its interface, files
 (bytes, sha256), build time and backend details. Opening the directory checks format and sizes; each engine's
-sha256 is checked on the bytes as they are read for loading (`engine_source`).
+sha256 is checked on the bytes as the runner reads them for loading (cetrt.runner.storage).
 Usage: `write_manifest(out_dir, manifest)`; `manifest = read_manifest(engines_dir)`.
 """
 
@@ -12,9 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cetrt.backends.base import EngineSource
 from cetrt.errors import UserError
-from cetrt.files import FileRecord, read_json, write_json_atomic
+from cetrt.files import FileRecord, read_versioned_json, write_json_atomic
 from cetrt.spec import BlockSpec, ModelSpec, Target
 
 MANIFEST_FILE = "manifest.json"
@@ -89,15 +88,8 @@ def write_manifest(out_dir: Path, manifest: Manifest) -> Path:
 def read_manifest(engines_dir: Path) -> Manifest:
     """Open an engines directory: format, version, target record, and every file present at its size."""
     engines_dir = Path(engines_dir)
-    if not engines_dir.is_dir():
-        raise UserError(f"{engines_dir}: no such engines directory; build it first with `make engines`")
-    path = engines_dir / MANIFEST_FILE
-    data = read_json(path, "manifest.json", _FIX)
-    if data.get("format") != "cetrt-manifest" or data.get("version") != MANIFEST_VERSION:
-        raise UserError(
-            f"{path}: format {data.get('format')!r} version {data.get('version')!r}, but this cetrt reads "
-            f"cetrt-manifest version {MANIFEST_VERSION}; {_FIX}"
-        )
+    path, data = read_versioned_json(engines_dir, MANIFEST_FILE, "cetrt-manifest", MANIFEST_VERSION,
+                                     "no such engines directory; build it first with `make engines`", _FIX)
     try:
         target = Target(**{**data["target"], "backends": tuple(data["target"]["backends"])})
         manifest = Manifest(
@@ -117,17 +109,3 @@ def read_manifest(engines_dir: Path) -> Manifest:
     for record in manifest.tokenizer_files + tuple(f for b in manifest.blocks for f in b.files):
         record.check_size(engines_dir, _FIX)
     return manifest
-
-
-def engine_source(engines_dir: Path, block: EngineBlock) -> EngineSource:
-    """An EngineSource whose read returns the engine's bytes after checking every file's sha256."""
-    engines_dir = Path(engines_dir)
-
-    def read() -> bytes:
-        main = (engines_dir / block.files[0].path).read_bytes()
-        block.files[0].check_digest(engines_dir, main, _FIX)
-        for side in block.files[1:]:
-            side.check_digest(engines_dir, None, _FIX)
-        return main
-
-    return EngineSource(path=engines_dir / block.files[0].path, read=read)

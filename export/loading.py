@@ -101,8 +101,10 @@ def load_model(name_or_path: str, dtype: str = "float32") -> LoadedModel:
     source = resolve_source(name_or_path)
     spec = ModelSpec.from_hf_config(_read_config(source))
     torch_dtype = {"float32": torch.float32, "float16": torch.float16}[dtype]
+    # GGUF weights are dequantized in FP32 (transformers keeps them packed when asked for FP16), then cast.
+    load_dtype = torch.float32 if source.gguf_file else torch_dtype
     model = AutoModelForCausalLM.from_pretrained(
-        source.directory, gguf_file=source.gguf_file, dtype=torch_dtype, attn_implementation="eager"
-    ).eval()
+        source.directory, gguf_file=source.gguf_file, dtype=load_dtype, attn_implementation="eager"
+    ).eval().to(torch_dtype)
     tokenizer = AutoTokenizer.from_pretrained(source.directory, gguf_file=source.gguf_file)
     return LoadedModel(source=source, model=model, tokenizer=tokenizer, spec=spec, model_hash=model_hash(source))

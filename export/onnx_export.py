@@ -75,7 +75,7 @@ def export_block(
     data = path.with_name(path.name + ".data")
     data.unlink(missing_ok=True)
     onnx.save_model(model, str(path), save_as_external_data=external, all_tensors_to_one_file=True,
-                    location=data.name, size_threshold=0)
+                    location=data.name, size_threshold=1024)  # small constants stay inline for shape inference
     onnx.checker.check_model(str(path), full_check=False)
     return [path, data] if external else [path]
 

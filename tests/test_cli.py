@@ -68,7 +68,7 @@ def test_missing_dataset(zoo, tmp_path):
     _fails_cleanly(run_command, ["--engines", zoo.engines("llama"), "--dataset", tmp_path / "nope.jsonl"], "no such dataset file")
 
 
-@pytest.mark.parametrize("change, message", [("flip", "does not match the recorded"), ("truncate", "the file changed")])
+@pytest.mark.parametrize("change, message", [("flip", "does not match manifest.json"), ("truncate", "the file changed")])
 def test_engine_that_does_not_match_the_manifest(zoo, hellaswag_path, tmp_path, change, message):
     engines = tmp_path / "engines"
     shutil.copytree(zoo.engines("llama"), engines)
