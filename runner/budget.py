@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from cetrt.errors import UserError
 from cetrt.manifest import Manifest
-from cetrt.runner.executor import chunks
+from cetrt.runner.executor import chunks, engine_bytes
 from cetrt.runner.packing import Batch
 from cetrt.spec import dtype_bytes
 
@@ -37,10 +37,6 @@ def available_memory() -> int:
         if line.startswith("MemAvailable:"):
             return int(line.split()[1]) * 1024
     raise UserError("--memory-budget auto reads /proc/meminfo, which this system does not have; give a size")
-
-
-def engine_bytes(block) -> int:
-    return sum(f.bytes for f in block.files)
 
 
 def activation_bytes_per_token(manifest: Manifest, batches: list[Batch]) -> int:

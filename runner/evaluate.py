@@ -128,8 +128,7 @@ def evaluate(options: RunOptions, announce: Callable[[str], None] = lambda text:
             run_layer_major(manifest.blocks, store, batches, chunk_list, activations, timings, outputs, bar.update,
                             finished.extend, cache_inputs=plan.activations == "memory")
         except UserError as error:
-            done = [i for i in finished]
-            saved = _save_partial(options, manifest, encoded, [batches[i] for i in done], [outputs[i] for i in done])
+            saved = _save_partial(options, manifest, encoded, [batches[i] for i in finished], [outputs[i] for i in finished])
             raise UserError(f"{error}{saved}") from None
         finally:
             store.close()

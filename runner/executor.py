@@ -24,6 +24,7 @@ import numpy as np
 from cetrt.backends.base import EngineSource, Session
 from cetrt.manifest import EngineBlock
 from cetrt.runner.packing import Batch
+from cetrt.runner import storage
 from cetrt.runner.storage import Prefetcher, ReadStats
 from cetrt.spec import GREEDY, HIDDEN, HIDDEN_OUT, LOGPROBS
 
@@ -61,9 +62,7 @@ class ResidentStore:
 
     def __init__(self, engines_dir: Path, load: Callable[[EngineBlock, EngineSource], Session], timings: Timings,
                  stats: ReadStats, meter: MemoryMeter):
-        from cetrt.runner.storage import read_verified
-
-        self._read = lambda block: read_verified(engines_dir, block, stats)
+        self._read = lambda block: storage.read_verified(engines_dir, block, stats)
         self._engines_dir, self._load, self._timings, self._meter = engines_dir, load, timings, meter
         self._sessions: dict[int, Session] = {}
 
