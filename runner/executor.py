@@ -57,27 +57,21 @@ def engine_bytes(block: EngineBlock) -> int:
     return sum(f.bytes for f in block.files)
 
 
-class ResidentStore:
-    """Loads each engine on first use and keeps it: right when the whole model fits the memory budget."""
+class _SessionStore:
+    """What both stores share: a session made from bytes already read, timed and counted as held."""
 
     def __init__(self, engines_dir: Path, load: Callable[[EngineBlock, EngineSource], Session], timings: Timings,
-                 stats: ReadStats, meter: MemoryMeter):
-        self._read = lambda block: storage.read_verified(engines_dir, block, stats)
+                 meter: MemoryMeter):
         self._engines_dir, self._load, self._timings, self._meter = engines_dir, load, timings, meter
         self._sessions: dict[int, Session] = {}
 
-    def get(self, block: EngineBlock) -> Session:
-        if block.spec.index not in self._sessions:
-            data = self._read(block)
-            start = time.perf_counter()
-            source = EngineSource(path=self._engines_dir / block.files[0].path, read=lambda: data)
-            self._sessions[block.spec.index] = self._load(block, source)
-            self._timings.load_s += time.perf_counter() - start
-            self._meter.add(engine_bytes(block))
-        return self._sessions[block.spec.index]
-
-    def release(self, block: EngineBlock) -> None:
-        """Resident engines stay until the run ends."""
+    def _open(self, block: EngineBlock, data: bytes) -> Session:
+        start = time.perf_counter()
+        source = EngineSource(path=self._engines_dir / block.files[0].path, read=lambda: data)
+        session = self._sessions[block.spec.index] = self._load(block, source)
+        self._timings.load_s += time.perf_counter() - start
+        self._meter.add(engine_bytes(block))
+        return session
 
     def close(self) -> None:
         for session in self._sessions.values():
@@ -85,27 +79,37 @@ class ResidentStore:
         self._sessions.clear()
 
 
-class StreamingStore:
+class ResidentStore(_SessionStore):
+    """Loads each engine on first use and keeps it: right when the whole model fits the memory budget."""
+
+    def __init__(self, engines_dir: Path, load: Callable[[EngineBlock, EngineSource], Session], timings: Timings,
+                 stats: ReadStats, meter: MemoryMeter):
+        super().__init__(engines_dir, load, timings, meter)
+        self._stats = stats
+
+    def get(self, block: EngineBlock) -> Session:
+        if block.spec.index not in self._sessions:
+            return self._open(block, storage.read_verified(self._engines_dir, block, self._stats))
+        return self._sessions[block.spec.index]
+
+    def release(self, block: EngineBlock) -> None:
+        """Resident engines stay until the run ends."""
+
+
+class StreamingStore(_SessionStore):
     """Engines read ahead in `sequence` order, loaded when needed, freed when the chunk is through them."""
 
     def __init__(self, engines_dir: Path, sequence: list[EngineBlock], depth: int,
                  load: Callable[[EngineBlock, EngineSource], Session], timings: Timings, stats: ReadStats,
                  meter: MemoryMeter):
-        self._engines_dir, self._load, self._timings, self._meter = engines_dir, load, timings, meter
+        super().__init__(engines_dir, load, timings, meter)
         self._prefetcher = Prefetcher(engines_dir, sequence, depth, stats, on_start=meter.add).__enter__()
-        self._sessions: dict[int, Session] = {}
 
     def get(self, block: EngineBlock) -> Session:
-        data = self._prefetcher.take(block)
-        start = time.perf_counter()
-        source = EngineSource(path=self._engines_dir / block.files[0].path, read=lambda: data)
-        self._sessions[block.spec.index] = self._load(block, source)
-        self._timings.load_s += time.perf_counter() - start
-        self._meter.add(engine_bytes(block))
-        self._meter.sub(engine_bytes(block))  # the bytes go once the session holds the engine
-        del data
+        session = self._open(block, self._prefetcher.take(block))
+        self._meter.sub(engine_bytes(block))  # the read bytes go once the session holds the engine
         self._prefetcher.done()
-        return self._sessions[block.spec.index]
+        return session
 
     def release(self, block: EngineBlock) -> None:
         self._sessions.pop(block.spec.index).close()
@@ -113,9 +117,7 @@ class StreamingStore:
 
     def close(self) -> None:
         self._prefetcher.__exit__(None, None, None)
-        for session in self._sessions.values():
-            session.close()
-        self._sessions.clear()
+        super().close()
 
 
 class MemoryActivations:
