@@ -56,8 +56,8 @@ def _session_options(options: dict):
     so = ort.SessionOptions()
     so.log_severity_level = 3
     # One arena per session keeps each block's peak intermediates for the whole run: with SmolLM2's 32
-    # sessions the process grew 7.3 GB over 100 items with arenas, 2.1 GB without, and ran faster (31.8 s
-    # against 38.1 s); measured on the 2-core CPU machine.
+    # sessions the process grew 7.7 GB over 100 items with arenas, 0.73 GB without, and ran faster
+    # (bench/ort_arena.py, bench/results/ort_arena_smollm2.json).
     so.enable_cpu_mem_arena = False
     if options.get("threads"):
         so.intra_op_num_threads = int(options["threads"])
