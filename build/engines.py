@@ -8,6 +8,7 @@ Usage: `build_engines(BuildOptions(onnx_dir=Path("artifacts/onnx/m"), out_dir=Pa
 
 from __future__ import annotations
 
+import functools
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from tqdm import tqdm
 
 from cetrt.backends import get_backend
 from cetrt.blocks import TOKENIZER_DIR, read_blocks
+from cetrt.build.block_types import build_types
 from cetrt.errors import UserError
 from cetrt.files import FileRecord
 from cetrt.manifest import MANIFEST_FILE, EngineBlock, Manifest, write_manifest
@@ -32,6 +34,10 @@ class BuildOptions:
     check: bool = False  # parse and build only, for a target whose GPU is not here (engines not runnable)
     shape_plan: ShapePlan = ShapePlan(max_length=512)
     optimization_level: int = 3
+    weights: str = "inside"  # or "inputs": one engine per block type, each block's weights in its own file
+
+
+WEIGHTS_LAYOUTS = ("inside", "inputs")
 
 
 def check_target(target: Target, backend: str, check: bool) -> None:
@@ -52,15 +58,30 @@ def build_engines(options: BuildOptions) -> Manifest:
     out = Path(options.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST_FILE).unlink(missing_ok=True)
+    if options.weights not in WEIGHTS_LAYOUTS:
+        raise UserError(f"--weights {options.weights!r}: choose one of {list(WEIGHTS_LAYOUTS)}")
+    onnx_dir = Path(options.onnx_dir)
     fix = "re-run the export (`make engines` or `ce-export`)"
-    blocks = []
-    for block in tqdm(exported.blocks, desc=f"build ({backend.name}, {target.name})", unit="block"):
+    for block in exported.blocks:
         for record in block.files:
-            record.check_digest(Path(options.onnx_dir), None, fix)
-        engine_path = out / f"block_{block.spec.index:03d}{backend.engine_suffix}"
-        result = backend.build(Path(options.onnx_dir) / block.onnx_file.path, engine_path, block.spec, target, backend_options)
-        files = tuple(FileRecord.of(out, f) for f in result.files)
-        blocks.append(EngineBlock(spec=block.spec, files=files, build_seconds=result.seconds, details=result.details))
+            record.check_digest(onnx_dir, None, fix)
+    for stale in [*out.glob("block_*"), *out.glob("type_*")]:
+        stale.unlink()  # a layout switch must not leave the other layout's files behind
+    progress = functools.partial(tqdm, desc=f"build ({backend.name}, {target.name}, weights {options.weights})",
+                                 unit="block")
+    engine_types: list = []
+    if options.weights == "inputs":
+        def build_one(graph_path: Path, name: str, spec):
+            return backend.build(graph_path, out / f"{name}{backend.engine_suffix}", spec, target, backend_options)
+
+        blocks, engine_types = build_types(exported, onnx_dir, out, build_one, progress)
+    else:
+        blocks = []
+        for block in progress(exported.blocks):
+            engine_path = out / f"block_{block.spec.index:03d}{backend.engine_suffix}"
+            result = backend.build(onnx_dir / block.onnx_file.path, engine_path, block.spec, target, backend_options)
+            files = tuple(FileRecord.of(out, f) for f in result.files)
+            blocks.append(EngineBlock(spec=block.spec, files=files, build_seconds=result.seconds, details=result.details))
     tokenizer_out = out / TOKENIZER_DIR
     shutil.rmtree(tokenizer_out, ignore_errors=True)
     for record in exported.tokenizer_files:
@@ -77,7 +98,9 @@ def build_engines(options: BuildOptions) -> Manifest:
         target=target,
         tokenizer_files=exported.tokenizer_files,
         blocks=tuple(blocks),
+        engine_types=tuple(engine_types),
         build_options={
+            "weights": options.weights,
             "opset": exported.opset,
             "check": options.check,
             **({"shape_plan": options.shape_plan.to_json(), "optimization_level": options.optimization_level}

@@ -2,7 +2,8 @@
 
 An engines directory holds one engine per block, `tokenizer/`, and `manifest.json`: the model (id, hash,
 shape), precision, backend and its version, target, build options, and per block its interface, files
-(bytes, sha256), build time and backend details. Opening the directory checks format and sizes; each engine's
+(bytes, sha256), build time and backend details. Built with weights as inputs, it holds instead one engine
+per block type (`engine_types`, resident for the whole run) and per block a weights file with its index. Opening the directory checks format and sizes; each engine's
 sha256 is checked on the bytes as the runner reads them for loading (cetrt.runner.storage).
 Usage: `write_manifest(out_dir, manifest)`; `manifest = read_manifest(engines_dir)`.
 """
@@ -14,7 +15,8 @@ from pathlib import Path
 
 from cetrt.errors import UserError
 from cetrt.files import FileRecord, read_versioned_json, write_json_atomic
-from cetrt.spec import BlockSpec, ModelSpec, Target
+from cetrt.spec import BlockSpec, ModelSpec, Target, TensorSpec
+from cetrt.weights import WeightEntry
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_VERSION = 1
@@ -24,17 +26,22 @@ _FIX = "rebuild the engines with `make engines` (or `ce-build`)"
 @dataclass(frozen=True)
 class EngineBlock:
     spec: BlockSpec
-    files: tuple[FileRecord, ...]  # the engine first, then side files (external weights)
+    files: tuple[FileRecord, ...]  # the engine first, then side files (external weights); or the weights file
     build_seconds: float
     details: dict = field(default_factory=dict)
+    engine_type: str | None = None  # weights as inputs: the shared engine this block's weights feed
+    weights: tuple[WeightEntry, ...] = ()  # ... and where each input's array lies in the weights file
 
     def to_json(self) -> dict:
-        return {
+        data = {
             **self.spec.to_json(),
             "files": [f.to_json() for f in self.files],
             "build_seconds": round(self.build_seconds, 3),
             "details": self.details,
         }
+        if self.engine_type is not None:
+            data.update(engine_type=self.engine_type, weights=[w.to_json() for w in self.weights])
+        return data
 
     @classmethod
     def from_json(cls, data: dict) -> "EngineBlock":
@@ -43,7 +50,33 @@ class EngineBlock:
             files=tuple(FileRecord.from_json(f) for f in data["files"]),
             build_seconds=float(data["build_seconds"]),
             details=dict(data.get("details", {})),
+            engine_type=data.get("engine_type"),
+            weights=tuple(WeightEntry.from_json(w) for w in data.get("weights", [])),
         )
+
+
+@dataclass(frozen=True)
+class EngineType:
+    """One engine shared by every block of the same graph; its weights are inputs, fed from each block's file."""
+
+    name: str
+    files: tuple[FileRecord, ...]
+    weight_inputs: tuple[TensorSpec, ...]
+    blocks: tuple[int, ...]  # indices of the blocks that use it
+    build_seconds: float
+    details: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "files": [f.to_json() for f in self.files],
+                "weight_inputs": [t.to_json() for t in self.weight_inputs], "blocks": list(self.blocks),
+                "build_seconds": round(self.build_seconds, 3), "details": self.details}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "EngineType":
+        return cls(name=data["name"], files=tuple(FileRecord.from_json(f) for f in data["files"]),
+                   weight_inputs=tuple(TensorSpec.from_json(t) for t in data["weight_inputs"]),
+                   blocks=tuple(int(i) for i in data["blocks"]), build_seconds=float(data["build_seconds"]),
+                   details=dict(data.get("details", {})))
 
 
 @dataclass(frozen=True)
@@ -58,10 +91,24 @@ class Manifest:
     tokenizer_files: tuple[FileRecord, ...]
     blocks: tuple[EngineBlock, ...]
     build_options: dict = field(default_factory=dict)
+    engine_types: tuple[EngineType, ...] = ()
+
+    @property
+    def weights_layout(self) -> str:
+        """"inside": one engine per block, weights inside; "inputs": shared engine types fed weights files."""
+        return "inputs" if self.engine_types else "inside"
+
+    @property
+    def shared_engine_bytes(self) -> int:
+        """Engine types stay loaded for the whole run, whatever the budget."""
+        return sum(f.bytes for t in self.engine_types for f in t.files)
 
     @property
     def engine_bytes(self) -> int:
-        return sum(f.bytes for b in self.blocks for f in b.files)
+        return sum(f.bytes for b in self.blocks for f in b.files) + self.shared_engine_bytes
+
+    def engine_type(self, name: str) -> EngineType:
+        return next(t for t in self.engine_types if t.name == name)
 
     def to_json(self) -> dict:
         return {
@@ -76,6 +123,7 @@ class Manifest:
             "build_options": self.build_options,
             "tokenizer_files": [f.to_json() for f in self.tokenizer_files],
             "blocks": [b.to_json() for b in self.blocks],
+            "engine_types": [t.to_json() for t in self.engine_types],
         }
 
 
@@ -103,9 +151,14 @@ def read_manifest(engines_dir: Path) -> Manifest:
             tokenizer_files=tuple(FileRecord.from_json(f) for f in data["tokenizer_files"]),
             blocks=tuple(EngineBlock.from_json(b) for b in data["blocks"]),
             build_options=dict(data.get("build_options", {})),
+            engine_types=tuple(EngineType.from_json(t) for t in data.get("engine_types", [])),
         )
+        unknown = {b.engine_type for b in manifest.blocks if b.engine_type} - {t.name for t in manifest.engine_types}
+        if unknown:
+            raise ValueError(f"blocks name engine types {sorted(unknown)} that the manifest does not list")
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{path}: malformed ({type(e).__name__}: {e}); {_FIX}") from None
-    for record in manifest.tokenizer_files + tuple(f for b in manifest.blocks for f in b.files):
+    engine_files = tuple(f for b in manifest.blocks for f in b.files) + tuple(f for t in manifest.engine_types for f in t.files)
+    for record in manifest.tokenizer_files + engine_files:
         record.check_size(engines_dir, _FIX)
     return manifest

@@ -18,7 +18,7 @@ from cetrt.errors import UserError
 from cetrt.manifest import Manifest
 from cetrt.runner.executor import chunks, engine_bytes
 from cetrt.runner.packing import Batch
-from cetrt.spec import dtype_bytes
+from cetrt.spec import ModelSpec, dtype_bytes
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
@@ -39,21 +39,21 @@ def available_memory() -> int:
     raise UserError("--memory-budget auto reads /proc/meminfo, which this system does not have; give a size")
 
 
-def activation_bytes_per_token(manifest: Manifest, batches: list[Batch]) -> int:
+def activation_bytes_per_token(model: ModelSpec, dtype: str, batches: list[Batch]) -> int:
     """What a chunk holds per padded token between blocks: the hidden state, plus the batch inputs kept for
     the chunk (a row of the FP32 mask, ids, positions, scored slots)."""
     longest = max(b.length for b in batches)
-    return manifest.model.hidden_size * dtype_bytes(manifest.dtype) + 4 * longest + 32
+    return model.hidden_size * dtype_bytes(dtype) + 4 * longest + 32
 
 
-def working_bytes(manifest: Manifest, batch: Batch) -> int:
+def working_bytes(spec: ModelSpec, dtype: str, batch: Batch) -> int:
     """Memory one batch needs inside a block beyond its stored activations: an estimate, not a measurement.
 
     The largest of: a layer's intermediates (mask, FP32 scores and probabilities per head, the fused MLP
     activations, hidden in and out) and the head's FP32 logits and log-probabilities over the vocabulary.
     """
-    spec, b, l = manifest.model, len(batch.rows), batch.length
-    width = dtype_bytes(manifest.dtype)
+    b, l = len(batch.rows), batch.length
+    width = dtype_bytes(dtype)
     tokens = b * l
     layer = b * l * l * 4 * (1 + 2 * spec.num_heads) + tokens * (2 * spec.intermediate_size + 4 * spec.hidden_size) * width
     head = b * batch.slots * spec.vocab_size * 4 * 2
@@ -105,15 +105,35 @@ def count_chunks(batches: list[Batch], chunk_tokens: int) -> int:
 
 def plan_memory(manifest: Manifest, batches: list[Batch], budget_bytes: int, chunk_tokens: int | None = None,
                 prefetch_depth: int = 1) -> MemoryPlan:
+    """The plan for an engines directory: its blocks' streamed bytes and its always-resident engine types."""
+    return plan_from_sizes(ModelSizes(manifest.model, manifest.dtype, [engine_bytes(b) for b in manifest.blocks],
+                                      manifest.shared_engine_bytes),
+                           batches, budget_bytes, chunk_tokens, prefetch_depth)
+
+
+@dataclass(frozen=True)
+class ModelSizes:
+    """What the planner needs to know of a model: its shape and precision, the bytes of each block's engine
+    (or weights file) that streams, and the bytes that stay resident whatever the budget (shared engine types)."""
+
+    model: ModelSpec
+    dtype: str
+    block_bytes: list[int]
+    resident_bytes: int = 0
+
+
+def plan_from_sizes(sizes: ModelSizes, batches: list[Batch], budget_bytes: int, chunk_tokens: int | None = None,
+                    prefetch_depth: int = 1) -> MemoryPlan:
     """Choose residency, chunk size and activation tier for `budget_bytes`; `chunk_tokens` caps the chunk."""
-    sizes = [engine_bytes(b) for b in manifest.blocks]
-    model = sum(sizes)
-    per_token = activation_bytes_per_token(manifest, batches)
-    hidden_bytes = manifest.model.hidden_size * dtype_bytes(manifest.dtype)
+    streamed = sum(sizes.block_bytes)
+    model = streamed + sizes.resident_bytes
+    per_token = activation_bytes_per_token(sizes.model, sizes.dtype, batches)
+    hidden_bytes = sizes.model.hidden_size * dtype_bytes(sizes.dtype)
     all_tokens = sum(b.shape[0] * b.shape[1] for b in batches)
     largest_batch = max(b.shape[0] * b.shape[1] for b in batches)
-    working = max(working_bytes(manifest, b) for b in batches)
+    working = max(working_bytes(sizes.model, sizes.dtype, b) for b in batches)
     cap = chunk_tokens or all_tokens
+    largest_block = max(sizes.block_bytes)
 
     def chunked(resident: bool, engines_held: int, activations: str, tokens: int) -> MemoryPlan:
         tokens = max(largest_batch, min(tokens, cap))
@@ -121,14 +141,14 @@ def plan_memory(manifest: Manifest, batches: list[Batch], budget_bytes: int, chu
         held = min(tokens, all_tokens) * per_token if activations == "memory" else 2 * largest_batch * hidden_bytes
         return MemoryPlan(
             budget_bytes=budget_bytes, model_bytes=model, resident=resident, chunk_tokens=tokens, chunks=n,
-            bytes_to_read=model if resident else model * n, activations=activations,
+            bytes_to_read=model if resident else sizes.resident_bytes + streamed * n, activations=activations,
             peak_bytes=engines_held + held, slack_bytes=working, prefetch_depth=0 if resident else prefetch_depth,
         )
 
     room_resident = budget_bytes - model
     if room_resident >= largest_batch * per_token:
         return chunked(True, model, "memory", room_resident // per_token)
-    streaming_engines = (1 + prefetch_depth) * max(sizes)
+    streaming_engines = sizes.resident_bytes + (1 + prefetch_depth) * largest_block
     room_streaming = budget_bytes - streaming_engines
     if room_streaming >= largest_batch * per_token:
         return chunked(False, streaming_engines, "memory", room_streaming // per_token)
@@ -137,7 +157,7 @@ def plan_memory(manifest: Manifest, batches: list[Batch], budget_bytes: int, chu
         return chunked(False, streaming_engines, "disk", all_tokens)
     needed = streaming_engines + in_flight
     raise UserError(
-        f"--memory-budget {budget_bytes / 2**20:.2f} MiB is too small: the largest engine ({max(sizes) / 2**20:.2f} MiB) "
+        f"--memory-budget {budget_bytes / 2**20:.2f} MiB is too small: the largest engine ({largest_block / 2**20:.2f} MiB) "
         f"with {prefetch_depth} read ahead and one batch of activations need {needed / 2**20:.2f} MiB; raise the "
         "budget, lower --tokens-per-batch, or export with fewer layers per block"
     )

@@ -26,6 +26,7 @@ from cetrt.runner.dataset import DEFAULT_DATASET, load_docs
 from cetrt.runner.executor import (
     DiskActivations, MemoryActivations, MemoryMeter, ResidentStore, StreamingStore, Timings, chunks, run_layer_major,
 )
+from cetrt.runner.loading import BlockLoader
 from cetrt.runner.memory import RssSampler
 from cetrt.runner.packing import make_batches, pack
 from cetrt.runner.report import RunResults, write_results
@@ -108,16 +109,14 @@ def evaluate(options: RunOptions, announce: Callable[[str], None] = lambda text:
     timings, stats, meter = Timings(), ReadStats(), MemoryMeter()
     backend_options = {k: v for k, v in (("threads", options.threads), ("io_binding", options.io_binding)) if v}
 
-    def load(block, source):
-        return backend.load(source, manifest.target, backend_options)
-
+    load = BlockLoader(engines, manifest, backend, backend_options, stats, meter)
     if plan.resident:
         store = ResidentStore(engines, load, timings, stats, meter)
     else:
         sequence = [block for _ in chunk_list for block in manifest.blocks]
         store = StreamingStore(engines, sequence, plan.prefetch_depth, load, timings, stats, meter)
     if plan.activations == "memory":
-        activations = MemoryActivations(meter, activation_bytes_per_token(manifest, batches))
+        activations = MemoryActivations(meter, activation_bytes_per_token(manifest.model, manifest.dtype, batches))
     else:
         activations = DiskActivations(meter, options.spill_dir)
     outputs: list = [None] * len(batches)
@@ -132,6 +131,7 @@ def evaluate(options: RunOptions, announce: Callable[[str], None] = lambda text:
             raise UserError(f"{error}{saved}") from None
         finally:
             store.close()
+            load.close()
             activations.close()
     total_s = time.perf_counter() - start
     streaming = {

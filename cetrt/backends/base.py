@@ -45,8 +45,32 @@ class Session(ABC):
     def to_host(self, value: Any) -> np.ndarray:
         return np.asarray(value)
 
+    def upload(self, name: str, array: np.ndarray) -> Any:
+        """The array where the engine reads its inputs (device memory on a GPU), for feeds reused across runs."""
+        return array
+
     def close(self) -> None:
         """Free the engine's memory now rather than at garbage collection."""
+
+
+class WeightsBound(Session):
+    """A shared engine type with one block's weights bound: runs add the weights to the block's own feeds.
+
+    Closing drops the weights, not the engine, which stays for the other blocks of its type.
+    """
+
+    def __init__(self, engine: Session, weights: dict[str, np.ndarray]):
+        self._engine = engine
+        self._weights = {name: engine.upload(name, array) for name, array in weights.items()}
+
+    def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        return self._engine.run({**feeds, **self._weights})
+
+    def to_host(self, value: Any) -> np.ndarray:
+        return self._engine.to_host(value)
+
+    def close(self) -> None:
+        self._weights = {}
 
 
 class Backend(ABC):

@@ -110,6 +110,9 @@ class BoundSession(OnnxRuntimeSession):
     def to_host(self, value: Any) -> np.ndarray:
         return value.numpy()
 
+    def upload(self, name: str, array: np.ndarray) -> Any:
+        return _ort().OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self._device, 0)
+
 
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"

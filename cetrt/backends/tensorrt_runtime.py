@@ -102,5 +102,8 @@ class TensorRTSession(Session):
     def to_host(self, value: Any) -> np.ndarray:
         return value.cpu().numpy()  # synchronises with the stream the engine ran on
 
+    def upload(self, name: str, array: np.ndarray) -> Any:
+        return self._on_device(name, array)
+
     def close(self) -> None:
         self.context = self.engine = self.runtime = None

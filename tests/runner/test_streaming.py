@@ -25,7 +25,7 @@ N_BLOCKS = N_LAYERS + 2
 
 
 @pytest.fixture(scope="module")
-def deep_engines(tmp_path_factory, tokenizer):
+def deep_export(tmp_path_factory, tokenizer):
     from transformers import LlamaConfig
 
     root = tmp_path_factory.mktemp("deep")
@@ -34,8 +34,16 @@ def deep_engines(tmp_path_factory, tokenizer):
                          bos_token_id=0, eos_token_id=1, pad_token_id=2, tie_word_embeddings=False)
     model = make_tiny_model(root / "model", "llama", tokenizer, config=config)
     export_model(ExportOptions(model=str(model), out_dir=root / "onnx", dtype="float32", layers_per_block=1))
-    build_engines(BuildOptions(onnx_dir=root / "onnx", out_dir=root / "engines"))
-    return root / "engines"
+    return root / "onnx"
+
+
+@pytest.fixture(scope="module", params=["inside", "inputs"])
+def deep_engines(request, deep_export):
+    """Both ways to stream: engines with their weights inside, and shared engine types fed weights files."""
+    out = deep_export.parent / f"engines-{request.param}"
+    if not out.exists():
+        build_engines(BuildOptions(onnx_dir=deep_export, out_dir=out, weights=request.param))
+    return out
 
 
 def run(engines, hellaswag_path, budget=None, **kwargs):
@@ -81,7 +89,7 @@ def test_an_engine_that_changes_mid_run_stops_the_run_and_keeps_finished_chunks(
 
     engines = tmp_path / "engines"
     shutil.copytree(deep_engines, engines)
-    victim = engines / "block_010.onnx"
+    victim = next(engines.glob("block_010.*"))
     reads = {"n": 0}
     original = storage.read_verified
 
