@@ -60,16 +60,21 @@ def export_command(model, out_dir, layers_per_block, dtype):
 @click.option("--tokens-per-batch", type=int, default=4096, show_default=True, help="Largest batch, in padded tokens.")
 @click.option("--optimization-level", type=click.IntRange(0, 5), default=3, show_default=True,
               help="TensorRT builder optimization level.")
+@click.option("--weights", type=click.Choice(["inside", "inputs"]), default="inside", show_default=True,
+              help="inside: one engine per block with its weights; inputs: one engine per block type, each block's "
+                   "weights in a file streamed into the engine's weight inputs.")
 @user_errors
-def build_command(onnx_dir, out_dir, backend, target, check, max_length, tokens_per_batch, optimization_level):
+def build_command(onnx_dir, out_dir, backend, target, check, max_length, tokens_per_batch, optimization_level, weights):
     """Build one engine per exported block, and manifest.json."""
     from cetrt.build.engines import BuildOptions, build_engines
     from cetrt.shapes import ShapePlan
 
     plan = ShapePlan(tokens_per_batch=tokens_per_batch, max_length=max_length)
     manifest = build_engines(BuildOptions(onnx_dir=onnx_dir, out_dir=out_dir, backend=backend, target=target,
-                                          check=check, shape_plan=plan, optimization_level=optimization_level))
-    click.echo(f"built {len(manifest.blocks)} {backend} engines for {target} in {out_dir} "
+                                          check=check, shape_plan=plan, optimization_level=optimization_level,
+                                          weights=weights))
+    engines = len(manifest.engine_types) if manifest.engine_types else len(manifest.blocks)
+    click.echo(f"built {engines} {backend} engines for {len(manifest.blocks)} blocks ({target}, weights {weights}) in {out_dir} "
                f"({manifest.engine_bytes / 2**20:.1f} MiB)")
 
 
@@ -107,3 +112,42 @@ def run_command(engines, dataset, limit, json_path, tokens_per_batch, memory_bud
     if json_path:
         write_results(json_path, results)
         click.echo(f"  results    {json_path}")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--model", required=True,
+              help="A preset (llama-7b/13b/30b/65b, opt-6.7b/13b/30b/66b, smollm2-135m), a config.json, "
+                   "or a model directory.")
+@click.option("--target", type=click.Choice(sorted(TARGETS)), default="orin-agx-32gb", show_default=True)
+@click.option("--dataset", default=None,
+              help="HellaSwag jsonl path or hub id (default: ../shared's reduced validation set if present).")
+@click.option("--limit", type=int, default=None, help="Predict for the first N items only.")
+@click.option("--memory-budget", default=None, help="A size (28GiB), or 'auto' (this machine's free memory). "
+                                                     "Default: the target's budget.")
+@click.option("--storage", default=None,
+              help="nvme, emmc, sd, or a read bandwidth in GB/s (default: calib.json's measured, else nvme).")
+@click.option("--calib", "calib_path", type=click.Path(path_type=Path), default=None,
+              help="calib.json: its rates are used when it was measured on this target.")
+@click.option("--tokens-per-batch", type=int, default=None,
+              help="Padded tokens per batch (default: the fastest of a few sizes).")
+@click.option("--tokenizer", default=None, help="Tokenizer directory for counting (default: SmolLM2-135M's).")
+@click.option("--dtype", type=click.Choice(DTYPES), default=None, help="Engine precision (default: the target's).")
+@click.option("--prefetch-depth", type=click.IntRange(1, 4), default=None,
+              help="Engines read ahead when streaming (default: calib.json's schedule, else 1).")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write the prediction here.")
+@user_errors
+def predict_command(model, target, dataset, limit, memory_budget, storage, calib_path, tokens_per_batch, tokenizer,
+                    dtype, prefetch_depth, json_path):
+    """Predict a whole HellaSwag run's time on a target, term by term, each with its source."""
+    import json
+
+    from cetrt.calib.predict import PredictOptions, predict_run
+
+    prediction = predict_run(PredictOptions(
+        model=model, target=target, dataset=dataset, limit=limit, memory_budget=memory_budget, storage=storage,
+        calib=calib_path, tokens_per_batch=tokens_per_batch, tokenizer=tokenizer, dtype=dtype,
+        prefetch_depth=prefetch_depth))
+    click.echo(prediction.describe())
+    if json_path:
+        json_path.write_text(json.dumps(prediction.to_json(), indent=2) + "\n")
+        click.echo(f"  prediction {json_path}")

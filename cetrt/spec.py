@@ -180,6 +180,12 @@ class Target:
     backends: tuple[str, ...]
     default_dtype: str
     note: str = ""
+    # Datasheet figures for predicting a run on a device not at hand (calib/predict.py); None where there is none.
+    peak_fp16_flops: float | None = None  # dense FP16 tensor-core FLOP/s
+    memory_bandwidth_bytes_per_s: float | None = None
+    peak_source: str = ""  # where the two figures above come from
+    default_efficiency: float | None = None  # fraction of peak assumed for whole-run compute when not measured
+    efficiency_source: str = ""
 
     @classmethod
     def from_name(cls, name: str) -> "Target":
@@ -193,6 +199,20 @@ class Target:
         return data
 
 
+_H100_EFFICIENCY = (
+    "cetrt's measured whole-run compute on an H100 (ORT CUDA EP, LLaMA-7B shape, 2,000 items, 2,048 tokens per "
+    "batch: 2.55e15 engine FLOP by calib/flop.py in 9.49 s of compute = 268 TFLOP/s = 27% of 989; "
+    "bench/results/gpu_h100_llama7b_random_2000.json)"
+)
+_ORIN_SOURCE = (
+    "datasheet-derived: {sms} SMs ({cores} CUDA cores, {tcs} third-generation tensor cores) at up to {mhz} MHz; "
+    "Orin's tensor cores do 1,024 dense FP16 FMA per SM per clock, A100's rate (AGX Orin 64GB: 170 sparse INT8 TOPS "
+    "from 16 SMs at 1.3 GHz = 4,096 dense INT8 ops per SM per clock), so {sms} x 2,048 FLOP x {ghz} GHz = "
+    "{tflops} TFLOP/s; FP16 with FP32 accumulate is not stated for Orin: full rate assumed, as on A100 (GeForce "
+    "GA10x runs it at half rate: if Orin does, the floor of FP32-accumulating GEMMs doubles); 204.8 GB/s LPDDR5 "
+    "(256-bit, 6,400 MT/s) shared by CPU and GPU"
+)
+
 TARGETS: dict[str, Target] = {
     t.name: t
     for t in (
@@ -205,11 +225,19 @@ TARGETS: dict[str, Target] = {
             name="orin-agx-32gb", device="cuda", compute_capability="8.7", memory_bytes=28 * GiB,
             workspace_bytes=2 * GiB, backends=("tensorrt", "onnxruntime"), default_dtype="float16",
             note="Jetson AGX Orin 32GB: 32 GB shared by CPU and GPU, about 28 GB usable (datasheet, not measured)",
+            peak_fp16_flops=14 * 2048 * 930e6, memory_bandwidth_bytes_per_s=204.8e9,
+            peak_source=_ORIN_SOURCE.format(sms=14, cores="1,792", tcs=56, mhz=930, ghz=0.93, tflops=26.7),
+            default_efficiency=0.27,
+            efficiency_source="assumption: not measured on an Orin; the fraction of peak of " + _H100_EFFICIENCY,
         ),
         Target(
             name="orin-agx-64gb", device="cuda", compute_capability="8.7", memory_bytes=60 * GiB,
             workspace_bytes=4 * GiB, backends=("tensorrt", "onnxruntime"), default_dtype="float16",
             note="Jetson AGX Orin 64GB (datasheet, not measured)",
+            peak_fp16_flops=16 * 2048 * 1.3e9, memory_bandwidth_bytes_per_s=204.8e9,
+            peak_source=_ORIN_SOURCE.format(sms=16, cores="2,048", tcs=64, mhz="1,300", ghz=1.3, tflops=42.6),
+            default_efficiency=0.27,
+            efficiency_source="assumption: not measured on an Orin; the fraction of peak of " + _H100_EFFICIENCY,
         ),
         Target(
             name="rtx", device="cuda", compute_capability="8.6", memory_bytes=20 * GiB,
@@ -225,6 +253,11 @@ TARGETS: dict[str, Target] = {
             name="h100", device="cuda", compute_capability="9.0", memory_bytes=72 * GiB,
             workspace_bytes=8 * GiB, backends=("tensorrt", "onnxruntime"), default_dtype="float16",
             note="NVIDIA H100 80GB",
+            peak_fp16_flops=989.4e12, memory_bandwidth_bytes_per_s=3.35e12,
+            peak_source="datasheet: H100 SXM5 80GB, 989.4 TFLOP/s dense FP16/BF16 tensor (FP32 accumulate at the "
+                        "same rate), 3.35 TB/s HBM3; an FP16 8192^3 torch matmul measured 748 TFLOP/s on the GPU "
+                        "machine (76% of it)",
+            default_efficiency=0.27, efficiency_source="measured on an H100, not by calib.json: " + _H100_EFFICIENCY,
         ),
     )
 }

@@ -1,0 +1,142 @@
+"""The rates a prediction runs on, each with where it comes from: storage, compute, memory, engine load.
+
+A rate is measured (calib.json's "measured" section, taken on the target itself), a datasheet figure (the
+`Target` record), or a stated assumption (the storage presets below, the target's default efficiency). calib.json
+is read as a plain dict: its "measured" section may be absent, and a measurement taken on another target is
+not used for this one's compute.
+Usage: `storage = parse_storage("sd")`; `device = device_figures(Target.from_name("orin-agx-32gb"), read_calib(p))`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from cetrt.errors import UserError
+from cetrt.spec import TARGETS, Target
+
+
+@dataclass(frozen=True)
+class Storage:
+    name: str
+    bytes_per_s: float
+    source: str
+
+
+STORAGE_PRESETS: dict[str, Storage] = {s.name: s for s in (
+    Storage("nvme", 3.0e9, "assumption: an NVMe SSD in the Orin AGX dev kit's M.2 Key M slot (PCIe Gen4 x4, a "
+                           "7.9 GB/s link); DESIGN.md plans 3-6 GB/s with O_DIRECT: the low end taken (the GPU "
+                           "machine's disk measured about 1.3 GB/s O_DIRECT: --storage 1.3 models that)"),
+    Storage("emmc", 0.25e9, "assumption: the Orin AGX dev kit's 64 GB eMMC 5.1 (HS400 bus, 400 MB/s); sequential "
+                            "reads of such parts run 0.25-0.3 GB/s: the low end taken"),
+    Storage("sd", 0.09e9, "assumption: a UHS-I microSD card (SDR104 bus, 104 MB/s); good cards read about 90 MB/s"),
+)}
+
+
+def parse_storage(text: str) -> Storage:
+    """'nvme', 'emmc', 'sd', or a read bandwidth in GB/s ('2.5', '2.5GB/s')."""
+    key = text.strip().lower()
+    if key in STORAGE_PRESETS:
+        return STORAGE_PRESETS[key]
+    number = key.removesuffix("gb/s").strip()
+    try:
+        gb_per_s = float(number)
+    except ValueError:
+        gb_per_s = math.nan
+    if not (math.isfinite(gb_per_s) and gb_per_s > 0):
+        raise UserError(f"--storage {text!r}: give one of {', '.join(STORAGE_PRESETS)}, or a read bandwidth in GB/s "
+                        "such as 2.5")
+    return Storage("stated", gb_per_s * 1e9, f"stated with --storage: {gb_per_s:g} GB/s")
+
+
+def read_calib(path: Path | None) -> dict | None:
+    """calib.json as a dict (None when no path is given); a missing or unreadable file is a user error."""
+    if path is None:
+        return None
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"--calib {path}: no such file; give the calib.json the calibration wrote") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"--calib {path}: not readable JSON ({type(e).__name__}: {e})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"--calib {path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+@dataclass(frozen=True)
+class DeviceFigures:
+    """What a target computes with: measured rates where calib.json has them for it, else its datasheet."""
+
+    target: Target
+    peak_flops: float | None
+    peak_source: str
+    measured_rates: tuple[tuple[int, float], ...]  # (tokens per batch, FLOP/s) measured on this target
+    efficiency: float | None
+    efficiency_source: str
+    memory_bytes_per_s: float | None
+    load_s_per_block: float
+    load_source: str
+    measured_storage: Storage | None
+    schedule: dict  # calib.json's chosen schedule (tokens_per_batch, prefetch_depth), or {}
+
+    @property
+    def measured_on_target(self) -> bool:
+        return bool(self.measured_rates)
+
+    def candidates(self) -> tuple[int, ...]:
+        """Tokens per batch worth trying: those measured on the target, else a few sizes."""
+        return tuple(t for t, _ in self.measured_rates) or (1024, 2048, 4096, 8192)
+
+    def flop_per_s(self, tokens_per_batch: int) -> tuple[float, str]:
+        """The whole-run compute rate at this batch size, and its source."""
+        if self.measured_rates:
+            nearest, rate = min(self.measured_rates, key=lambda m: abs(math.log(m[0] / tokens_per_batch)))
+            at = f"{nearest:,}" if nearest == tokens_per_batch else f"{nearest:,} (nearest to {tokens_per_batch:,})"
+            return rate, f"calib.json: measured on {self.target.name} at {at} tokens per batch"
+        assert self.peak_flops is not None and self.efficiency is not None
+        return self.peak_flops * self.efficiency, self.efficiency_source
+
+    def floor_rate(self) -> tuple[float, str]:
+        """The rate of the FLOP floor: the datasheet peak, or the best measured rate where there is none."""
+        if self.peak_flops is not None:
+            return self.peak_flops, self.peak_source
+        best = max(rate for _, rate in self.measured_rates)
+        return best, "no datasheet peak for this target: the best rate measured on it (calib.json)"
+
+
+def device_figures(target: Target, calib: dict | None) -> DeviceFigures:
+    measured = (calib or {}).get("measured") or {}
+    on_target = measured.get("target") == target.name
+    rates = tuple(sorted((int(c["tokens_per_batch"]), float(c["flop_per_s"])) for c in measured.get("compute", [])
+                         if c.get("flop_per_s"))) if on_target else ()
+    if not rates and target.peak_fp16_flops is None:
+        elsewhere = f" (the calib.json given was measured on {measured.get('target')!r})" if measured else ""
+        raise UserError(f"target {target.name!r} has no datasheet compute figure{elsewhere}: run the calibration on "
+                        f"that machine and pass its calib.json with --calib, or predict for one of "
+                        f"{', '.join(n for n, t in TARGETS.items() if t.peak_fp16_flops)}")
+    storage = None
+    if on_target and (measured.get("storage") or {}).get("bytes_per_s"):
+        direct = "O_DIRECT" if measured["storage"].get("direct_io") else "through the page cache"
+        bytes_per_s = float(measured["storage"]["bytes_per_s"])
+        storage = Storage("measured", bytes_per_s,
+                          f"calib.json: read bandwidth measured on {target.name} ({direct})")
+    load = measured.get("load_s_per_block") if on_target else None
+    return DeviceFigures(
+        target=target,
+        peak_flops=target.peak_fp16_flops,
+        peak_source=target.peak_source,
+        measured_rates=rates,
+        efficiency=target.default_efficiency,
+        efficiency_source=target.efficiency_source,
+        memory_bytes_per_s=target.memory_bandwidth_bytes_per_s,
+        load_s_per_block=float(load) if load is not None else 0.0,
+        load_source=(f"calib.json: measured on {target.name}, per block of the model it calibrated" if load is not None
+                     else "not modelled: no calib.json measured on this target, so 0 (ORT CUDA session creation "
+                          "took 1.08 s per 0.4 GB block on the H100, bench/results/gpu_h100_llama7b_random_2000.json)"),
+        measured_storage=storage,
+        schedule=dict((calib or {}).get("schedule") or {}) if on_target else {},
+    )
+
