@@ -44,6 +44,7 @@ setup-test: $(VENV)/.setup-test
 
 engines: setup
 	$(BIN)/ce-export --model $(MODEL) --out $(ONNX) --dtype $(DTYPE) --layers-per-block $(LAYERS_PER_BLOCK)
+	$(if $(CHECK),,$(BIN)/ce-calib --onnx $(ONNX) --target $(TARGET) --dataset $(DATASET))
 	$(BIN)/ce-build --onnx $(ONNX) --out $(OUT) --backend $(BACKEND) --target $(TARGET) \
 		--max-length $(MAX_LENGTH) $(if $(CHECK),--check)
 

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from cetrt.backends import get_backend
 from cetrt.blocks import TOKENIZER_DIR, read_blocks
 from cetrt.build.block_types import build_types
+from cetrt.calib.record import CALIB_FILE, export_digest, read_calib
 from cetrt.errors import UserError
 from cetrt.files import FileRecord
 from cetrt.manifest import MANIFEST_FILE, EngineBlock, Manifest, write_manifest
@@ -32,7 +33,8 @@ class BuildOptions:
     backend: str = "onnxruntime"
     target: str = "cpu"
     check: bool = False  # parse and build only, for a target whose GPU is not here (engines not runnable)
-    shape_plan: ShapePlan = ShapePlan(max_length=512)
+    shape_plan: ShapePlan | None = None  # None: calib.json's tokens per batch (else the default) up to max_length
+    max_length: int = 512
     optimization_level: int = 3
     weights: str = "inside"  # or "inputs": one engine per block type, each block's weights in its own file
 
@@ -53,7 +55,12 @@ def build_engines(options: BuildOptions) -> Manifest:
     target = Target.from_name(options.target)
     check_target(target, options.backend, options.check)
     backend = get_backend(options.backend)
-    backend_options = {"check": options.check, "shape_plan": options.shape_plan.to_json(),
+    digest = export_digest(exported.blocks)
+    calib = read_calib(options.onnx_dir, exported.model_hash, digest)
+    plan = options.shape_plan or ShapePlan(
+        tokens_per_batch=(calib or {}).get("schedule", {}).get("tokens_per_batch", ShapePlan.tokens_per_batch),
+        max_length=options.max_length)
+    backend_options = {"check": options.check, "shape_plan": plan.to_json(),
                        "optimization_level": options.optimization_level}
     out = Path(options.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -88,6 +95,9 @@ def build_engines(options: BuildOptions) -> Manifest:
         dest = out / record.path
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(Path(options.onnx_dir) / record.path, dest)
+    (out / CALIB_FILE).unlink(missing_ok=True)
+    if calib is not None:  # the calibration of exactly these blocks travels with their engines
+        shutil.copyfile(onnx_dir / CALIB_FILE, out / CALIB_FILE)
     manifest = Manifest(
         model_id=exported.model_id,
         model_hash=exported.model_hash,
@@ -101,9 +111,10 @@ def build_engines(options: BuildOptions) -> Manifest:
         engine_types=tuple(engine_types),
         build_options={
             "weights": options.weights,
+            "export_digest": digest,
             "opset": exported.opset,
             "check": options.check,
-            **({"shape_plan": options.shape_plan.to_json(), "optimization_level": options.optimization_level}
+            **({"shape_plan": plan.to_json(), "optimization_level": options.optimization_level}
                if backend.fixed_shapes else {}),
         },
     )

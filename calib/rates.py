@@ -9,11 +9,11 @@ Usage: `storage = parse_storage("sd")`; `device = device_figures(Target.from_nam
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from cetrt.calib.record import load_calib_file
 from cetrt.errors import UserError
 from cetrt.spec import TARGETS, Target
 
@@ -52,18 +52,8 @@ def parse_storage(text: str) -> Storage:
 
 
 def read_calib(path: Path | None) -> dict | None:
-    """calib.json as a dict (None when no path is given); a missing or unreadable file is a user error."""
-    if path is None:
-        return None
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserError(f"--calib {path}: no such file; give the calib.json the calibration wrote") from None
-    except (OSError, ValueError) as e:
-        raise UserError(f"--calib {path}: not readable JSON ({type(e).__name__}: {e})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"--calib {path}: expected a JSON object, got {type(data).__name__}")
-    return data
+    """calib.json by path (None when no path is given), through its one reader (calib/record.py)."""
+    return None if path is None else load_calib_file(Path(path))
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,27 @@ def export_command(model, out_dir, layers_per_block, dtype):
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--onnx", "onnx_dir", type=click.Path(path_type=Path), required=True, help="Export directory (blocks.json).")
+@click.option("--target", type=click.Choice(sorted(TARGETS)), default="cpu", show_default=True,
+              help="The device the engines are for; measurements need to run on it.")
+@click.option("--dataset", default="Rowan/hellaswag", show_default=True, help="Items for the precision check and timing.")
+@click.option("--items", type=int, default=32, show_default=True, help="Items run through FP16 and FP32 blocks.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@user_errors
+def calib_command(onnx_dir, target, dataset, items, quiet):
+    """Check FP16 precision (adding FP32 islands where needed), measure this machine, choose the schedule:
+    writes calib.json beside blocks.json."""
+    from cetrt.calib.stage import CalibOptions, calibrate
+
+    record = calibrate(CalibOptions(onnx_dir=onnx_dir, target=target, dataset=dataset, precision_items=items,
+                                    progress=not quiet), announce=click.echo)
+    islands = record["precision"].get("islands", [])
+    schedule = record["schedule"]
+    click.echo(f"calibrated {onnx_dir}: {len(islands)} FP32 island(s); {schedule['tokens_per_batch']:,} tokens per "
+               f"batch ({schedule['tokens_per_batch_reason']}); wrote {onnx_dir / 'calib.json'}")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--onnx", "onnx_dir", type=click.Path(path_type=Path), required=True, help="Export directory (blocks.json).")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Directory for engines and manifest.json.")
 @click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="onnxruntime", show_default=True)
 @click.option("--target", type=click.Choice(sorted(TARGETS)), default="cpu", show_default=True)
@@ -57,7 +78,8 @@ def export_command(model, out_dir, layers_per_block, dtype):
               help="Parse and build for the target without its GPU (engines are not for running).")
 @click.option("--max-length", type=int, default=512, show_default=True,
               help="Longest packed row the engines accept (TensorRT optimization profiles).")
-@click.option("--tokens-per-batch", type=int, default=4096, show_default=True, help="Largest batch, in padded tokens.")
+@click.option("--tokens-per-batch", type=int, default=None,
+              help="Largest batch, in padded tokens (default: calib.json's schedule, else 4096).")
 @click.option("--optimization-level", type=click.IntRange(0, 5), default=3, show_default=True,
               help="TensorRT builder optimization level.")
 @click.option("--weights", type=click.Choice(["inside", "inputs"]), default="inside", show_default=True,
@@ -69,9 +91,9 @@ def build_command(onnx_dir, out_dir, backend, target, check, max_length, tokens_
     from cetrt.build.engines import BuildOptions, build_engines
     from cetrt.shapes import ShapePlan
 
-    plan = ShapePlan(tokens_per_batch=tokens_per_batch, max_length=max_length)
+    plan = ShapePlan(tokens_per_batch=tokens_per_batch, max_length=max_length) if tokens_per_batch else None
     manifest = build_engines(BuildOptions(onnx_dir=onnx_dir, out_dir=out_dir, backend=backend, target=target,
-                                          check=check, shape_plan=plan, optimization_level=optimization_level,
+                                          check=check, shape_plan=plan, max_length=max_length, optimization_level=optimization_level,
                                           weights=weights))
     engines = len(manifest.engine_types) if manifest.engine_types else len(manifest.blocks)
     click.echo(f"built {engines} {backend} engines for {len(manifest.blocks)} blocks ({target}, weights {weights}) in {out_dir} "
@@ -84,14 +106,15 @@ def build_command(onnx_dir, out_dir, backend, target, check, max_length, tokens_
               help="HellaSwag jsonl path (official or reduced form), a local dataset directory, or a hub id.")
 @click.option("--limit", type=int, default=None, help="Score only the first N items.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write results.json here.")
-@click.option("--tokens-per-batch", type=int, default=4096, show_default=True, help="Padded tokens per batch.")
+@click.option("--tokens-per-batch", type=int, default=None,
+              help="Padded tokens per batch (default: calib.json's schedule beside the engines, else 4096).")
 @click.option("--memory-budget", default=None,
               help="Memory for engines and activations: a size (8GiB, 512MiB), or 'auto' (free memory). "
                    "Default: the target's budget from the manifest.")
 @click.option("--chunk-tokens", type=int, default=None,
               help="Cap on the padded tokens a chunk runs through one block before the next (default: as many as fit).")
-@click.option("--prefetch-depth", type=click.IntRange(1, 4), default=1, show_default=True,
-              help="Engines read ahead of the one computing, when streaming.")
+@click.option("--prefetch-depth", type=click.IntRange(1, 4), default=None,
+              help="Engines read ahead of the one computing, when streaming (default: calib.json's schedule, else 1).")
 @click.option("--spill-dir", type=click.Path(path_type=Path), default=None,
               help="Where activations go when they must spill to disk (default: the system's temp dir).")
 @click.option("--threads", type=int, default=None, help="Intra-op threads for CPU backends (default: all cores).")

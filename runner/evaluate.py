@@ -19,6 +19,7 @@ from typing import Callable
 from tqdm import tqdm
 
 from cetrt.backends import get_backend
+from cetrt.calib.record import read_calib
 from cetrt.errors import UserError
 from cetrt.manifest import Manifest, read_manifest
 from cetrt.runner.budget import activation_bytes_per_token, available_memory, parse_size, plan_memory
@@ -41,11 +42,11 @@ class RunOptions:
     engines: Path
     dataset: str = DEFAULT_DATASET
     limit: int | None = None
-    tokens_per_batch: int = 4096
+    tokens_per_batch: int | None = None  # None: calib.json's schedule beside the engines, else 4096
     length_multiple: int = 32
     memory_budget: str | None = None  # a size ("8GiB"), "auto" (free memory), or None: the target's budget
     chunk_tokens: int | None = None  # cap on a chunk's padded tokens (default: as large as the budget allows)
-    prefetch_depth: int = 1
+    prefetch_depth: int | None = None  # None: calib.json's schedule, else 1
     spill_dir: Path | None = None
     threads: int | None = None
     io_binding: bool = False  # ORT with I/O binding on CPU too (the CUDA path's host logic)
@@ -61,12 +62,37 @@ def load_tokenizer(engines: Path, manifest: Manifest):
     return AutoTokenizer.from_pretrained(tokenizer_dir)
 
 
-def shape_plan(manifest: Manifest, options: RunOptions) -> ShapePlan:
+@dataclass(frozen=True)
+class Schedule:
+    tokens_per_batch: int
+    prefetch_depth: int
+    source: str
+
+    def describe(self) -> str:
+        return (f"  schedule     {self.tokens_per_batch:,} tokens per batch, {self.prefetch_depth} read ahead "
+                f"({self.source})")
+
+
+def run_schedule(engines: Path, manifest: Manifest, options: RunOptions) -> Schedule:
+    """The options where given, else the calibration beside the engines, else the defaults; says which."""
+    calib = read_calib(engines, manifest.model_hash, manifest.build_options.get("export_digest", ""))
+    chosen = (calib or {}).get("schedule", {})
+    origin = (f"calib.json, measured on {calib['measured']['device_name']} ({calib['measured']['target']})"
+              if calib else "defaults: no calib.json beside the engines")
+    tokens = options.tokens_per_batch or chosen.get("tokens_per_batch") or ShapePlan.tokens_per_batch
+    depth = options.prefetch_depth or chosen.get("prefetch_depth") or 1
+    given = [name for name, value in (("--tokens-per-batch", options.tokens_per_batch),
+                                      ("--prefetch-depth", options.prefetch_depth)) if value]
+    source = origin if not given else f"{', '.join(given)} as given; otherwise {origin}"
+    return Schedule(int(tokens), int(depth), source)
+
+
+def shape_plan(manifest: Manifest, options: RunOptions, tokens_per_batch: int) -> ShapePlan:
     """The engines' recorded plan (fixed optimization profiles) if they have one, else the run's options."""
     if "shape_plan" in manifest.build_options:  # smaller batches than the build's still fit its profiles
         recorded = ShapePlan.from_json(manifest.build_options["shape_plan"])
-        return dataclasses.replace(recorded, tokens_per_batch=min(recorded.tokens_per_batch, options.tokens_per_batch))
-    return ShapePlan(tokens_per_batch=options.tokens_per_batch, length_multiple=options.length_multiple)
+        return dataclasses.replace(recorded, tokens_per_batch=min(recorded.tokens_per_batch, tokens_per_batch))
+    return ShapePlan(tokens_per_batch=tokens_per_batch, length_multiple=options.length_multiple)
 
 
 def budget_bytes(manifest: Manifest, option: str | None) -> int:
@@ -100,9 +126,11 @@ def evaluate(options: RunOptions, announce: Callable[[str], None] = lambda text:
     encoded = encode_docs(load_tokenizer(engines, manifest), docs)
     tokenize_s = time.perf_counter() - tokenize_start
 
+    schedule = run_schedule(engines, manifest, options)
     rows = [pack(i, e) for i, e in enumerate(encoded)]
-    batches = make_batches(rows, shape_plan(manifest, options), manifest.model.max_positions)
-    plan = plan_memory(manifest, batches, budget, options.chunk_tokens, options.prefetch_depth)
+    batches = make_batches(rows, shape_plan(manifest, options, schedule.tokens_per_batch), manifest.model.max_positions)
+    plan = plan_memory(manifest, batches, budget, options.chunk_tokens, schedule.prefetch_depth)
+    announce(schedule.describe())
     announce(plan.describe())
     chunk_list = list(chunks(batches, plan.chunk_tokens))
 
@@ -136,6 +164,7 @@ def evaluate(options: RunOptions, announce: Callable[[str], None] = lambda text:
     total_s = time.perf_counter() - start
     streaming = {
         "plan": plan.to_json(),
+        "schedule": dataclasses.asdict(schedule),
         "bytes_read": stats.bytes_read,
         "read_s": round(stats.read_s, 4),
         "blocked_on_storage_s": round(stats.blocked_s, 4),

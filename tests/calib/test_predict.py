@@ -124,7 +124,7 @@ def test_bad_inputs_fail_with_one_line(tmp_path):
     _fails_cleanly(["--model", "llama-30b", "--storage", "fast"], "give one of nvme, emmc, sd")
     _fails_cleanly(["--model", "llama-31b"], "presets: llama-7b")
     _fails_cleanly(["--model", "llama-7b", "--target", "cpu"], "run the calibration on that machine")
-    _fails_cleanly(["--model", "llama-7b", "--calib", str(tmp_path / "nope.json")], "no such file")
+    _fails_cleanly(["--model", "llama-7b", "--calib", str(tmp_path / "nope.json")], "no such calib.json")
 
 
 def test_command_names_the_tokenizer_it_counted_with(tokenizer, hellaswag_path, tmp_path):

@@ -1,0 +1,159 @@
+"""Measure this machine with the backend at hand, and choose the run's schedule from the measurements.
+
+Measured, on the exported blocks with ONNX Runtime on the target's device (TensorRT engines cannot be timed
+before they are built, and full TensorRT is not here: calib.json says which backend measured):
+- storage read bandwidth: the layer blocks' files read once each with O_DIRECT (or through the page cache
+  where the file system refuses it, and then an upper bound, said so);
+- engine load time per block: creating a session from a layer block (engines with weights inside), and
+  binding a block's weights to a shared engine type (weights as inputs);
+- compute time of a layer block at several batch sizes, on real packed batches of the dataset.
+Chosen: tokens per batch (the smallest reaching 95% of the best measured throughput), the read-ahead depth,
+and the chunk size above which one read ahead hides a block's read behind its compute.
+Usage: `measured = measure(export_dir, exported, target, dataset)`; `schedule = choose_schedule(measured)`.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cetrt.backends import get_backend
+from cetrt.backends.base import EngineSource, WeightsBound
+from cetrt.blocks import TOKENIZER_DIR, ExportedModel
+from cetrt.build.block_types import split_block
+from cetrt.calib.flop import layer_block_flop
+from cetrt.gpu import current_gpu
+from cetrt.runner.dataset import load_docs
+from cetrt.runner.packing import make_batches, pack
+from cetrt.runner.requests import encode_docs
+from cetrt.runner.storage import ReadStats, read_file
+from cetrt.shapes import ShapePlan
+from cetrt.spec import HIDDEN, Target
+
+SIZES = (512, 1024, 2048, 4096)
+TOKENS_PER_SIZE = 16384  # padded tokens timed per batch size, after one warm-up batch
+STORAGE_BYTES = 2 << 30  # read at most this much to measure bandwidth
+NEAR_BEST = 0.95
+
+
+def measure(export_dir: Path, exported: ExportedModel, target: Target, dataset: str, items: int = 400,
+            sizes: tuple[int, ...] = SIZES, progress=lambda text: None) -> dict:
+    """The "measured" section of calib.json."""
+    layers = [b for b in exported.blocks if b.spec.kind == "layers"]
+    block = layers[0]
+    backend = get_backend("onnxruntime")
+    progress("storage read bandwidth")
+    storage = _storage_bandwidth(export_dir, layers)
+    progress("engine load time")
+    path = export_dir / block.onnx_file.path
+    load_times, session = [], None
+    for _ in range(2):
+        start = time.perf_counter()
+        session = backend.load(EngineSource(path=path), target, {})
+        load_times.append(time.perf_counter() - start)
+    bind_s = _bind_time(path, backend, target)
+    progress("compute per layer block")
+    compute = _compute(session, block, exported, export_dir, dataset, items, sizes)
+    gpu = current_gpu() if target.device == "cuda" else None
+    return {
+        "target": target.name,
+        "device": target.device,
+        "device_name": gpu.name if gpu else platform.processor() or platform.machine(),
+        "backend": f"onnxruntime {backend.version()}",
+        "storage": storage,
+        "load_s_per_block": round(min(load_times), 4),
+        "bind_s_per_block": round(bind_s, 4),
+        "load_note": "load_s_per_block: a session from one layer block (engines with weights inside); "
+                     "bind_s_per_block: its weights bound to a shared engine type (weights as inputs); reads excluded",
+        "compute": compute,
+        "compute_block": block.spec.name,
+        "layers_per_block": block.spec.last_layer - block.spec.first_layer,
+    }
+
+
+def _storage_bandwidth(export_dir: Path, layers) -> dict:
+    stats, paths = ReadStats(), []
+    for block in layers:
+        paths += [export_dir / f.path for f in block.files]
+    total = 0
+    for path in paths:
+        if total >= STORAGE_BYTES:
+            break
+        total += len(read_file(path, stats))
+    return {"bytes_per_s": round(stats.bytes_read / max(stats.read_s, 1e-9)), "bytes": stats.bytes_read,
+            "files": len(paths), "direct_io": bool(stats.direct),
+            "note": "O_DIRECT: the page cache bypassed" if stats.direct else
+                    "through the page cache (this file system refuses O_DIRECT): an upper bound, not the device's speed"}
+
+
+def _bind_time(path: Path, backend, target: Target) -> float:
+    """Weights as inputs: the time to bind one block's weights to its engine type (to the device on a GPU)."""
+    split = split_block(path)
+    engine = backend.load(EngineSource(path=path, read=lambda: split.graph.SerializeToString()), target, {})
+    start = time.perf_counter()
+    WeightsBound(engine, split.weights).close()
+    return time.perf_counter() - start
+
+
+def _compute(session, block, exported: ExportedModel, export_dir: Path, dataset: str, items: int,
+             sizes: tuple[int, ...]) -> list[dict]:
+    import os
+
+    from transformers import AutoTokenizer
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    tokenizer = AutoTokenizer.from_pretrained(export_dir / TOKENIZER_DIR)
+    rows = [pack(i, e) for i, e in enumerate(encode_docs(tokenizer, load_docs(dataset, items)))]
+    dtype = np.float16 if exported.dtype == "float16" else np.float32
+    layers = block.spec.last_layer - block.spec.first_layer
+    rng = np.random.default_rng(0)
+    results = []
+    for size in sizes:
+        batches = make_batches(rows, ShapePlan(tokens_per_batch=size), exported.model.max_positions)
+        batches = batches[len(batches) // 2:] + batches[: len(batches) // 2]  # typical lengths first
+        timed, seconds, flop = 0, 0.0, 0.0
+        for n, batch in enumerate(batches):
+            inputs = batch.arrays()
+            hidden = rng.standard_normal((*batch.shape, exported.model.hidden_size)).astype(dtype)
+            feeds = {name: session.upload(name, hidden if name == HIDDEN else inputs[name])
+                     for name in block.spec.input_names}
+            start = time.perf_counter()
+            session.to_host(next(iter(session.run(feeds).values())))
+            elapsed = time.perf_counter() - start
+            if n == 0:
+                continue  # warm-up: first-run allocations and kernel choices
+            timed += batch.shape[0] * batch.shape[1]
+            seconds += elapsed
+            flop += layer_block_flop(exported.model, layers, batch)
+            if timed >= TOKENS_PER_SIZE:
+                break
+        if timed:
+            results.append({"tokens_per_batch": size, "padded_tokens": timed,
+                            "s_per_layer_block": round(seconds, 6), "s_per_token": seconds / timed,
+                            "flop_per_s": round(flop / seconds)})
+    return results
+
+
+def choose_schedule(measured: dict, largest_block_bytes: int) -> dict:
+    """Tokens per batch, read-ahead depth, and the chunk size that hides reads, with the reason for each."""
+    compute = measured["compute"]
+    best = max(c["flop_per_s"] for c in compute)
+    chosen = min((c for c in compute if c["flop_per_s"] >= NEAR_BEST * best), key=lambda c: c["tokens_per_batch"])
+    read_s = largest_block_bytes / measured["storage"]["bytes_per_s"]
+    hide_tokens = int(read_s / chosen["s_per_token"]) + 1
+    return {
+        "tokens_per_batch": chosen["tokens_per_batch"],
+        "tokens_per_batch_reason": (
+            f"the smallest measured batch reaching {NEAR_BEST:.0%} of the best throughput "
+            f"({chosen['flop_per_s'] / 1e9:,.0f} of {best / 1e9:,.0f} GFLOP/s)"),
+        "prefetch_depth": 1,
+        "prefetch_reason": (
+            f"reading the largest block takes {read_s:.3f} s, its compute {chosen['s_per_token'] * 1e6:.2f} us per "
+            f"token: one read ahead hides the reads once a chunk holds {hide_tokens:,} tokens, and the planner makes "
+            "chunks as large as the memory budget allows; a deeper read-ahead only takes memory from the chunk"),
+        "hide_reads_from_chunk_tokens": hide_tokens,
+    }

@@ -1,0 +1,55 @@
+"""The calibration stage: an export directory in, the same directory (FP32 islands applied) plus calib.json out.
+
+Between export and build (DESIGN.md): the precision check first, since it may rewrite blocks with FP32
+islands; then the measurements and the schedule on the final blocks; calib.json last, tied to that export.
+Usage: `calibrate(CalibOptions(onnx_dir=Path("artifacts/onnx/m"), target="cpu"))`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cetrt.blocks import read_blocks
+from cetrt.calib.precision import DEFAULT_ITEMS, check_precision
+from cetrt.calib.record import export_digest, write_calib
+from cetrt.calib.schedule import choose_schedule, measure
+from cetrt.runner.dataset import DEFAULT_DATASET
+from cetrt.spec import Target
+
+
+@dataclass(frozen=True)
+class CalibOptions:
+    onnx_dir: Path
+    target: str = "cpu"
+    dataset: str = DEFAULT_DATASET
+    precision_items: int = DEFAULT_ITEMS
+    schedule_items: int = 400
+    progress: bool = True
+
+
+def calibrate(options: CalibOptions, announce=lambda text: None) -> dict:
+    onnx_dir = Path(options.onnx_dir)
+    target = Target.from_name(options.target)
+    start = time.perf_counter()
+    announce(f"calib: precision check of {onnx_dir} on {options.precision_items} items")
+    precision = check_precision(onnx_dir, options.dataset, items=options.precision_items, progress=options.progress)
+    exported = read_blocks(onnx_dir)  # again: islands rewrite blocks
+    precision_s = time.perf_counter() - start
+    measured = measure(onnx_dir, exported, target, options.dataset, items=options.schedule_items,
+                       progress=lambda step: announce(f"calib: measuring {step}"))
+    largest = max(sum(f.bytes for f in b.files) for b in exported.blocks)
+    record = {
+        "model_id": exported.model_id,
+        "model_hash": exported.model_hash,
+        "export_digest": export_digest(exported.blocks),
+        "dtype": exported.dtype,
+        "dataset": str(options.dataset),
+        "precision": precision,
+        "measured": measured,
+        "schedule": choose_schedule(measured, largest),
+        "seconds": {"precision": round(precision_s, 2), "total": round(time.perf_counter() - start, 2)},
+    }
+    write_calib(onnx_dir, record)
+    return record
