@@ -53,7 +53,7 @@ def export_command(model, out_dir, layers_per_block, dtype):
 @click.option("--target", type=click.Choice(sorted(TARGETS)), default="cpu", show_default=True,
               help="The device the engines are for; measurements need to run on it.")
 @click.option("--dataset", default="Rowan/hellaswag", show_default=True, help="Items for the precision check and timing.")
-@click.option("--items", type=int, default=32, show_default=True, help="Items run through FP16 and FP32 blocks.")
+@click.option("--items", type=int, default=32, show_default=True, help="Items run through FP16 and FP32 blocks (0: no precision check).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @user_errors
 def calib_command(onnx_dir, target, dataset, items, quiet):
