@@ -288,13 +288,14 @@ class PredictOptions:
     tokenizer: str | None = None  # a tokenizer directory; None: SmolLM2-135M's
     dtype: str | None = None  # None: the target's default
     prefetch_depth: int | None = None  # None: calib.json's schedule, else 1
+    weights: str = "inside"  # the engines' layout: what loading a block costs
 
 
 def predict_run(options: PredictOptions, tokenizer=None) -> Prediction:
     """Resolve the options (cheap checks first, the tokenizer last) and predict; `tokenizer` overrides the option."""
     target = Target.from_name(options.target)
     name, spec = resolve_model(options.model)
-    device = device_figures(target, read_calib(options.calib))
+    device = device_figures(target, read_calib(options.calib), options.weights)
     storage = parse_storage(options.storage) if options.storage else device.measured_storage or STORAGE_PRESETS["nvme"]
     if options.memory_budget is None:
         budget, budget_source = target.memory_bytes, f"target {target.name}'s budget ({target.note})"

@@ -97,7 +97,8 @@ class DeviceFigures:
         return best, "no datasheet peak for this target: the best rate measured on it (calib.json)"
 
 
-def device_figures(target: Target, calib: dict | None) -> DeviceFigures:
+def device_figures(target: Target, calib: dict | None, weights: str = "inside") -> DeviceFigures:
+    """`weights` is the engines' layout: its per-block load is a session (inside) or a weights bind (inputs)."""
     measured = (calib or {}).get("measured") or {}
     on_target = measured.get("target") == target.name
     rates = tuple(sorted((int(c["tokens_per_batch"]), float(c["flop_per_s"])) for c in measured.get("compute", [])
@@ -113,7 +114,8 @@ def device_figures(target: Target, calib: dict | None) -> DeviceFigures:
         bytes_per_s = float(measured["storage"]["bytes_per_s"])
         storage = Storage("measured", bytes_per_s,
                           f"calib.json: read bandwidth measured on {target.name} ({direct})")
-    load = measured.get("load_s_per_block") if on_target else None
+    load_key = "bind_s_per_block" if weights == "inputs" else "load_s_per_block"
+    load = measured.get(load_key) if on_target else None
     return DeviceFigures(
         target=target,
         peak_flops=target.peak_fp16_flops,
@@ -123,7 +125,8 @@ def device_figures(target: Target, calib: dict | None) -> DeviceFigures:
         efficiency_source=target.efficiency_source,
         memory_bytes_per_s=target.memory_bandwidth_bytes_per_s,
         load_s_per_block=float(load) if load is not None else 0.0,
-        load_source=(f"calib.json: measured on {target.name}, per block of the model it calibrated" if load is not None
+        load_source=(f"calib.json: {load_key} measured on {target.name} (weights {weights}), per block of the model "
+                     "it calibrated" if load is not None
                      else "not modelled: no calib.json measured on this target, so 0 (ORT CUDA session creation "
                           "took 1.08 s per 0.4 GB block on the H100, bench/results/gpu_h100_llama7b_random_2000.json)"),
         measured_storage=storage,

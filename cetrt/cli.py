@@ -157,10 +157,12 @@ def run_command(engines, dataset, limit, json_path, tokens_per_batch, memory_bud
 @click.option("--dtype", type=click.Choice(DTYPES), default=None, help="Engine precision (default: the target's).")
 @click.option("--prefetch-depth", type=click.IntRange(1, 4), default=None,
               help="Engines read ahead when streaming (default: calib.json's schedule, else 1).")
+@click.option("--weights", type=click.Choice(["inside", "inputs"]), default="inside", show_default=True,
+              help="The engines' layout (ce-build --weights): sets what loading a block costs.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write the prediction here.")
 @user_errors
 def predict_command(model, target, dataset, limit, memory_budget, storage, calib_path, tokens_per_batch, tokenizer,
-                    dtype, prefetch_depth, json_path):
+                    dtype, prefetch_depth, weights, json_path):
     """Predict a whole HellaSwag run's time on a target, term by term, each with its source."""
     import json
 
@@ -169,7 +171,7 @@ def predict_command(model, target, dataset, limit, memory_budget, storage, calib
     prediction = predict_run(PredictOptions(
         model=model, target=target, dataset=dataset, limit=limit, memory_budget=memory_budget, storage=storage,
         calib=calib_path, tokens_per_batch=tokens_per_batch, tokenizer=tokenizer, dtype=dtype,
-        prefetch_depth=prefetch_depth))
+        prefetch_depth=prefetch_depth, weights=weights))
     click.echo(prediction.describe())
     if json_path:
         json_path.write_text(json.dumps(prediction.to_json(), indent=2) + "\n")

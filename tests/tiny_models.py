@@ -75,3 +75,25 @@ def make_tiny_model(directory: Path, arch: str, tokenizer=None, seed: int = 0, c
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def make_overflow_model(directory: Path, tokenizer=None, scale: float = 2.0**16) -> Path:
+    """A tiny LLaMA (one layer) that overflows FP16 in its Q|K|V projection but is the same function in
+    exact arithmetic: v_proj times `scale`, o_proj divided by it (attention is linear in V; a power of two, so
+    exact). Every weight is then rounded to FP16, so the FP16 and FP32 exports hold identical weights and
+    differ only in arithmetic."""
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = tokenizer or make_tokenizer()
+    config = tiny_config("llama", len(tokenizer))
+    config.num_hidden_layers = 1
+    make_tiny_model(directory, "llama", tokenizer, config=config)
+    model = AutoModelForCausalLM.from_pretrained(directory, attn_implementation="eager")
+    with torch.no_grad():
+        attn = model.model.layers[0].self_attn
+        attn.v_proj.weight.mul_(scale)
+        attn.o_proj.weight.div_(scale)
+        for param in model.parameters():
+            param.copy_(param.half().float())
+    model.save_pretrained(directory)
+    return directory
