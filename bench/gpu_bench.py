@@ -3,10 +3,14 @@
 Steps, each a separate command so every call fits the device's 10-minute limit; they share --work:
   real     SmolLM2-135M on all items: cetrt FP16 engines (ORT CUDA) vs harness-style HF FP16, and the HF FP32
            reference for accuracy.
-  make7b   export a random-weight LLaMA-7B-shaped model (bench/random_llama.py) and build its CUDA engines.
+  make7b   export a random-weight LLaMA-7B-shaped model (bench/random_llama.py), calibrate it on this GPU
+           (measurements and schedule; no precision check on random weights), and build its CUDA engines both
+           ways: weights inside (one engine per block) and weights as inputs (one engine per block type).
   run7b    the 7B shape on a fixed item slice: cetrt vs harness-style HF FP16, tokens/s, FLOP rate against
            the measured FP16 matmul rate.
-  stream7b the 7B engines resident and under budgets of 1/3 and 1/6 of the weights, page cache dropped.
+  stream7b the 7B engines of each --layouts resident and under budgets of 1/3 and 1/6 of the weights, page
+           cache dropped before each run (reads are O_DIRECT as well).
+  calreal  SmolLM2-135M FP16: export, calibrate on this GPU (precision check included), build, all items.
 Each step writes <step>.json under --out with the machine, versions and command.
 Usage: python bench/gpu_bench.py real --dataset .devdata/hellaswag_val.jsonl --work /tmp/gpu --out $OUT
 """
@@ -32,8 +36,11 @@ from hf_baseline import accuracy, harness_style_scores  # noqa: E402
 
 
 def machine() -> dict:
-    gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-                         capture_output=True, text=True).stdout.strip()
+    try:
+        gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True).stdout.strip()
+    except FileNotFoundError:
+        gpu = None
     import onnxruntime
 
     return {"gpu": gpu, "cpu_cores": os.cpu_count(), "platform": platform.platform(),
@@ -119,18 +126,32 @@ def step_real(args) -> dict:
     }
 
 
+def engines_7b(args, layout: str) -> Path:
+    return args.work / "engines" / f"llama7b-cuda-{layout}"
+
+
 def step_make7b(args) -> dict:
-    onnx_dir, engines = args.work / "onnx" / "llama7b", args.work / "engines" / "llama7b-cuda"
+    from cetrt.build.engines import BuildOptions, build_engines
+    from cetrt.calib.stage import CalibOptions, calibrate
+
+    onnx_dir = args.work / "onnx" / "llama7b"
     start = time.perf_counter()
     if not (onnx_dir / "blocks.json").is_file():
         subprocess.run([sys.executable, ROOT / "bench" / "random_llama.py", "--out", onnx_dir, "--layers", str(args.layers)],
                        check=True)
     export_s = time.perf_counter() - start
-    from cetrt.build.engines import BuildOptions, build_engines
-
-    manifest = build_engines(BuildOptions(onnx_dir=onnx_dir, out_dir=engines, target="cuda"))
-    return {"export_s": round(export_s, 1), "build_s": round(time.perf_counter() - start - export_s, 1),
-            "engine_bytes": manifest.engine_bytes, "blocks": len(manifest.blocks)}
+    start = time.perf_counter()
+    calib = calibrate(CalibOptions(onnx_dir=onnx_dir, target=args.target, dataset=args.dataset, precision_items=0,
+                                   progress=False), announce=print)
+    calib_s = time.perf_counter() - start
+    builds = {}
+    for layout in args.layouts.split(","):
+        start = time.perf_counter()
+        manifest = build_engines(BuildOptions(onnx_dir=onnx_dir, out_dir=engines_7b(args, layout), target=args.target,
+                                              weights=layout))
+        builds[layout] = {"build_s": round(time.perf_counter() - start, 1), "stored_bytes": manifest.engine_bytes,
+                          "engines": len(manifest.engine_types) or len(manifest.blocks), "blocks": len(manifest.blocks)}
+    return {"export_s": round(export_s, 1), "calib_s": round(calib_s, 1), "calib": calib, "builds": builds}
 
 
 def model_flop(spec, tokens: int, attended_pairs: int, scored: int) -> float:
@@ -188,20 +209,49 @@ def drop_page_cache() -> bool:
 def step_stream7b(args) -> dict:
     from cetrt.manifest import read_manifest
 
-    engines = args.work / "engines" / "llama7b-cuda"
-    weights = read_manifest(engines).engine_bytes
-    runs = {}
-    for name, budget in (("resident", None), ("budget_1_3", str(weights // 3)), ("budget_1_6", str(weights // 6))):
-        dropped = drop_page_cache()
-        result = run_cetrt(engines, args.dataset, args.limit, budget)
-        runs[name] = {"page_cache_dropped": dropped, "latency_s": result.latency_s, **result.extra["streaming"]}
-    base = runs["resident"]["latency_s"]
-    for run in runs.values():
-        run["time_over_resident"] = round(run["latency_s"] / base, 3)
-    return {"weights_bytes": weights, "runs": runs}
+    layouts = {}
+    for layout in args.layouts.split(","):
+        engines = engines_7b(args, layout)
+        weights = read_manifest(engines).engine_bytes
+        runs = {}
+        for name in args.budgets.split(","):
+            budget = None if name == "resident" else str(weights // int(name.split("_")[-1]))
+            dropped = drop_page_cache()
+            result = run_cetrt(engines, args.dataset, args.limit, budget)
+            runs[name] = {"page_cache_dropped": dropped, "latency_s": result.latency_s, "load_s": result.load_s,
+                          "compute_s": result.compute_s, **result.extra["streaming"],
+                          "acc": result.metrics["acc"], "acc_norm": result.metrics["acc_norm"]}
+        if "resident" in runs:
+            for run in runs.values():
+                run["time_over_resident"] = round(run["latency_s"] / runs["resident"]["latency_s"], 3)
+        layouts[layout] = {"weights_bytes": weights, "runs": runs}
+    return {"layouts": layouts}
 
 
-STEPS = {"real": step_real, "make7b": step_make7b, "run7b": step_run7b, "stream7b": step_stream7b}
+def step_calreal(args) -> dict:
+    from cetrt.build.engines import BuildOptions, build_engines
+    from cetrt.calib.stage import CalibOptions, calibrate
+    from cetrt.export.pipeline import ExportOptions, export_model
+
+    onnx_dir, engines = args.work / "onnx" / "smollm2-fp16-cal", args.work / "engines" / "smollm2-cuda-cal"
+    start = time.perf_counter()
+    export_model(ExportOptions(model="smollm2-135m", out_dir=onnx_dir, dtype="float16", layers_per_block=1))
+    export_s = time.perf_counter() - start
+    start = time.perf_counter()
+    calib = calibrate(CalibOptions(onnx_dir=onnx_dir, target=args.target, dataset=args.dataset, progress=False),
+                      announce=print)
+    calib_s = time.perf_counter() - start
+    start = time.perf_counter()
+    build_engines(BuildOptions(onnx_dir=onnx_dir, out_dir=engines, target=args.target, weights=args.layouts.split(",")[0]))
+    build_s = time.perf_counter() - start
+    drop_page_cache()
+    ours = run_cetrt(engines, args.dataset, args.limit)
+    return {"export_s": round(export_s, 1), "calib_s": round(calib_s, 1), "build_s": round(build_s, 1),
+            "calib": calib, "cetrt_fp16": summary(ours)}
+
+
+STEPS = {"real": step_real, "make7b": step_make7b, "run7b": step_run7b, "stream7b": step_stream7b,
+         "calreal": step_calreal}
 
 
 def main() -> None:
@@ -211,14 +261,17 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--layers", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--tokens-per-batch", type=int, default=4096)
+    parser.add_argument("--tokens-per-batch", type=int, default=None, help="default: calib.json's, else 4096")
+    parser.add_argument("--target", default="cuda", help="cpu: a local smoke run of the steps' code")
+    parser.add_argument("--layouts", default="inside,inputs", help="weights layouts to build and stream")
+    parser.add_argument("--budgets", default="resident,budget_1_3,budget_1_6")
     parser.add_argument("--work", type=Path, default=Path("/tmp/gpu"))
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     start = time.perf_counter()
     TOKENS_PER_BATCH["value"] = args.tokens_per_batch
     result = STEPS[args.step](args)
-    report = {"step": args.step, "command": " ".join([sys.executable, *sys.argv]), "machine": machine(),
+    report = {"step": args.step, "tokens_per_batch_option": args.tokens_per_batch, "command": " ".join([sys.executable, *sys.argv]), "machine": machine(),
               "dataset": args.dataset, "limit": args.limit, "wall_s": round(time.perf_counter() - start, 1), **result}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.step}.json").write_text(json.dumps(report, indent=2, default=float) + "\n")

@@ -41,8 +41,9 @@ NEAR_BEST = 0.95
 
 
 def measure(export_dir: Path, exported: ExportedModel, target: Target, dataset: str, items: int = 400,
-            sizes: tuple[int, ...] = SIZES, progress=lambda text: None) -> dict:
-    """The "measured" section of calib.json."""
+            sizes: tuple[int, ...] | None = None, progress=lambda text: None) -> dict:
+    """The "measured" section of calib.json (at `sizes` tokens per batch, default SIZES)."""
+    sizes = sizes or SIZES
     layers = [b for b in exported.blocks if b.spec.kind == "layers"]
     block = layers[0]
     backend = get_backend("onnxruntime")
