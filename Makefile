@@ -11,6 +11,8 @@ TARGET ?= cpu
 # ORT's x86 CPU kernels have no fast FP16 MatMul: FP32 on the cpu target, FP16 (the engine precision) elsewhere.
 DTYPE ?= $(if $(filter cpu,$(TARGET)),float32,float16)
 LAYERS_PER_BLOCK ?= 1
+# inputs: one engine per block type, weights streamed from a file per block (measured faster); inside: per-block engines
+WEIGHTS ?= inputs
 MAX_LENGTH ?= 512
 # CHECK=1: parse and build for TARGET without its GPU (tensorrt-rtx on any machine); engines are not for running.
 CHECK ?=
@@ -46,7 +48,7 @@ engines: setup
 	$(BIN)/ce-export --model $(MODEL) --out $(ONNX) --dtype $(DTYPE) --layers-per-block $(LAYERS_PER_BLOCK)
 	$(if $(CHECK),,$(BIN)/ce-calib --onnx $(ONNX) --target $(TARGET) --dataset $(DATASET))
 	$(BIN)/ce-build --onnx $(ONNX) --out $(OUT) --backend $(BACKEND) --target $(TARGET) \
-		--max-length $(MAX_LENGTH) $(if $(CHECK),--check)
+		--max-length $(MAX_LENGTH) --weights $(WEIGHTS) $(if $(CHECK),--check)
 
 run: engines
 	$(BIN)/ce-run --engines $(OUT) --dataset $(DATASET) --limit $(LIMIT) --json results.json

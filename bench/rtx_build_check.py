@@ -55,7 +55,7 @@ def main() -> None:
     exported = read_blocks(onnx_dir)
     start = time.perf_counter()
     manifest = build_engines(BuildOptions(onnx_dir=onnx_dir, out_dir=args.work / "rtx-check" / args.model,
-                                          backend="tensorrt-rtx", target=args.target, check=True))
+                                          backend="tensorrt-rtx", target=args.target, check=True, weights="inside"))
     total = time.perf_counter() - start
     blocks = [{
         "block": b.spec.name,

@@ -23,7 +23,7 @@ from cetrt.errors import UserError
 from cetrt.files import FileRecord
 from cetrt.manifest import MANIFEST_FILE, EngineBlock, Manifest, write_manifest
 from cetrt.shapes import ShapePlan
-from cetrt.spec import Target
+from cetrt.spec import DEFAULT_WEIGHTS, WEIGHTS_LAYOUTS, Target
 
 
 @dataclass(frozen=True)
@@ -36,10 +36,7 @@ class BuildOptions:
     shape_plan: ShapePlan | None = None  # None: calib.json's tokens per batch (else the default) up to max_length
     max_length: int = 512
     optimization_level: int = 3
-    weights: str = "inside"  # or "inputs": one engine per block type, each block's weights in its own file
-
-
-WEIGHTS_LAYOUTS = ("inside", "inputs")
+    weights: str = DEFAULT_WEIGHTS  # "inputs": one engine per block type + a weights file per block; "inside"
 
 
 def check_target(target: Target, backend: str, check: bool) -> None:

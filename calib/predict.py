@@ -6,6 +6,7 @@ their sources (calib/rates.py), a storage read bandwidth and a memory budget. Ou
   `plan_from_sizes`), over per-block weight bytes: embed, one block per decoder layer, head.
 - Compute: the engines' FLOP (calib/flop.py) at the measured rate, or at peak x a stated efficiency; with the
   datasheet rate, a batch through a block takes no less than reading the block's weights from memory once.
+- Reading a block is the read itself and the sha256 check of its bytes, one after the other on the reader thread.
 - I/O, as the executor runs: blocks go chunk by chunk, block by block, as one sequence. Streaming, a reader
   thread reads up to `prefetch_depth` blocks ahead; it starts reading block k+1 once block k is loaded, so the
   read hides behind block k's compute over the chunk: exposed = max(0, read(k+1) - compute(k)), and the first
@@ -32,7 +33,7 @@ from cetrt.runner.budget import MemoryPlan, ModelSizes, available_memory, parse_
 from cetrt.runner.executor import chunks
 from cetrt.runner.packing import Batch
 from cetrt.shapes import ShapePlan
-from cetrt.spec import ModelSpec, Target, dtype_bytes
+from cetrt.spec import DEFAULT_WEIGHTS, ModelSpec, Target, dtype_bytes
 
 RESIDENT_READS_AHEAD = False  # runner/executor.py ResidentStore reads each engine synchronously on first use
 RUN_TOKENS_PER_BATCH = ShapePlan().tokens_per_batch  # ce-run's default batch size
@@ -60,7 +61,7 @@ class Schedule:
     rate_source: str
     compute_s: float
     load_s: float
-    io_s: float  # reading every byte the plan reads, hidden or not
+    io_s: float  # reading and checking every byte the plan reads, hidden or not
     exposed_io_s: float  # the part of it the run waits for
     total_s: float
 
@@ -102,14 +103,15 @@ def time_schedule(model: ModelSpec, dtype: str, batches: list[Batch], tokens_per
         layer, head = sum(layer_s[i] for i in chunk), sum(head_s[i] for i in chunk)
         for k, size in enumerate(blocks):
             compute = 0.0 if k == 0 else head if k == len(blocks) - 1 else layer
-            steps.append((size / storage.bytes_per_s if reading else 0.0,
+            steps.append((size / storage.bytes_per_s + size / device.verify_bytes_per_s if reading else 0.0,
                           device.load_s_per_block if reading else 0.0, compute))
     depth = plan.prefetch_depth if not plan.resident else (1 if RESIDENT_READS_AHEAD else 0)
     total_s, waited_s = pipeline_s(steps, depth)
     return Schedule(
         tokens_per_batch=tokens_per_batch, plan=plan, flop=flop.run_flop(model, batches), flop_per_s=rate,
         rate_source=rate_source, compute_s=sum(s[2] for s in steps), load_s=sum(s[1] for s in steps),
-        io_s=plan.bytes_to_read / storage.bytes_per_s, exposed_io_s=waited_s, total_s=total_s,
+        io_s=plan.bytes_to_read * (1 / storage.bytes_per_s + 1 / device.verify_bytes_per_s), exposed_io_s=waited_s,
+        total_s=total_s,
     )
 
 
@@ -258,6 +260,7 @@ def predict(model_name: str, model: ModelSpec, dtype: str, work: Workload, devic
         "passes": f"runner's planner: runner/budget.py plan_from_sizes for a {budget_bytes / 2**30:.2f} GiB budget "
                   f"({budget_source}), one block per decoder layer",
         "storage": storage.source,
+        "verify": device.verify_source + "; each read takes size / storage + size / this rate",
         "exposed_io": (f"model: the reader runs {chosen.plan.prefetch_depth} block(s) ahead, so a read hides behind "
                        "the previous block's compute over the chunk; the embed computes nothing, so layer 0's read "
                        "shows in each pass" if not chosen.plan.resident else
@@ -288,7 +291,7 @@ class PredictOptions:
     tokenizer: str | None = None  # a tokenizer directory; None: SmolLM2-135M's
     dtype: str | None = None  # None: the target's default
     prefetch_depth: int | None = None  # None: calib.json's schedule, else 1
-    weights: str = "inside"  # the engines' layout: what loading a block costs
+    weights: str = DEFAULT_WEIGHTS  # the engines' layout: what loading a block costs
 
 
 def predict_run(options: PredictOptions, tokenizer=None) -> Prediction:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cetrt.calib.record import load_calib_file
 from cetrt.errors import UserError
-from cetrt.spec import TARGETS, Target
+from cetrt.spec import DEFAULT_WEIGHTS, TARGETS, Target
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,14 @@ def read_calib(path: Path | None) -> dict | None:
     return None if path is None else load_calib_file(Path(path))
 
 
+# The runner checks each engine's sha256 as it reads it. Where calib.json has no rate for the target:
+ASSUMED_VERIFY_BYTES_PER_S = 1.0e9
+ASSUMED_VERIFY_SOURCE = (
+    "assumption: 1.0 GB/s for sha256 on one CPU core; measured 1.45 GB/s on the 2-core AMD EPYC dev machine (SHA-NI) "
+    "and about 1 GB/s implied on the H100 machine's CPU; the Orin's Cortex-A78AE has ARMv8 SHA-2 instructions at "
+    "2.2 GHz: not measured")
+
+
 @dataclass(frozen=True)
 class DeviceFigures:
     """What a target computes with: measured rates where calib.json has them for it, else its datasheet."""
@@ -70,6 +78,8 @@ class DeviceFigures:
     load_s_per_block: float
     load_source: str
     measured_storage: Storage | None
+    verify_bytes_per_s: float  # the runner's sha256 check of every read, on the reader thread
+    verify_source: str
     schedule: dict  # calib.json's chosen schedule (tokens_per_batch, prefetch_depth), or {}
 
     @property
@@ -97,7 +107,7 @@ class DeviceFigures:
         return best, "no datasheet peak for this target: the best rate measured on it (calib.json)"
 
 
-def device_figures(target: Target, calib: dict | None, weights: str = "inside") -> DeviceFigures:
+def device_figures(target: Target, calib: dict | None, weights: str = DEFAULT_WEIGHTS) -> DeviceFigures:
     """`weights` is the engines' layout: its per-block load is a session (inside) or a weights bind (inputs)."""
     measured = (calib or {}).get("measured") or {}
     on_target = measured.get("target") == target.name
@@ -114,6 +124,7 @@ def device_figures(target: Target, calib: dict | None, weights: str = "inside") 
         bytes_per_s = float(measured["storage"]["bytes_per_s"])
         storage = Storage("measured", bytes_per_s,
                           f"calib.json: read bandwidth measured on {target.name} ({direct})")
+    verify = (measured.get("storage") or {}).get("verify_bytes_per_s") if on_target else None
     load_key = "bind_s_per_block" if weights == "inputs" else "load_s_per_block"
     load = measured.get(load_key) if on_target else None
     return DeviceFigures(
@@ -130,6 +141,8 @@ def device_figures(target: Target, calib: dict | None, weights: str = "inside") 
                      else "not modelled: no calib.json measured on this target, so 0 (ORT CUDA session creation "
                           "took 1.08 s per 0.4 GB block on the H100, bench/results/gpu_h100_llama7b_random_2000.json)"),
         measured_storage=storage,
+        verify_bytes_per_s=float(verify) if verify else ASSUMED_VERIFY_BYTES_PER_S,
+        verify_source=(f"calib.json: sha256 rate measured on {target.name}" if verify else ASSUMED_VERIFY_SOURCE),
         schedule=dict((calib or {}).get("schedule") or {}) if on_target else {},
     )
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from cetrt.errors import UserError
-from cetrt.spec import DTYPES, TARGETS
+from cetrt.spec import DEFAULT_WEIGHTS, DTYPES, TARGETS, WEIGHTS_LAYOUTS
 
 BACKEND_CHOICES = ("onnxruntime", "tensorrt", "tensorrt-rtx")
 
@@ -82,9 +82,9 @@ def calib_command(onnx_dir, target, dataset, items, quiet):
               help="Largest batch, in padded tokens (default: calib.json's schedule, else 4096).")
 @click.option("--optimization-level", type=click.IntRange(0, 5), default=3, show_default=True,
               help="TensorRT builder optimization level.")
-@click.option("--weights", type=click.Choice(["inside", "inputs"]), default="inside", show_default=True,
-              help="inside: one engine per block with its weights; inputs: one engine per block type, each block's "
-                   "weights in a file streamed into the engine's weight inputs.")
+@click.option("--weights", type=click.Choice(WEIGHTS_LAYOUTS), default=DEFAULT_WEIGHTS, show_default=True,
+              help="inputs: one engine per block type, each block's weights in a file streamed into the engine's "
+                   "weight inputs; inside: one engine per block with its weights.")
 @user_errors
 def build_command(onnx_dir, out_dir, backend, target, check, max_length, tokens_per_batch, optimization_level, weights):
     """Build one engine per exported block, and manifest.json."""
@@ -157,7 +157,7 @@ def run_command(engines, dataset, limit, json_path, tokens_per_batch, memory_bud
 @click.option("--dtype", type=click.Choice(DTYPES), default=None, help="Engine precision (default: the target's).")
 @click.option("--prefetch-depth", type=click.IntRange(1, 4), default=None,
               help="Engines read ahead when streaming (default: calib.json's schedule, else 1).")
-@click.option("--weights", type=click.Choice(["inside", "inputs"]), default="inside", show_default=True,
+@click.option("--weights", type=click.Choice(WEIGHTS_LAYOUTS), default=DEFAULT_WEIGHTS, show_default=True,
               help="The engines' layout (ce-build --weights): sets what loading a block costs.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write the prediction here.")
 @user_errors

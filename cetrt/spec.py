@@ -26,6 +26,10 @@ GREEDY = "greedy"
 
 ARCHITECTURES = ("llama", "opt")
 DTYPES = ("float16", "float32")
+# How engines hold their weights: "inside" (one engine per block) or "inputs" (one engine per block type, each
+# block's weights in a file bound to its inputs). The default is the measured faster way (README, "Two ways").
+WEIGHTS_LAYOUTS = ("inputs", "inside")
+DEFAULT_WEIGHTS = "inputs"
 BLOCK_KINDS = ("embed", "layers", "head")
 
 GiB = 1 << 30

@@ -41,7 +41,7 @@ def rtx_engines(zoo, tmp_path_factory):
     out = {}
     for arch in ("llama", "opt"):
         engines = tmp_path_factory.mktemp(f"rtx-{arch}")
-        build_engines(BuildOptions(onnx_dir=zoo.onnx(arch, "float16"), out_dir=engines, backend="tensorrt-rtx",
+        build_engines(BuildOptions(onnx_dir=zoo.onnx(arch, "float16"), out_dir=engines, backend="tensorrt-rtx", weights="inside",
                                    target="orin-agx-32gb", check=True, shape_plan=PLAN))
         out[arch] = engines
     return out
@@ -81,7 +81,7 @@ def test_layer_report_shows_attention_and_mlp_fused(rtx_engines, zoo, arch):
 
 def test_build_for_a_gpu_that_is_not_here_is_refused_without_check(zoo, tmp_path):
     with pytest.raises(UserError, match="needs its GPU, and this machine has none"):
-        build_engines(BuildOptions(onnx_dir=zoo.onnx("llama", "float16"), out_dir=tmp_path, backend="tensorrt-rtx",
+        build_engines(BuildOptions(onnx_dir=zoo.onnx("llama", "float16"), out_dir=tmp_path, backend="tensorrt-rtx", weights="inside",
                                    target="rtx", shape_plan=PLAN))
     assert not (tmp_path / MANIFEST_FILE).exists()
 
@@ -96,7 +96,7 @@ def test_a_block_the_parser_rejects_names_the_file(tmp_path, zoo):
     first = dataclasses.replace(exported.blocks[0], files=(FileRecord.of(export, export / "block_000.onnx"),))
     write_blocks(export, dataclasses.replace(exported, blocks=(first, *exported.blocks[1:])))
     with pytest.raises(UserError, match="block_000.onnx: the tensorrt-rtx ONNX parser rejected this block"):
-        build_engines(BuildOptions(onnx_dir=export, out_dir=tmp_path / "e", backend="tensorrt-rtx",
+        build_engines(BuildOptions(onnx_dir=export, out_dir=tmp_path / "e", backend="tensorrt-rtx", weights="inside",
                                    target="orin-agx-32gb", check=True, shape_plan=PLAN))
 
 

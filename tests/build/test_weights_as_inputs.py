@@ -14,6 +14,7 @@ from cetrt.errors import UserError
 from cetrt.manifest import read_manifest
 from cetrt.runner.evaluate import RunOptions, evaluate
 from cetrt.shapes import ShapePlan
+from cetrt.spec import DEFAULT_WEIGHTS
 from cetrt.weights import weights_from_bytes
 
 N_DOCS = 12
@@ -28,9 +29,22 @@ def typed_engines(zoo, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def inside_engines(zoo, tmp_path_factory):
+    out = {}
+    for arch in ("llama", "opt"):
+        out[arch] = tmp_path_factory.mktemp(f"inside-{arch}")
+        build_engines(BuildOptions(onnx_dir=zoo.onnx(arch), out_dir=out[arch], weights="inside"))
+    return out
+
+
+def test_the_default_is_weights_as_inputs(zoo):
+    assert read_manifest(zoo.engines("llama")).weights_layout == DEFAULT_WEIGHTS == "inputs"
+
+
 @pytest.mark.parametrize("arch", ["llama", "opt"])
-def test_layer_blocks_share_one_engine_and_keep_their_own_weights(zoo, typed_engines, arch):
-    typed, inside = read_manifest(typed_engines[arch]), read_manifest(zoo.engines(arch))
+def test_layer_blocks_share_one_engine_and_keep_their_own_weights(inside_engines, typed_engines, arch):
+    typed, inside = read_manifest(typed_engines[arch]), read_manifest(inside_engines[arch])
     assert typed.weights_layout == "inputs" and inside.weights_layout == "inside"
     layer_blocks = [b for b in typed.blocks if b.spec.kind == "layers"]
     depths = {b.spec.last_layer - b.spec.first_layer for b in layer_blocks}
@@ -48,12 +62,12 @@ def test_layer_blocks_share_one_engine_and_keep_their_own_weights(zoo, typed_eng
 
 
 @pytest.mark.parametrize("arch", ["llama", "opt"])
-def test_scores_match_the_engines_with_weights_inside(zoo, typed_engines, hellaswag_path, arch):
+def test_scores_match_the_engines_with_weights_inside(inside_engines, typed_engines, hellaswag_path, arch):
     def scores(engines):
         run = evaluate(RunOptions(engines=engines, dataset=str(hellaswag_path), limit=N_DOCS, progress=False))
         return run, np.array([s for item in run.items for s in item.scores])
 
-    _, inside = scores(zoo.engines(arch))
+    _, inside = scores(inside_engines[arch])
     resident, typed = scores(typed_engines[arch])
     np.testing.assert_allclose(typed, inside, atol=1e-4, rtol=0)
     assert resident.extra["streaming"]["bytes_read"] == read_manifest(typed_engines[arch]).engine_bytes
