@@ -21,20 +21,13 @@ N_DOCS = 12
 
 
 @pytest.fixture(scope="module")
-def typed_engines(zoo, tmp_path_factory):
+def built(zoo, tmp_path_factory):
+    """Both layouts of the tiny LLaMA and OPT: {(arch, layout): engines directory}."""
     out = {}
     for arch in ("llama", "opt"):
-        out[arch] = tmp_path_factory.mktemp(f"typed-{arch}")
-        build_engines(BuildOptions(onnx_dir=zoo.onnx(arch), out_dir=out[arch], weights="inputs"))
-    return out
-
-
-@pytest.fixture(scope="module")
-def inside_engines(zoo, tmp_path_factory):
-    out = {}
-    for arch in ("llama", "opt"):
-        out[arch] = tmp_path_factory.mktemp(f"inside-{arch}")
-        build_engines(BuildOptions(onnx_dir=zoo.onnx(arch), out_dir=out[arch], weights="inside"))
+        for layout in ("inputs", "inside"):
+            out[arch, layout] = tmp_path_factory.mktemp(f"{layout}-{arch}")
+            build_engines(BuildOptions(onnx_dir=zoo.onnx(arch), out_dir=out[arch, layout], weights=layout))
     return out
 
 
@@ -43,8 +36,8 @@ def test_the_default_is_weights_as_inputs(zoo):
 
 
 @pytest.mark.parametrize("arch", ["llama", "opt"])
-def test_layer_blocks_share_one_engine_and_keep_their_own_weights(inside_engines, typed_engines, arch):
-    typed, inside = read_manifest(typed_engines[arch]), read_manifest(inside_engines[arch])
+def test_layer_blocks_share_one_engine_and_keep_their_own_weights(built, arch):
+    typed, inside = read_manifest(built[arch, "inputs"]), read_manifest(built[arch, "inside"])
     assert typed.weights_layout == "inputs" and inside.weights_layout == "inside"
     layer_blocks = [b for b in typed.blocks if b.spec.kind == "layers"]
     depths = {b.spec.last_layer - b.spec.first_layer for b in layer_blocks}
@@ -53,7 +46,7 @@ def test_layer_blocks_share_one_engine_and_keep_their_own_weights(inside_engines
     assert len(typed.engine_types) == 2 + len(depths)  # embed, head, one per depth
     for block in typed.blocks:
         assert block.files[0].path.endswith(".weights")
-        data = (typed_engines[arch] / block.files[0].path).read_bytes()
+        data = (built[arch, "inputs"] / block.files[0].path).read_bytes()
         arrays = weights_from_bytes(data, block.weights)
         assert all(np.isfinite(a).all() for a in arrays.values())
     # the same weights, stored once: no more than the engines with weights inside plus 4 KiB alignment per tensor
@@ -62,15 +55,15 @@ def test_layer_blocks_share_one_engine_and_keep_their_own_weights(inside_engines
 
 
 @pytest.mark.parametrize("arch", ["llama", "opt"])
-def test_scores_match_the_engines_with_weights_inside(inside_engines, typed_engines, hellaswag_path, arch):
+def test_scores_match_the_engines_with_weights_inside(built, hellaswag_path, arch):
     def scores(engines):
         run = evaluate(RunOptions(engines=engines, dataset=str(hellaswag_path), limit=N_DOCS, progress=False))
         return run, np.array([s for item in run.items for s in item.scores])
 
-    _, inside = scores(inside_engines[arch])
-    resident, typed = scores(typed_engines[arch])
+    _, inside = scores(built[arch, "inside"])
+    resident, typed = scores(built[arch, "inputs"])
     np.testing.assert_allclose(typed, inside, atol=1e-4, rtol=0)
-    assert resident.extra["streaming"]["bytes_read"] == read_manifest(typed_engines[arch]).engine_bytes
+    assert resident.extra["streaming"]["bytes_read"] == read_manifest(built[arch, "inputs"]).engine_bytes
     # streaming this layout under budgets: tests/runner/test_streaming.py runs both layouts
 
 

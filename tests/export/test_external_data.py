@@ -20,9 +20,12 @@ def test_external_weights_export_build_and_score_like_inline_ones(zoo, hellaswag
         graph = onnx.load(str(onnx_dir / block.onnx_file.path), load_external_data=False).graph
         weights = [init for init in graph.initializer if init.data_location == onnx.TensorProto.EXTERNAL]
         assert weights and all(not init.raw_data for init in weights)
-    manifest = build_engines(BuildOptions(onnx_dir=onnx_dir, out_dir=tmp_path / "engines"))
-    assert all(len(b.files) == 2 for b in manifest.blocks if b.spec.kind == "layers")
-    external = evaluate(RunOptions(engines=tmp_path / "engines", dataset=str(hellaswag_path), limit=6, progress=False))
+    inside = build_engines(BuildOptions(onnx_dir=onnx_dir, out_dir=tmp_path / "inside", weights="inside"))
+    assert all(len(b.files) == 2 for b in inside.blocks if b.spec.kind == "layers")  # ORT keeps them external
+    inputs = build_engines(BuildOptions(onnx_dir=onnx_dir, out_dir=tmp_path / "inputs", weights="inputs"))
+    assert all(b.files[0].path.endswith(".weights") for b in inputs.blocks)  # the split read the external data
     inline = evaluate(RunOptions(engines=zoo.engines("llama"), dataset=str(hellaswag_path), limit=6, progress=False))
-    for a, b in zip(external.items, inline.items):
-        assert max(abs(x - y) for x, y in zip(a.scores, b.scores)) <= 1e-5
+    for layout in ("inside", "inputs"):
+        external = evaluate(RunOptions(engines=tmp_path / layout, dataset=str(hellaswag_path), limit=6, progress=False))
+        for a, b in zip(external.items, inline.items):
+            assert max(abs(x - y) for x, y in zip(a.scores, b.scores)) <= 1e-5
