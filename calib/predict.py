@@ -193,8 +193,8 @@ class Prediction:
             ("engines", f"{plan.model_bytes / gib:.1f} GiB, {held}", "passes"),
             ("passes", f"{plan.passes} over the weights: {plan.chunks} chunk(s) <= {plan.chunk_tokens:,} tokens",
              "passes"),
-            ("read", f"{plan.bytes_to_read / gib:.1f} GiB at {self.storage.bytes_per_s / 1e9:g} GB/s = "
-                     f"{_duration(s.io_s)}", "storage"),
+            ("read", f"{plan.bytes_to_read / gib:.1f} GiB at {self.storage.bytes_per_s / 1e9:g} GB/s, "
+                     f"sha256-checked: {_duration(s.io_s)}", "storage"),
             ("exposed I/O", f"{_duration(s.exposed_io_s)} ({s.exposed_io_s / s.total_s:.1%} of the run)", "exposed_io"),
             ("engine load", _duration(s.load_s), "load"),
             ("peak memory", f"{plan.peak_bytes / gib:.2f} of {self.budget_bytes / gib:.2f} GiB budget "

@@ -138,8 +138,9 @@ def device_figures(target: Target, calib: dict | None, weights: str = DEFAULT_WE
         load_s_per_block=float(load) if load is not None else 0.0,
         load_source=(f"calib.json: {load_key} measured on {target.name} (weights {weights}), per block of the model "
                      "it calibrated" if load is not None
-                     else "not modelled: no calib.json measured on this target, so 0 (ORT CUDA session creation "
-                          "took 1.08 s per 0.4 GB block on the H100, bench/results/gpu_h100_llama7b_random_2000.json)"),
+                     else "not modelled: no calib.json measured on this target, so 0; on the H100 a 7B block took "
+                          "0.07 s to bind (weights as inputs) and 1.04 s to load as its own ORT CUDA session (weights "
+                          "inside; bench/results/gpu_h100_llama7b_two_ways_stream.json)"),
         measured_storage=storage,
         verify_bytes_per_s=float(verify) if verify else ASSUMED_VERIFY_BYTES_PER_S,
         verify_source=(f"calib.json: sha256 rate measured on {target.name}" if verify else ASSUMED_VERIFY_SOURCE),
