@@ -2,6 +2,8 @@
 
 Between export and build (DESIGN.md): the precision check first, since it may rewrite blocks with FP32
 islands; then the measurements and the schedule on the final blocks; calib.json last, tied to that export.
+Where this machine cannot run the target's device (no ONNX Runtime provider for it, say on a Jetson without
+onnxruntime-gpu), calib.json says so and the schedule stays at the defaults rather than stopping the build.
 Usage: `calibrate(CalibOptions(onnx_dir=Path("artifacts/onnx/m"), target="cpu"))`.
 """
 
@@ -15,6 +17,7 @@ from cetrt.blocks import read_blocks
 from cetrt.calib.precision import DEFAULT_ITEMS, check_precision
 from cetrt.calib.record import export_digest, write_calib
 from cetrt.calib.schedule import choose_schedule, measure
+from cetrt.errors import UserError
 from cetrt.runner.dataset import DEFAULT_DATASET
 from cetrt.spec import Target
 
@@ -40,9 +43,15 @@ def calibrate(options: CalibOptions, announce=lambda text: None) -> dict:
         precision = {"items": 0, "blocks": [], "islands": [], "note": "not checked: asked for 0 items"}
     exported = read_blocks(onnx_dir)  # again: islands rewrite blocks
     precision_s = time.perf_counter() - start
-    measured = measure(onnx_dir, exported, target, options.dataset, items=options.schedule_items,
-                       progress=lambda step: announce(f"calib: measuring {step}"))
     largest = max(sum(f.bytes for f in b.files) for b in exported.blocks)
+    try:
+        measured = measure(onnx_dir, exported, target, options.dataset, items=options.schedule_items,
+                           progress=lambda step: announce(f"calib: measuring {step}"))
+        schedule = choose_schedule(measured, largest)
+    except UserError as error:  # e.g. no ONNX Runtime provider for the target's device on this machine
+        announce(f"calib: not measured here ({error}); the schedule stays at the defaults")
+        measured = {"target": target.name, "skipped": str(error)}
+        schedule = {"note": f"defaults: nothing measured ({error})"}
     record = {
         "model_id": exported.model_id,
         "model_hash": exported.model_hash,
@@ -51,7 +60,7 @@ def calibrate(options: CalibOptions, announce=lambda text: None) -> dict:
         "dataset": str(options.dataset),
         "precision": precision,
         "measured": measured,
-        "schedule": choose_schedule(measured, largest),
+        "schedule": schedule,
         "seconds": {"precision": round(precision_s, 2), "total": round(time.perf_counter() - start, 2)},
     }
     write_calib(onnx_dir, record)

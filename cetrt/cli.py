@@ -65,8 +65,9 @@ def calib_command(onnx_dir, target, dataset, items, quiet):
                                     progress=not quiet), announce=click.echo)
     islands = record["precision"].get("islands", [])
     schedule = record["schedule"]
-    click.echo(f"calibrated {onnx_dir}: {len(islands)} FP32 island(s); {schedule['tokens_per_batch']:,} tokens per "
-               f"batch ({schedule['tokens_per_batch_reason']}); wrote {onnx_dir / 'calib.json'}")
+    chosen = (f"{schedule['tokens_per_batch']:,} tokens per batch ({schedule['tokens_per_batch_reason']})"
+              if "tokens_per_batch" in schedule else schedule["note"])
+    click.echo(f"calibrated {onnx_dir}: {len(islands)} FP32 island(s); {chosen}; wrote {onnx_dir / 'calib.json'}")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

@@ -77,8 +77,10 @@ def run_schedule(engines: Path, manifest: Manifest, options: RunOptions) -> Sche
     """The options where given, else the calibration beside the engines, else the defaults; says which."""
     calib = read_calib(engines, manifest.model_hash, manifest.build_options.get("export_digest", ""))
     chosen = (calib or {}).get("schedule", {})
-    origin = (f"calib.json, measured on {calib['measured']['device_name']} ({calib['measured']['target']})"
-              if calib else "defaults: no calib.json beside the engines")
+    measured = (calib or {}).get("measured", {})
+    origin = ("defaults: no calib.json beside the engines" if not calib else
+              f"defaults: calib.json measured nothing ({measured.get('skipped')})" if "skipped" in measured else
+              f"calib.json, measured on {measured['device_name']} ({measured['target']})")
     tokens = options.tokens_per_batch or chosen.get("tokens_per_batch") or ShapePlan.tokens_per_batch
     depth = options.prefetch_depth or chosen.get("prefetch_depth") or 1
     given = [name for name, value in (("--tokens-per-batch", options.tokens_per_batch),

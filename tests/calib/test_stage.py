@@ -67,3 +67,14 @@ def test_calib_json_of_another_export_is_refused(calibrated, zoo, tmp_path):
     shutil.copyfile(onnx_dir / CALIB_FILE, other / CALIB_FILE)
     with pytest.raises(UserError, match="another export of this model"):
         build_engines(BuildOptions(onnx_dir=other, out_dir=tmp_path / "engines"))
+
+
+def test_a_device_this_machine_cannot_run_leaves_the_schedule_at_the_defaults(zoo, hellaswag_path, tmp_path):
+    onnx_dir = tmp_path / "onnx"
+    shutil.copytree(zoo.onnx("llama"), onnx_dir)
+    record = calibrate(CalibOptions(onnx_dir=onnx_dir, target="cuda", dataset=str(hellaswag_path), precision_items=0,
+                                    progress=False))  # CI has no CUDA provider
+    assert "CUDAExecutionProvider" in record["measured"]["skipped"] and "tokens_per_batch" not in record["schedule"]
+    build_engines(BuildOptions(onnx_dir=onnx_dir, out_dir=tmp_path / "engines"))
+    run = evaluate(RunOptions(engines=tmp_path / "engines", dataset=str(hellaswag_path), limit=2, progress=False))
+    assert run.extra["streaming"]["schedule"]["source"].startswith("defaults: calib.json measured nothing")
