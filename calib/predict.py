@@ -6,6 +6,8 @@ their sources (calib/rates.py), a storage read bandwidth and a memory budget. Ou
   `plan_from_sizes`), over per-block weight bytes: embed, one block per decoder layer, head.
 - Compute: the engines' FLOP (calib/flop.py) at the measured rate, or at peak x a stated efficiency; with the
   datasheet rate, a batch through a block takes no less than reading the block's weights from memory once.
+  The head, where calib.json timed it, takes its measured time per scored slot (its log-softmax over the
+  vocabulary is memory-bound).
 - Reading a block is the read itself and the sha256 check of its bytes, one after the other on the reader thread.
 - I/O, as the executor runs: blocks go chunk by chunk, block by block, as one sequence. Streaming, a reader
   thread reads up to `prefetch_depth` blocks ahead; it starts reading block k+1 once block k is loaded, so the
@@ -96,7 +98,9 @@ def time_schedule(model: ModelSpec, dtype: str, batches: list[Batch], tokens_per
         return max(flop_count / rate, weight_bytes / memory if memory else 0.0)
 
     layer_s = [seconds(flop.layer_block_flop(model, 1, b), blocks[1]) for b in batches]
-    head_s = [seconds(flop.head_flop(model, b), blocks[-1]) for b in batches]
+    per_slot = device.head_s_per_slot(tokens_per_batch)
+    head_s = [len(b.rows) * b.slots * per_slot if per_slot is not None else seconds(flop.head_flop(model, b), blocks[-1])
+              for b in batches]
     steps = []
     for number, chunk in enumerate(chunks(batches, plan.chunk_tokens)):
         reading = not plan.resident or number == 0
@@ -253,7 +257,8 @@ def predict(model_name: str, model: ModelSpec, dtype: str, work: Workload, devic
         "flop": "counted here: calib/flop.py over the padded batches (layers: 2 per weight per position + full-row "
                 "attention; head at scored slots)",
         "floor": floor_source,
-        "compute": chosen.rate_source + ("" if device.measured_on_target else
+        "compute": chosen.rate_source + ("; the head at its measured time per scored slot" if device.measured_head
+                                         else "") + ("" if device.measured_on_target else
                                          "; no batch faster than reading its block's weights from memory at "
                                          f"{(device.memory_bytes_per_s or 0) / 1e9:g} GB/s (datasheet)"),
         "tokens_per_batch": pick,

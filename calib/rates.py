@@ -72,6 +72,7 @@ class DeviceFigures:
     peak_flops: float | None
     peak_source: str
     measured_rates: tuple[tuple[int, float], ...]  # (tokens per batch, FLOP/s) measured on this target
+    measured_head: tuple[tuple[int, float], ...]  # (tokens per batch, head seconds per scored slot), if measured
     efficiency: float | None
     efficiency_source: str
     memory_bytes_per_s: float | None
@@ -98,6 +99,12 @@ class DeviceFigures:
             return rate, f"calib.json: measured on {self.target.name} at {at} tokens per batch"
         assert self.peak_flops is not None and self.efficiency is not None
         return self.peak_flops * self.efficiency, self.efficiency_source
+
+    def head_s_per_slot(self, tokens_per_batch: int) -> float | None:
+        """The head's measured time per scored slot at the nearest batch size, or None (then FLOP decide)."""
+        if not self.measured_head:
+            return None
+        return min(self.measured_head, key=lambda m: abs(math.log(m[0] / tokens_per_batch)))[1]
 
     def floor_rate(self) -> tuple[float, str]:
         """The rate of the FLOP floor: the datasheet peak, or the best measured rate where there is none."""
@@ -132,6 +139,8 @@ def device_figures(target: Target, calib: dict | None, weights: str = DEFAULT_WE
         peak_flops=target.peak_fp16_flops,
         peak_source=target.peak_source,
         measured_rates=rates,
+        measured_head=tuple(sorted((int(c["tokens_per_batch"]), float(c["head_s_per_slot"]))
+                                   for c in measured.get("compute", []) if c.get("head_s_per_slot"))) if on_target else (),
         efficiency=target.default_efficiency,
         efficiency_source=target.efficiency_source,
         memory_bytes_per_s=target.memory_bandwidth_bytes_per_s,

@@ -7,8 +7,9 @@ before they are built, and full TensorRT is not here: calib.json says which back
   runner does on every engine it reads (on the reader thread, so it adds to each read);
 - engine load time per block: creating a session from a layer block (engines with weights inside), and
   binding a block's weights to a shared engine type (weights as inputs);
-- compute time of a layer block at several batch sizes, on real packed batches of the dataset, each batch's
-  second run (a shared engine type sees each batch shape again in every layer, so first-run costs amortize).
+- compute time of a layer block and of the head at several batch sizes, on real packed batches of the
+  dataset, each batch's second run (a shared engine type sees each batch shape again in every layer, so
+  first-run costs amortize).
 Chosen: tokens per batch (the smallest reaching 95% of the best measured throughput), the read-ahead depth,
 and the chunk size above which one read ahead hides a block's read behind its compute.
 Usage: `measured = measure(export_dir, exported, target, dataset)`; `schedule = choose_schedule(measured)`.
@@ -60,8 +61,11 @@ def measure(export_dir: Path, exported: ExportedModel, target: Target, dataset: 
         session = backend.load(EngineSource(path=path), target, {})
         load_times.append(time.perf_counter() - start)
     bind_s = _bind_time(path, backend, target)
-    progress("compute per layer block")
-    compute = _compute(session, block, exported, export_dir, dataset, items, sizes)
+    progress("compute per layer block and of the head")
+    head = next(b for b in exported.blocks if b.spec.kind == "head")
+    head_session = backend.load(EngineSource(path=export_dir / head.onnx_file.path), target, {})
+    compute = _compute({"layers": (session, block), "head": (head_session, head)}, exported, export_dir, dataset,
+                       items, sizes)
     gpu = current_gpu() if target.device == "cuda" else None
     return {
         "target": target.name,
@@ -108,8 +112,10 @@ def _bind_time(path: Path, backend, target: Target) -> float:
     return time.perf_counter() - start
 
 
-def _compute(session, block, exported: ExportedModel, export_dir: Path, dataset: str, items: int,
+def _compute(sessions: dict, exported: ExportedModel, export_dir: Path, dataset: str, items: int,
              sizes: tuple[int, ...]) -> list[dict]:
+    """Per batch size: a layer block's time and rate, and the head's time per scored slot (its log-softmax over
+    the vocabulary is memory-bound, so FLOP alone would under-count it)."""
     import os
 
     from transformers import AutoTokenizer
@@ -118,34 +124,41 @@ def _compute(session, block, exported: ExportedModel, export_dir: Path, dataset:
     tokenizer = AutoTokenizer.from_pretrained(export_dir / TOKENIZER_DIR)
     rows = [pack(i, e) for i, e in enumerate(encode_docs(tokenizer, load_docs(dataset, items)))]
     dtype = np.float16 if exported.dtype == "float16" else np.float32
-    layers = block.spec.last_layer - block.spec.first_layer
+    layer_block = sessions["layers"][1]
+    layers = layer_block.spec.last_layer - layer_block.spec.first_layer
     rng = np.random.default_rng(0)
     results = []
     for size in sizes:
         batches = make_batches(rows, ShapePlan(tokens_per_batch=size), exported.model.max_positions)
         batches = batches[len(batches) // 2:] + batches[: len(batches) // 2]  # typical lengths first
-        timed, seconds, flop = 0, 0.0, 0.0
+        timed, seconds, flop, head_s, slots = 0, 0.0, 0.0, 0.0, 0
         for n, batch in enumerate(batches):
             inputs = batch.arrays()
-            hidden = rng.standard_normal((*batch.shape, exported.model.hidden_size)).astype(dtype)
-            feeds = {name: session.upload(name, hidden if name == HIDDEN else inputs[name])
-                     for name in block.spec.input_names}
-            session.to_host(next(iter(session.run(feeds).values())))  # a new shape's first run: kernel choice
-            start = time.perf_counter()
-            session.to_host(next(iter(session.run(feeds).values())))
-            elapsed = time.perf_counter() - start
+            inputs[HIDDEN] = rng.standard_normal((*batch.shape, exported.model.hidden_size)).astype(dtype)
+            elapsed = {kind: _steady_run(session, block, inputs) for kind, (session, block) in sessions.items()}
             if n == 0:
                 continue  # warm-up: first-run allocations
             timed += batch.shape[0] * batch.shape[1]
-            seconds += elapsed
+            seconds += elapsed["layers"]
             flop += layer_block_flop(exported.model, layers, batch)
+            head_s += elapsed["head"]
+            slots += len(batch.rows) * batch.slots
             if timed >= TOKENS_PER_SIZE:
                 break
         if timed:
             results.append({"tokens_per_batch": size, "padded_tokens": timed,
                             "s_per_layer_block": round(seconds, 6), "s_per_token": seconds / timed,
-                            "flop_per_s": round(flop / seconds)})
+                            "flop_per_s": round(flop / seconds), "head_s_per_slot": head_s / slots})
     return results
+
+
+def _steady_run(session, block, inputs: dict) -> float:
+    """The second run of a batch: a shared engine type sees each batch shape again in every layer."""
+    feeds = {name: session.upload(name, inputs[name]) for name in block.spec.input_names}
+    session.to_host(next(iter(session.run(feeds).values())))  # a new shape's first run: kernel choice
+    start = time.perf_counter()
+    session.to_host(next(iter(session.run(feeds).values())))
+    return time.perf_counter() - start
 
 
 def choose_schedule(measured: dict, largest_block_bytes: int) -> dict:
