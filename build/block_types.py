@@ -10,7 +10,10 @@ Usage: `split = split_block(onnx_path)`; `split.signature` groups blocks; `split
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,9 +21,12 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from cetrt.files import FileRecord
+from cetrt.manifest import EngineBlock, EngineType
 from cetrt.spec import TensorSpec
+from cetrt.weights import write_weight_file
 
-_FLOATS = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16"}
+_FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
 
 
 @dataclass
@@ -70,14 +76,6 @@ def build_types(exported, onnx_dir: Path, out: Path, build_one, progress) -> tup
     `build_one(graph_path, engine_name, spec)` builds an engine from an ONNX file and returns its BuildResult.
     Returns (blocks, types) for the manifest. Blocks are loaded one at a time, so memory holds one block.
     """
-    import dataclasses
-    import tempfile
-    import time
-
-    from cetrt.files import FileRecord
-    from cetrt.manifest import EngineBlock, EngineType
-    from cetrt.weights import write_weight_file
-
     blocks, types, members = [], {}, {}
     with tempfile.TemporaryDirectory(prefix="cetrt-types-") as tmp:
         for block in progress(exported.blocks):

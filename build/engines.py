@@ -91,7 +91,7 @@ def build_engines(options: BuildOptions) -> Manifest:
     for record in exported.tokenizer_files:
         dest = out / record.path
         dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(Path(options.onnx_dir) / record.path, dest)
+        shutil.copyfile(onnx_dir / record.path, dest)
     (out / CALIB_FILE).unlink(missing_ok=True)
     if calib is not None:  # the calibration of exactly these blocks travels with their engines
         shutil.copyfile(onnx_dir / CALIB_FILE, out / CALIB_FILE)

@@ -26,7 +26,6 @@ Usage: `section = check_precision(Path("artifacts/onnx/m"), "../shared/data/hell
 from __future__ import annotations
 
 import dataclasses
-import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -41,8 +40,8 @@ from cetrt.errors import UserError
 from cetrt.export.islands import FLOAT, FLOAT16, float32_twin, islands_of, named_nodes, save_model, tensor_types, with_fp32_islands
 from cetrt.files import FileRecord
 from cetrt.runner.dataset import load_docs
-from cetrt.runner.packing import make_batches, pack
-from cetrt.runner.requests import encode_docs
+from cetrt.runner.packing import make_batches, pack_docs
+from cetrt.runner.requests import offline_tokenizer
 from cetrt.shapes import ShapePlan
 from cetrt.spec import HIDDEN, HIDDEN_OUT
 
@@ -115,12 +114,9 @@ def _probed(model: onnx.ModelProto, names: list[str], types: dict[str, int]) -> 
 
 
 def _batches(export_dir: Path, exported: ExportedModel, dataset: str, items: int) -> tuple[int, list[dict]]:
-    from transformers import AutoTokenizer
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    tokenizer = AutoTokenizer.from_pretrained(export_dir / Path(exported.tokenizer_files[0].path).parent)
+    tokenizer = offline_tokenizer(export_dir / Path(exported.tokenizer_files[0].path).parent)
     docs = load_docs(dataset, items)
-    rows = [pack(i, e) for i, e in enumerate(encode_docs(tokenizer, docs))]
+    rows = pack_docs(tokenizer, docs)
     batches = make_batches(rows, ShapePlan(tokens_per_batch=_TOKENS_PER_BATCH), exported.model.max_positions)
     return len(docs), [b.arrays() for b in batches]
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import platform
-import statistics
 import time
 from pathlib import Path
 
@@ -32,8 +31,8 @@ from cetrt.build.block_types import split_block
 from cetrt.calib.flop import layer_block_flop
 from cetrt.gpu import current_gpu
 from cetrt.runner.dataset import load_docs
-from cetrt.runner.packing import make_batches, pack
-from cetrt.runner.requests import encode_docs
+from cetrt.runner.packing import make_batches, pack_docs
+from cetrt.runner.requests import offline_tokenizer
 from cetrt.runner.storage import ReadStats, read_file
 from cetrt.shapes import ShapePlan
 from cetrt.spec import HIDDEN, Target
@@ -116,13 +115,7 @@ def _compute(sessions: dict, exported: ExportedModel, export_dir: Path, dataset:
              sizes: tuple[int, ...]) -> list[dict]:
     """Per batch size: a layer block's time and rate, and the head's time per scored slot (its log-softmax over
     the vocabulary is memory-bound, so FLOP alone would under-count it)."""
-    import os
-
-    from transformers import AutoTokenizer
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    tokenizer = AutoTokenizer.from_pretrained(export_dir / TOKENIZER_DIR)
-    rows = [pack(i, e) for i, e in enumerate(encode_docs(tokenizer, load_docs(dataset, items)))]
+    rows = pack_docs(offline_tokenizer(export_dir / TOKENIZER_DIR), load_docs(dataset, items))
     dtype = np.float16 if exported.dtype == "float16" else np.float32
     layer_block = sessions["layers"][1]
     layers = layer_block.spec.last_layer - layer_block.spec.first_layer

@@ -13,8 +13,7 @@ from pathlib import Path
 
 from cetrt.calib.presets import OTHER_TOKENIZERS_NOTE, load_counting_tokenizer
 from cetrt.runner.dataset import DEFAULT_DATASET, load_docs
-from cetrt.runner.packing import Batch, make_batches, pack
-from cetrt.runner.requests import encode_docs
+from cetrt.runner.packing import Batch, make_batches, pack_docs
 from cetrt.shapes import ShapePlan
 
 # The reduced validation set beside the repository (../shared), when it is there: offline, unlike the hub id.
@@ -46,7 +45,7 @@ def count_workload(dataset: str | None, limit: int | None, tokenizer_dir: str | 
         tokenizer, described = load_counting_tokenizer(tokenizer_dir)
     else:
         described = f"{type(tokenizer).__name__} ({len(tokenizer):,} tokens, given by the caller)"
-    rows = [pack(i, e) for i, e in enumerate(encode_docs(tokenizer, docs))]
+    rows = pack_docs(tokenizer, docs)
     batches = {size: make_batches(rows, ShapePlan(tokens_per_batch=size), max_positions) for size in sizes}
     return Workload(dataset=str(dataset), items=len(docs), tokenizer=described, tokenizer_note=OTHER_TOKENIZERS_NOTE,
                     batches=batches)

@@ -8,7 +8,7 @@ Usage: `ModelSpec.from_hf_config(config)`, `Target.from_name("orin-agx-32gb")`.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from cetrt.errors import UserError

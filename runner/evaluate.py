@@ -10,7 +10,6 @@ Usage: `results = evaluate(RunOptions(engines=Path("engines/smollm2-135m"), data
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from cetrt.runner.loading import BlockLoader
 from cetrt.runner.memory import RssSampler
 from cetrt.runner.packing import make_batches, pack
 from cetrt.runner.report import RunResults, write_results
-from cetrt.runner.requests import encode_docs
+from cetrt.runner.requests import encode_docs, offline_tokenizer
 from cetrt.runner.scoring import item_results, metrics
 from cetrt.runner.storage import ReadStats
 from cetrt.shapes import ShapePlan
@@ -55,11 +54,7 @@ class RunOptions:
 
 
 def load_tokenizer(engines: Path, manifest: Manifest):
-    from transformers import AutoTokenizer
-
-    tokenizer_dir = engines / Path(manifest.tokenizer_files[0].path).parent
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    return AutoTokenizer.from_pretrained(tokenizer_dir)
+    return offline_tokenizer(engines / Path(manifest.tokenizer_files[0].path).parent)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from cetrt.errors import UserError
-from cetrt.runner.requests import EncodedDoc
+from cetrt.runner.dataset import Doc
+from cetrt.runner.requests import EncodedDoc, encode_docs
 from cetrt.shapes import ShapePlan
 from cetrt.spec import ATTENTION_MASK, INPUT_IDS, POSITION_IDS, SCORE_INDEX, TARGET_IDS
 
@@ -35,6 +36,12 @@ class PackedRow:
     @property
     def length(self) -> int:
         return len(self.tokens)
+
+
+def pack_docs(tokenizer, docs: list[Doc]) -> list[PackedRow]:
+    """Documents straight to packed rows (the harness's tokenization, then `pack`), for callers that need
+    no more of the encoding than the rows."""
+    return [pack(i, e) for i, e in enumerate(encode_docs(tokenizer, docs))]
 
 
 def pack(item: int, encoded: EncodedDoc) -> PackedRow:

@@ -10,8 +10,10 @@ Usage: `encoded = encode_docs(tokenizer, docs)`.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from cetrt.runner.dataset import Doc
 
@@ -76,6 +78,14 @@ class HarnessTokenizer:
         unique = list(dict.fromkeys(c for c, _ in moved))  # each query once, not once per ending
         context_ids = dict(zip(unique, self.encode(unique)))
         return [(context_ids[c], whole[len(context_ids[c]):]) for (c, _), whole in zip(moved, wholes)]
+
+
+def offline_tokenizer(directory: Path):
+    """The tokenizer saved in `directory` (an export's or engines' `tokenizer/`), never fetched from the hub."""
+    from transformers import AutoTokenizer
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return AutoTokenizer.from_pretrained(directory)
 
 
 def encode_docs(tokenizer, docs: list[Doc]) -> list[EncodedDoc]:
