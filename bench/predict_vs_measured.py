@@ -102,9 +102,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     tokenizer, _ = load_counting_tokenizer(None)
-    results = [compare(case, tokenizer) for case in cpu_cases(args.cpu_runs, args.cpu_calib) + gpu_cases()]
+    cases = cpu_cases(args.cpu_runs, args.cpu_calib) + gpu_cases()
+    results = [compare(case, tokenizer) for case in cases]
     report = {"benchmark": "ce-predict against measured runs, same configuration", "command": " ".join([sys.executable, *sys.argv]),
-              "machine_for_cpu_cases": machine(), "cases": results}
+              "machine_for_cpu_cases": machine(), "cases": results,
+              "calib_measured": {case["source"]: case["calib"]["measured"] for case in cases}}
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     for r in results:
         print(f"{r['case']:<75} measured {r['measured_s']:8.2f} s  predicted {r['predicted_s']:8.2f} s  "

@@ -59,9 +59,10 @@ def read_calib(path: Path | None) -> dict | None:
 # The runner checks each engine's sha256 as it reads it. Where calib.json has no rate for the target:
 ASSUMED_VERIFY_BYTES_PER_S = 1.0e9
 ASSUMED_VERIFY_SOURCE = (
-    "assumption: 1.0 GB/s for sha256 on one CPU core; measured 1.45 GB/s on the 2-core AMD EPYC dev machine (SHA-NI) "
-    "and about 1 GB/s implied on the H100 machine's CPU; the Orin's Cortex-A78AE has ARMv8 SHA-2 instructions at "
-    "2.2 GHz: not measured")
+    "assumption: 1.0 GB/s for sha256 on one CPU core; ce-calib measured 1.38 GB/s on the 2-core AMD EPYC dev machine "
+    "(bench/results/predict_vs_measured.json, calib_measured), and the H100 machine's resident 7B run implies about "
+    "1 GB/s (latency minus read, load and compute: gpu_h100_llama7b_two_ways_stream.json); the Orin's Cortex-A78AE "
+    "has ARMv8 SHA-2 instructions at 2.2 GHz: not measured")
 
 
 @dataclass(frozen=True)
