@@ -90,10 +90,10 @@ def summary(results) -> dict:
 
 
 def encoded_docs(engines: Path, dataset: str, limit: int | None):
-    from cetrt.manifest import read_manifest
-    from cetrt.runner.dataset import load_docs
+    from cetrt.formats.manifest import read_manifest
     from cetrt.runner.evaluate import load_tokenizer
-    from cetrt.runner.requests import encode_docs
+    from cetrt.workload.hellaswag import load_docs
+    from cetrt.workload.tokens import encode_docs
 
     return encode_docs(load_tokenizer(engines, read_manifest(engines)), load_docs(dataset, limit))
 
@@ -165,7 +165,7 @@ def model_flop(spec, tokens: int, attended_pairs: int, scored: int) -> float:
 def step_run7b(args) -> dict:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from cetrt.manifest import read_manifest
+    from cetrt.formats.manifest import read_manifest
 
     engines = args.work / "engines" / "llama7b-cuda"
     manifest = read_manifest(engines)
@@ -207,7 +207,7 @@ def drop_page_cache() -> bool:
 
 
 def step_stream7b(args) -> dict:
-    from cetrt.manifest import read_manifest
+    from cetrt.formats.manifest import read_manifest
 
     layouts = {}
     for layout in args.layouts.split(","):

@@ -21,9 +21,11 @@ sys.path.insert(0, str(ROOT / "bench"))
 from cpu_vs_harness import machine  # noqa: E402
 
 from cetrt.calib.predict import predict  # noqa: E402
-from cetrt.calib.presets import MODEL_PRESETS, load_counting_tokenizer  # noqa: E402
-from cetrt.calib.rates import device_figures, read_calib  # noqa: E402
+from cetrt.calib.presets import load_counting_tokenizer  # noqa: E402
+from cetrt.calib.rates import calib_from_option, device_figures  # noqa: E402
 from cetrt.calib.workload import count_workload  # noqa: E402
+from cetrt.families import presets  # noqa: E402
+from cetrt.formats.calib import CalibRecord  # noqa: E402
 from cetrt.spec import ModelSpec, Target  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -37,7 +39,7 @@ def gpu_cases() -> list[dict]:
     stream = json.loads((RESULTS / "gpu_h100_llama7b_two_ways_stream.json").read_text())
     real = json.loads((RESULTS / "gpu_h100_smollm2_calibrated.json").read_text())
     cases = [{"name": "ORT CUDA, SmolLM2-135M FP16, all items, resident, weights as inputs", "model": "smollm2-135m",
-              "spec": MODEL_PRESETS["smollm2-135m"], "calib": real["calib"], "run": real["cetrt_fp16"]["streaming"],
+              "spec": presets()["smollm2-135m"], "calib": real["calib"], "run": real["cetrt_fp16"]["streaming"],
               "latency_s": real["cetrt_fp16"]["latency_s"], "limit": None, "weights": "inputs",
               "timings": real["cetrt_fp16"]["timings"], "source": "gpu_h100_smollm2_calibrated.json"}]
     for layout in ("inputs", "inside"):
@@ -52,12 +54,12 @@ def gpu_cases() -> list[dict]:
 
 
 def cpu_cases(cpu_runs: Path, calib_path: Path) -> list[dict]:
-    calib = read_calib(calib_path)
+    calib = calib_from_option(calib_path)
     cases = []
     for name, label in (("cpu_inputs_resident.json", "resident"), ("cpu_inputs_two_fifths.json", "2/5 budget (1/4 is below two engines + a batch)")):
         data = json.loads((cpu_runs / name).read_text())
         cases.append({"name": f"ORT CPU, SmolLM2-135M FP32, 200 items, {label}, weights as inputs",
-                      "model": "smollm2-135m", "spec": MODEL_PRESETS["smollm2-135m"], "calib": calib,
+                      "model": "smollm2-135m", "spec": presets()["smollm2-135m"], "calib": calib,
                       "run": data["streaming"], "latency_s": data["latency_s"], "limit": 200, "weights": "inputs",
                       "timings": data["timings"], "source": f"{cpu_runs / name} (this machine, with `make engines`)"})
     return cases
@@ -65,10 +67,13 @@ def cpu_cases(cpu_runs: Path, calib_path: Path) -> list[dict]:
 
 def compare(case: dict, tokenizer) -> dict:
     run, plan = case["run"], case["run"]["plan"]
-    target = Target.from_name(case["calib"]["measured"]["target"])
-    device = device_figures(target, case["calib"], case["weights"])
+    calib = case["calib"]
+    if not isinstance(calib, CalibRecord):  # a calib.json kept inside a committed bench result
+        calib = CalibRecord.from_json(calib, RESULTS / case["source"])
+    target = Target.from_name(calib.measured["target"])
+    device = device_figures(target, calib, case["weights"])
     schedule = run["schedule"]
-    dtype = "float32" if case["calib"]["dtype"] == "float32" else "float16"
+    dtype = "float32" if calib.dtype == "float32" else "float16"
     work = count_workload(DATASET, case["limit"], None, (schedule["tokens_per_batch"],),
                           case["spec"].max_positions, tokenizer)
     with tempfile.TemporaryDirectory():
@@ -106,7 +111,8 @@ def main() -> None:
     results = [compare(case, tokenizer) for case in cases]
     report = {"benchmark": "ce-predict against measured runs, same configuration", "command": " ".join([sys.executable, *sys.argv]),
               "machine_for_cpu_cases": machine(), "cases": results,
-              "calib_measured": {case["source"]: case["calib"]["measured"] for case in cases}}
+              "calib_measured": {case["source"]: getattr(case["calib"], "measured", None) or case["calib"]["measured"]
+                                 for case in cases}}
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     for r in results:
         print(f"{r['case']:<75} measured {r['measured_s']:8.2f} s  predicted {r['predicted_s']:8.2f} s  "

@@ -17,12 +17,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from cetrt.blocks import TOKENIZER_DIR, ExportedBlock, ExportedModel, write_blocks
-from cetrt.export.llama import llama_blocks
 from cetrt.export.onnx_export import OPSET, export_block
 from cetrt.export.pipeline import block_specs, example_inputs
+from cetrt.families import get_family, spec_from_config
+from cetrt.families.llama import llama_blocks
 from cetrt.files import FileRecord
-from cetrt.spec import ModelSpec
+from cetrt.formats.blocks import TOKENIZER_DIR, ExportedBlock, ExportedModel, write_blocks
 
 LLAMA_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                 num_key_value_heads=32, max_position_embeddings=4096, rms_norm_eps=1e-6)
@@ -57,14 +57,14 @@ def main() -> None:
     with torch.device("meta"):
         model = LlamaForCausalLM(config).to(torch.float16)
     model.model.rotary_emb = LlamaRotaryEmbedding(config=config)  # its inv_freq buffer must be real
-    spec = ModelSpec.from_hf_config(config)
+    spec = spec_from_config(config)
     generator = torch.Generator().manual_seed(args.seed)
     examples = example_inputs(spec.hidden_size, torch.float16, spec.vocab_size)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     blocks = []
     first_layers: ExportedBlock | None = None
-    for block in tqdm(block_specs("llama", spec.num_layers, args.layers_per_block, spec.hidden_size, "float16"),
+    for block in tqdm(block_specs(get_family("llama"), spec.num_layers, args.layers_per_block, spec.hidden_size, "float16"),
                       desc="export (random weights)", unit="block"):
         path = out / f"block_{block.index:03d}.onnx"
         same_shape = first_layers is not None and (block.last_layer - block.first_layer
@@ -120,7 +120,7 @@ def stamp(template: Path, path: Path, seed: int) -> None:
 def load_tokenizer_only():
     from transformers import AutoTokenizer
 
-    from cetrt.export.loading import resolve_source
+    from cetrt.sources import resolve_source
 
     source = resolve_source("smollm2-135m")
     return AutoTokenizer.from_pretrained(source.directory, gguf_file=source.gguf_file)

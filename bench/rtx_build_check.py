@@ -45,9 +45,9 @@ def main() -> None:
 
     import tensorrt_rtx
 
-    from cetrt.blocks import read_blocks
     from cetrt.build.engines import BuildOptions, build_engines
     from cetrt.export.pipeline import ExportOptions, export_model
+    from cetrt.formats.blocks import read_blocks
 
     onnx_dir = args.work / "onnx" / f"{args.model}-float16"
     if not (onnx_dir / "blocks.json").is_file():

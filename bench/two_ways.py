@@ -30,10 +30,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from cpu_vs_harness import machine  # noqa: E402
 
-from cetrt.blocks import read_blocks  # noqa: E402
-from cetrt.runner.packing import attention_mask  # noqa: E402
-from cetrt.runner.storage import ReadStats, read_file  # noqa: E402
+from cetrt.formats.blocks import read_blocks  # noqa: E402
 from cetrt.spec import ATTENTION_MASK, HIDDEN, HIDDEN_OUT, POSITION_IDS  # noqa: E402
+from cetrt.storage import ReadStats, read_file  # noqa: E402
+from cetrt.workload.packing import attention_mask  # noqa: E402
 
 FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
 RUNS = 4  # per block: the first run (allocations, prepacking) and the steady state of a chunk's later batches
@@ -189,9 +189,10 @@ def rtx_builds(path: Path, spec, graph: onnx.ModelProto, names: list[str]) -> di
     """Does TensorRT-RTX parse and build the weights-as-inputs graph (check mode, no GPU)?"""
     import dataclasses
 
+    from cetrt.backends.base import BuildSettings
     from cetrt.backends.tensorrt import TensorRTBackend
-    from cetrt.shapes import ShapePlan
     from cetrt.spec import Target, TensorSpec
+    from cetrt.workload.shapes import ShapePlan
 
     inputs = {i.name: i for i in graph.graph.input}
     weight_specs = tuple(
@@ -200,7 +201,7 @@ def rtx_builds(path: Path, spec, graph: onnx.ModelProto, names: list[str]) -> di
     start = time.perf_counter()
     try:
         result = TensorRTBackend("tensorrt-rtx").build(path, path.with_suffix(".engine"), block, Target.from_name("orin-agx-32gb"),
-                                                     {"check": True, "shape_plan": ShapePlan(max_length=512).to_json()})
+                                                     BuildSettings(check=True, shape_plan=ShapePlan(max_length=512)))
         return {"ok": True, "build_s": round(time.perf_counter() - start, 2), "engine_bytes": result.files[0].stat().st_size}
     except Exception as e:  # a measurement: record the failure, do not hide it
         return {"ok": False, "error": str(e)[:300]}

@@ -1,78 +1,30 @@
-"""Weights as inputs: split each exported block into its graph (weights turned into inputs) and its weights.
+"""Weights as inputs: one engine per block type, and a weights file per block (the build's half).
 
 Blocks whose graphs are identical once the weights are taken out (every decoder layer block of a model, as a
 rule) share one *type*: one engine is built for the type, once, and each block keeps only a weights file that
 the runner reads straight into the buffers bound to those inputs (DESIGN.md, "Engines that stream").
-Weights are the floating-point initializers with at least one dimension; everything else (shapes, axes,
-scalars) stays in the graph and is part of what makes two graphs the same type.
-Usage: `split = split_block(onnx_path)`; `split.signature` groups blocks; `split.graph` is built once per type.
+How a block splits into graph and weights is `cetrt.formats.weights.split_block` (calib times the same split).
+Usage: `blocks, types = build_types(exported, graph_of, out, build_one, progress)`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from cetrt.files import FileRecord
-from cetrt.manifest import EngineBlock, EngineType
-from cetrt.spec import TensorSpec
-from cetrt.weights import write_weight_file
-
-_FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+from cetrt.formats.manifest import EngineBlock, EngineType
+from cetrt.formats.weights import split_block, write_weight_file
 
 
-@dataclass
-class SplitBlock:
-    graph: onnx.ModelProto  # the block with its weights as graph inputs
-    weights: dict[str, np.ndarray]  # in graph order
-    signature: str  # equal for blocks that can share one engine
-
-    @property
-    def weight_specs(self) -> tuple[TensorSpec, ...]:
-        return tuple(TensorSpec(name, a.dtype.name, tuple(a.shape)) for name, a in self.weights.items())
-
-
-def is_weight(initializer: onnx.TensorProto) -> bool:
-    return initializer.data_type in _FLOATS and len(initializer.dims) >= 1
-
-
-def split_block(onnx_path: Path) -> SplitBlock:
-    """Load the block (with its external data) and move its weights from initializers to graph inputs."""
-    model = onnx.load(str(onnx_path))
-    weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if is_weight(i)}
-    kept = [i for i in model.graph.initializer if not is_weight(i)]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
-    for name, array in weights.items():
-        elem = onnx.helper.np_dtype_to_tensor_dtype(array.dtype)
-        model.graph.input.append(onnx.helper.make_tensor_value_info(name, elem, list(array.shape)))
-    return SplitBlock(graph=model, weights=weights, signature=_signature(model))
-
-
-def _signature(model: onnx.ModelProto) -> str:
-    """A digest of the weight-free graph, names and doc strings of nodes left out (they may carry layer numbers)."""
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    for node in copy.graph.node:
-        node.name = ""
-        node.doc_string = ""
-    copy.graph.name = ""
-    copy.graph.doc_string = ""
-    del copy.metadata_props[:]
-    return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()[:16]
-
-
-def build_types(exported, onnx_dir: Path, out: Path, build_one, progress) -> tuple[list, list]:
+def build_types(exported, graph_of, out: Path, build_one, progress) -> tuple[list, list]:
     """Build one engine per block type and write each block's weights file.
 
+    `graph_of(block)` is the path of the block's ONNX as it is to be built (calib's islands applied);
     `build_one(graph_path, engine_name, spec)` builds an engine from an ONNX file and returns its BuildResult.
     Returns (blocks, types) for the manifest. Blocks are loaded one at a time, so memory holds one block.
     """
@@ -80,7 +32,7 @@ def build_types(exported, onnx_dir: Path, out: Path, build_one, progress) -> tup
     with tempfile.TemporaryDirectory(prefix="cetrt-types-") as tmp:
         for block in progress(exported.blocks):
             start = time.perf_counter()
-            split = split_block(onnx_dir / block.onnx_file.path)
+            split = split_block(graph_of(block))
             name = types.get(split.signature)
             if name is None:
                 name = types[split.signature] = f"type_{len(types):02d}"

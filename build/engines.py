@@ -1,8 +1,9 @@
 """The build stage: blocks.json + ONNX files in, one engine per block + tokenizer + manifest.json out.
 
-Reads only the export directory (checking every ONNX file's sha256 as it goes), builds each block with the
-chosen backend for the chosen target, copies the tokenizer, and writes manifest.json last, so a failed build
-never leaves a manifest that describes missing or stale engines.
+Reads only the export directory (checking every ONNX file's sha256 as it goes) and its calib.json, builds each
+block with the chosen backend for the chosen target (calib's FP32 islands applied to a copy of the graph),
+copies the tokenizer, and writes manifest.json last, so a failed build never leaves a manifest that describes
+missing or stale engines.
 Usage: `build_engines(BuildOptions(onnx_dir=Path("artifacts/onnx/m"), out_dir=Path("engines/m")))`.
 """
 
@@ -10,20 +11,24 @@ from __future__ import annotations
 
 import functools
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import onnx
 from tqdm import tqdm
 
 from cetrt.backends import get_backend
-from cetrt.blocks import TOKENIZER_DIR, read_blocks
+from cetrt.backends.base import BuildSettings
 from cetrt.build.block_types import build_types
-from cetrt.calib.record import CALIB_FILE, export_digest, read_calib
 from cetrt.errors import UserError
 from cetrt.files import FileRecord
-from cetrt.manifest import MANIFEST_FILE, EngineBlock, Manifest, write_manifest
-from cetrt.shapes import ShapePlan
+from cetrt.formats.blocks import TOKENIZER_DIR, read_blocks
+from cetrt.formats.calib import CALIB_FILE, export_digest, read_calib_for, resolve
+from cetrt.formats.manifest import MANIFEST_FILE, EngineBlock, Manifest, write_manifest
+from cetrt.islands import named_nodes, save_model, with_fp32_islands
 from cetrt.spec import DEFAULT_WEIGHTS, WEIGHTS_LAYOUTS, Target
+from cetrt.workload.shapes import ShapePlan
 
 
 @dataclass(frozen=True)
@@ -47,18 +52,27 @@ def check_target(target: Target, backend: str, check: bool) -> None:
                         + ("; tensorrt-rtx can still --check any target's blocks" if backend == "tensorrt-rtx" else ""))
 
 
+def with_islands(onnx_dir: Path, block, nodes: list[str], tmp: Path) -> Path:
+    """The block's ONNX file as it is to be built: the export's own, or, where calib.json keeps ops of it in FP32,
+    a copy with those islands applied, written under `tmp` (the export directory is never rewritten)."""
+    path = onnx_dir / block.onnx_file.path
+    if not nodes:
+        return path
+    model = with_fp32_islands(named_nodes(onnx.load(str(path))), set(nodes))
+    return save_model(model, tmp / path.name, external=len(block.files) > 1)[0]
+
+
 def build_engines(options: BuildOptions) -> Manifest:
     exported = read_blocks(options.onnx_dir)
     target = Target.from_name(options.target)
     check_target(target, options.backend, options.check)
     backend = get_backend(options.backend)
     digest = export_digest(exported.blocks)
-    calib = read_calib(options.onnx_dir, exported.model_hash, digest)
+    calib = read_calib_for(options.onnx_dir, exported.model_hash, digest)
     plan = options.shape_plan or ShapePlan(
-        tokens_per_batch=(calib or {}).get("schedule", {}).get("tokens_per_batch", ShapePlan.tokens_per_batch),
+        tokens_per_batch=resolve(None, calib, "tokens_per_batch", ShapePlan.tokens_per_batch).value,
         max_length=options.max_length)
-    backend_options = {"check": options.check, "shape_plan": plan.to_json(),
-                       "optimization_level": options.optimization_level}
+    settings = BuildSettings(check=options.check, shape_plan=plan, optimization_level=options.optimization_level)
     out = Path(options.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST_FILE).unlink(missing_ok=True)
@@ -74,18 +88,24 @@ def build_engines(options: BuildOptions) -> Manifest:
     progress = functools.partial(tqdm, desc=f"build ({backend.name}, {target.name}, weights {options.weights})",
                                  unit="block")
     engine_types: list = []
-    if options.weights == "inputs":
-        def build_one(graph_path: Path, name: str, spec):
-            return backend.build(graph_path, out / f"{name}{backend.engine_suffix}", spec, target, backend_options)
+    islands = calib.islands() if calib is not None else {}
+    with tempfile.TemporaryDirectory(prefix="cetrt-islands-", dir=out) as tmp:
+        def graph_of(block) -> Path:
+            return with_islands(onnx_dir, block, islands.get(block.spec.index, []), Path(tmp))
 
-        blocks, engine_types = build_types(exported, onnx_dir, out, build_one, progress)
-    else:
-        blocks = []
-        for block in progress(exported.blocks):
-            engine_path = out / f"block_{block.spec.index:03d}{backend.engine_suffix}"
-            result = backend.build(onnx_dir / block.onnx_file.path, engine_path, block.spec, target, backend_options)
-            files = tuple(FileRecord.of(out, f) for f in result.files)
-            blocks.append(EngineBlock(spec=block.spec, files=files, build_seconds=result.seconds, details=result.details))
+        if options.weights == "inputs":
+            def build_one(graph_path: Path, name: str, spec):
+                return backend.build(graph_path, out / f"{name}{backend.engine_suffix}", spec, target, settings)
+
+            blocks, engine_types = build_types(exported, graph_of, out, build_one, progress)
+        else:
+            blocks = []
+            for block in progress(exported.blocks):
+                engine_path = out / f"block_{block.spec.index:03d}{backend.engine_suffix}"
+                result = backend.build(graph_of(block), engine_path, block.spec, target, settings)
+                files = tuple(FileRecord.of(out, f) for f in result.files)
+                blocks.append(EngineBlock(spec=block.spec, files=files, build_seconds=result.seconds,
+                                          details=result.details))
     tokenizer_out = out / TOKENIZER_DIR
     shutil.rmtree(tokenizer_out, ignore_errors=True)
     for record in exported.tokenizer_files:
@@ -108,6 +128,7 @@ def build_engines(options: BuildOptions) -> Manifest:
         engine_types=tuple(engine_types),
         build_options={
             "weights": options.weights,
+            "fp32_islands": {str(index): nodes for index, nodes in sorted(islands.items())},
             "export_digest": digest,
             "opset": exported.opset,
             "check": options.check,

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from cetrt.runner.packing import Batch
 from cetrt.spec import ModelSpec
+from cetrt.workload.packing import Batch
 
 
 def layer_token_flop(model: ModelSpec) -> float:

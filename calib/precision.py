@@ -1,7 +1,7 @@
 """The precision check: where FP16 arithmetic overflows or drifts, keep those ops in FP32 (never less precision).
 
 A few dataset items run through every block of an FP16 export and through its FP32 twin
-(cetrt.export.islands.float32_twin: FP16-rounded weights, FP32 arithmetic) on the same inputs: each block gets
+(cetrt.islands.float32_twin: FP16-rounded weights, FP32 arithmetic) on the same inputs: each block gets
 the reference hidden states (the previous twin's output, rounded to the FP16 interface), so its error is its own.
 Every float intermediate is compared by name, on ONNX Runtime's CPU provider with basic optimizations only
 (op-by-op FP16 rounding, as a strongly typed network computes).
@@ -19,13 +19,13 @@ in range, or else whose relative error passes the threshold while their inputs' 
 island, extended to the consumers of any island result that is itself out of FP16's range (casting it back would
 overflow); the block is checked again, up to `max_rounds`, then as a last resort the whole block computes in FP32
 inside. A block *output* beyond FP16's range cannot be fixed by islands: that is a UserError (export in float32).
-Blocks with islands are rewritten in place and blocks.json is rewritten with their new sizes and hashes.
+The islands go to calib.json only: the export's files stay as export wrote them, and the build applies the
+islands to a copy of each graph it builds (cetrt.islands, the same transform this check ran).
 Usage: `section = check_precision(Path("artifacts/onnx/m"), "../shared/data/hellaswag/hellaswag_val.jsonl")`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import tempfile
 import time
 from dataclasses import dataclass
@@ -35,15 +35,14 @@ import numpy as np
 import onnx
 from tqdm import tqdm
 
-from cetrt.blocks import ExportedBlock, ExportedModel, read_blocks, write_blocks
 from cetrt.errors import UserError
-from cetrt.export.islands import FLOAT, FLOAT16, float32_twin, islands_of, named_nodes, save_model, tensor_types, with_fp32_islands
-from cetrt.files import FileRecord
-from cetrt.runner.dataset import load_docs
-from cetrt.runner.packing import make_batches, pack_docs
-from cetrt.runner.requests import offline_tokenizer
-from cetrt.shapes import ShapePlan
+from cetrt.formats.blocks import ExportedBlock, ExportedModel, read_blocks
+from cetrt.islands import FLOAT, FLOAT16, float32_twin, islands_of, named_nodes, tensor_types, with_fp32_islands
 from cetrt.spec import HIDDEN, HIDDEN_OUT
+from cetrt.workload.hellaswag import load_docs
+from cetrt.workload.packing import make_batches, pack_docs
+from cetrt.workload.shapes import ShapePlan
+from cetrt.workload.tokens import offline_tokenizer
 
 DEFAULT_ITEMS = 32
 DEFAULT_THRESHOLD = 1e-2
@@ -226,34 +225,27 @@ def check_precision(export_dir: Path, dataset: str, items: int = DEFAULT_ITEMS, 
         raise UserError(f"precision threshold {threshold} and rounds {max_rounds}: both must be positive")
     section["items"], batches = _batches(export_dir, exported, dataset, items)
     hidden: list = [None] * len(batches)
-    blocks = list(exported.blocks)
-    for i, block in enumerate(tqdm(exported.blocks, desc="precision", unit="block", disable=not progress)):
+    for block in tqdm(exported.blocks, desc="precision", unit="block", disable=not progress):
         feeds = [{n: (h if n == HIDDEN else arrays[n]) for n in block.spec.input_names} for arrays, h in zip(batches, hidden)]
         with tempfile.TemporaryDirectory(prefix="cetrt-precision-") as tmp:  # large models' sessions, per block
-            blocks[i], record, islands, twin_hidden = _check_block(export_dir, block, feeds, threshold, max_rounds, Path(tmp))
+            record, islands, twin_hidden = _check_block(export_dir, block, feeds, threshold, max_rounds, Path(tmp))
         section["blocks"].append(record)
         section["islands"] += islands
-        if blocks[i] is not block:  # blocks.json always describes the files on disk, even if a later block fails
-            write_blocks(export_dir, dataclasses.replace(exported, blocks=tuple(blocks)))
         hidden = [None if h is None else h.astype(np.float16).astype(np.float32) for h in twin_hidden]
     section["seconds"] = round(time.perf_counter() - start, 2)
     return section
 
 
 def _check_block(export_dir: Path, block: ExportedBlock, feeds: list[dict], threshold: float, max_rounds: int,
-                 tmp: Path) -> tuple[ExportedBlock, dict, list[dict], list]:
-    """(the block as it now is, its record, its islands, the twin's hidden_out per batch for the next block)."""
+                 tmp: Path) -> tuple[dict, list[dict], list]:
+    """(the block's record, its islands, the twin's hidden_out per batch for the next block)."""
     checked = _Block(export_dir, block, tmp)
     stats, twin_hidden = checked.measure(checked.model, feeds)
     _interface_check(block, stats, checked.path)
-    record = {"index": block.spec.index, "name": block.spec.name, **checked.summary(stats),
-              "islands": islands_of(checked.model), "after": None}
-    islands = []
-    if record["islands"]:
-        islands.append({"block": block.spec.name, "index": block.spec.index, "nodes": record["islands"],
-                        "ops": _ops(checked, record["islands"]),
-                        "reason": "already in the file, from an earlier precision check"})
-    return _fix(checked, stats, feeds, threshold, max_rounds, record, islands), record, islands, twin_hidden
+    record = {"index": block.spec.index, "name": block.spec.name, **checked.summary(stats), "islands": [], "after": None}
+    islands: list[dict] = []
+    _fix(checked, stats, feeds, threshold, max_rounds, record, islands)
+    return record, islands, twin_hidden
 
 
 def _ops(checked: _Block, names) -> list[str]:
@@ -261,10 +253,10 @@ def _ops(checked: _Block, names) -> list[str]:
     return [op.get(n, "?") for n in names]
 
 
-def _fix(checked: _Block, stats, feeds, threshold: float, max_rounds: int, record: dict, islands: list) -> ExportedBlock:
-    """Islands for a failing block, round by round; the block rewritten if any were added."""
+def _fix(checked: _Block, stats, feeds, threshold: float, max_rounds: int, record: dict, islands: list) -> None:
+    """Islands for a failing block, round by round, checked in memory; `record` and `islands` say which."""
     if checked.passes(stats, threshold):
-        return checked.block
+        return
     chosen: set[str] = set()
     candidate = checked.model
     for round_ in range(1, max_rounds + 2):
@@ -288,5 +280,3 @@ def _fix(checked: _Block, stats, feeds, threshold: float, max_rounds: int, recor
                         f"inside ({checked.summary(stats)}); export in float32 (`ce-export --dtype float32`)")
     record["islands"] = islands_of(candidate)
     record["after"] = checked.summary(stats)
-    files = save_model(candidate, checked.path, external=len(checked.block.files) > 1)
-    return dataclasses.replace(checked.block, files=tuple(FileRecord.of(checked.export_dir, f) for f in files))

@@ -28,32 +28,29 @@ from pathlib import Path
 
 from cetrt.calib import flop
 from cetrt.calib.presets import resolve_model
-from cetrt.calib.rates import STORAGE_PRESETS, DeviceFigures, Storage, device_figures, parse_storage, read_calib
+from cetrt.calib.rates import STORAGE_PRESETS, DeviceFigures, Storage, calib_from_option, device_figures, parse_storage
 from cetrt.calib.workload import Workload, count_workload
 from cetrt.errors import UserError
-from cetrt.runner.budget import MemoryPlan, ModelSizes, available_memory, parse_size, plan_from_sizes
-from cetrt.runner.executor import chunks
-from cetrt.runner.packing import Batch
-from cetrt.shapes import ShapePlan
+from cetrt.families import get_family
+from cetrt.plan import MemoryPlan, ModelSizes, available_memory, chunks, parse_size, plan_from_sizes
 from cetrt.spec import DEFAULT_WEIGHTS, ModelSpec, Target, dtype_bytes
+from cetrt.workload.packing import Batch
+from cetrt.workload.shapes import ShapePlan
 
 RESIDENT_READS_AHEAD = False  # runner/executor.py ResidentStore reads each engine synchronously on first use
 RUN_TOKENS_PER_BATCH = ShapePlan().tokens_per_batch  # ce-run's default batch size
 
 
 def weight_block_bytes(model: ModelSpec, dtype: str) -> list[int]:
-    """Bytes of each block's weights, as the planner streams them: embed, one per decoder layer, head."""
-    width = dtype_bytes(dtype)
-    embed = model.vocab_size * model.embed_dim
-    if model.architecture == "opt":  # learned positions, and a projection in where the embedding is narrower
-        embed += (model.max_positions + 2) * model.hidden_size
-        embed += model.embed_dim * model.hidden_size if model.embed_dim != model.hidden_size else 0
-    head = 2 * model.hidden_size + model.vocab_size * model.embed_dim  # final norm, untied LM head
-    return [embed * width] + [model.layer_bytes(dtype)] * model.num_layers + [head * width]
+    """Bytes of each block's weights, as the planner streams them: embed, one per decoder layer, head (the
+    family counts each)."""
+    family, width = get_family(model.architecture), dtype_bytes(dtype)
+    return ([family.embed_params(model) * width] + [model.layer_bytes(dtype)] * model.num_layers
+            + [family.head_params(model) * width])
 
 
 @dataclass(frozen=True)
-class Schedule:
+class TimedSchedule:
     """One candidate schedule, timed."""
 
     tokens_per_batch: int
@@ -88,7 +85,7 @@ def pipeline_s(steps: list[tuple[float, float, float]], depth: int) -> tuple[flo
 
 
 def time_schedule(model: ModelSpec, dtype: str, batches: list[Batch], tokens_per_batch: int, device: DeviceFigures,
-                  storage: Storage, budget_bytes: int, prefetch_depth: int) -> Schedule:
+                  storage: Storage, budget_bytes: int, prefetch_depth: int) -> TimedSchedule:
     blocks = weight_block_bytes(model, dtype)
     plan = plan_from_sizes(ModelSizes(model, dtype, blocks), batches, budget_bytes, None, prefetch_depth)
     rate, rate_source = device.flop_per_s(tokens_per_batch)
@@ -111,7 +108,7 @@ def time_schedule(model: ModelSpec, dtype: str, batches: list[Batch], tokens_per
                           device.load_s_per_block if reading else 0.0, compute))
     depth = plan.prefetch_depth if not plan.resident else (1 if RESIDENT_READS_AHEAD else 0)
     total_s, waited_s = pipeline_s(steps, depth)
-    return Schedule(
+    return TimedSchedule(
         tokens_per_batch=tokens_per_batch, plan=plan, flop=flop.run_flop(model, batches), flop_per_s=rate,
         rate_source=rate_source, compute_s=sum(s[2] for s in steps), load_s=sum(s[1] for s in steps),
         io_s=plan.bytes_to_read * (1 / storage.bytes_per_s + 1 / device.verify_bytes_per_s), exposed_io_s=waited_s,
@@ -120,7 +117,7 @@ def time_schedule(model: ModelSpec, dtype: str, batches: list[Batch], tokens_per
 
 
 def best_schedule(model: ModelSpec, dtype: str, work: Workload, device: DeviceFigures, storage: Storage,
-                  budget_bytes: int, prefetch_depth: int) -> tuple[Schedule, list[Schedule]]:
+                  budget_bytes: int, prefetch_depth: int) -> tuple[TimedSchedule, list[TimedSchedule]]:
     """The fastest of the workload's batch sizes that fit the budget (within 1%, the nearest to ce-run's
     default: a constant efficiency cannot see what small batches lose on a GPU), and every one that fits."""
     timed, refused = [], None
@@ -146,8 +143,8 @@ class Prediction:
     storage: Storage
     budget_bytes: int
     work: Workload
-    chosen: Schedule
-    candidates: list[Schedule]
+    chosen: TimedSchedule
+    candidates: list[TimedSchedule]
     floor_s: float
     peak_flops: float
     sources: dict[str, str]
@@ -303,7 +300,7 @@ def predict_run(options: PredictOptions, tokenizer=None) -> Prediction:
     """Resolve the options (cheap checks first, the tokenizer last) and predict; `tokenizer` overrides the option."""
     target = Target.from_name(options.target)
     name, spec = resolve_model(options.model)
-    device = device_figures(target, read_calib(options.calib), options.weights)
+    device = device_figures(target, calib_from_option(options.calib), options.weights)
     storage = parse_storage(options.storage) if options.storage else device.measured_storage or STORAGE_PRESETS["nvme"]
     if options.memory_budget is None:
         budget, budget_source = target.memory_bytes, f"target {target.name}'s budget ({target.note})"
@@ -312,7 +309,7 @@ def predict_run(options: PredictOptions, tokenizer=None) -> Prediction:
     else:
         budget, budget_source = parse_size(options.memory_budget), "stated with --memory-budget"
     sizes = (options.tokens_per_batch,) if options.tokens_per_batch else device.candidates()
-    depth = options.prefetch_depth or int(device.schedule.get("prefetch_depth", 1))
+    depth = int(options.prefetch_depth or device.schedule.get("prefetch_depth") or 1)
     work = count_workload(options.dataset, options.limit, options.tokenizer, sizes, spec.max_positions, tokenizer)
     return predict(name, spec, options.dtype or target.default_dtype, work, device, storage, budget, budget_source,
                    depth)

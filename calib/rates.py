@@ -1,10 +1,9 @@
 """The rates a prediction runs on, each with where it comes from: storage, compute, memory, engine load.
 
 A rate is measured (calib.json's "measured" section, taken on the target itself), a datasheet figure (the
-`Target` record), or a stated assumption (the storage presets below, the target's default efficiency). calib.json
-is read as a plain dict: its "measured" section may be absent, and a measurement taken on another target is
-not used for this one's compute.
-Usage: `storage = parse_storage("sd")`; `device = device_figures(Target.from_name("orin-agx-32gb"), read_calib(p))`.
+`Target` record), or a stated assumption (the storage presets below, the target's default efficiency). A
+measurement taken on another target is not used for this one's compute.
+Usage: `storage = parse_storage("sd")`; `device = device_figures(Target.from_name("orin-agx-32gb"), calib_from_option(p))`.
 """
 
 from __future__ import annotations
@@ -13,8 +12,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from cetrt.calib.record import load_calib_file
 from cetrt.errors import UserError
+from cetrt.formats.calib import CalibRecord, load_calib_file
 from cetrt.spec import DEFAULT_WEIGHTS, TARGETS, Target
 
 
@@ -51,8 +50,8 @@ def parse_storage(text: str) -> Storage:
     return Storage("stated", gb_per_s * 1e9, f"stated with --storage: {gb_per_s:g} GB/s")
 
 
-def read_calib(path: Path | None) -> dict | None:
-    """calib.json by path (None when no path is given), through its one reader (calib/record.py)."""
+def calib_from_option(path: Path | None) -> CalibRecord | None:
+    """`--calib`: calib.json by path (None when no path is given), through its one reader."""
     return None if path is None else load_calib_file(Path(path))
 
 
@@ -115,9 +114,9 @@ class DeviceFigures:
         return best, "no datasheet peak for this target: the best rate measured on it (calib.json)"
 
 
-def device_figures(target: Target, calib: dict | None, weights: str = DEFAULT_WEIGHTS) -> DeviceFigures:
+def device_figures(target: Target, calib: CalibRecord | None, weights: str = DEFAULT_WEIGHTS) -> DeviceFigures:
     """`weights` is the engines' layout: its per-block load is a session (inside) or a weights bind (inputs)."""
-    measured = (calib or {}).get("measured") or {}
+    measured = calib.measured if calib is not None else {}
     on_target = measured.get("target") == target.name
     rates = tuple(sorted((int(c["tokens_per_batch"]), float(c["flop_per_s"])) for c in measured.get("compute", [])
                          if c.get("flop_per_s"))) if on_target else ()
@@ -154,6 +153,6 @@ def device_figures(target: Target, calib: dict | None, weights: str = DEFAULT_WE
         measured_storage=storage,
         verify_bytes_per_s=float(verify) if verify else ASSUMED_VERIFY_BYTES_PER_S,
         verify_source=(f"calib.json: sha256 rate measured on {target.name}" if verify else ASSUMED_VERIFY_SOURCE),
-        schedule=dict((calib or {}).get("schedule") or {}) if on_target else {},
+        schedule=dict(calib.schedule) if calib is not None and on_target else {},
     )
 

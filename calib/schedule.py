@@ -25,17 +25,17 @@ from pathlib import Path
 import numpy as np
 
 from cetrt.backends import get_backend
-from cetrt.backends.base import EngineSource, WeightsBound
-from cetrt.blocks import TOKENIZER_DIR, ExportedModel
-from cetrt.build.block_types import split_block
+from cetrt.backends.base import EngineSource, LoadSettings, WeightsBound
 from cetrt.calib.flop import layer_block_flop
+from cetrt.formats.blocks import TOKENIZER_DIR, ExportedModel
+from cetrt.formats.weights import split_block
 from cetrt.gpu import current_gpu
-from cetrt.runner.dataset import load_docs
-from cetrt.runner.packing import make_batches, pack_docs
-from cetrt.runner.requests import offline_tokenizer
-from cetrt.runner.storage import ReadStats, read_file
-from cetrt.shapes import ShapePlan
 from cetrt.spec import HIDDEN, Target
+from cetrt.storage import ReadStats, read_file
+from cetrt.workload.hellaswag import load_docs
+from cetrt.workload.packing import make_batches, pack_docs
+from cetrt.workload.shapes import ShapePlan
+from cetrt.workload.tokens import offline_tokenizer
 
 SIZES = (512, 1024, 2048, 4096)
 TOKENS_PER_SIZE = 16384  # padded tokens timed per batch size, after one warm-up batch
@@ -57,12 +57,12 @@ def measure(export_dir: Path, exported: ExportedModel, target: Target, dataset: 
     load_times, session = [], None
     for _ in range(2):
         start = time.perf_counter()
-        session = backend.load(EngineSource(path=path), target, {})
+        session = backend.load(EngineSource(path=path), target, LoadSettings())
         load_times.append(time.perf_counter() - start)
     bind_s = _bind_time(path, backend, target)
     progress("compute per layer block and of the head")
     head = next(b for b in exported.blocks if b.spec.kind == "head")
-    head_session = backend.load(EngineSource(path=export_dir / head.onnx_file.path), target, {})
+    head_session = backend.load(EngineSource(path=export_dir / head.onnx_file.path), target, LoadSettings())
     compute = _compute({"layers": (session, block), "head": (head_session, head)}, exported, export_dir, dataset,
                        items, sizes)
     gpu = current_gpu() if target.device == "cuda" else None
@@ -105,7 +105,7 @@ def _storage_bandwidth(export_dir: Path, layers) -> dict:
 def _bind_time(path: Path, backend, target: Target) -> float:
     """Weights as inputs: the time to bind one block's weights to its engine type (to the device on a GPU)."""
     split = split_block(path)
-    engine = backend.load(EngineSource(path=path, read=lambda: split.graph.SerializeToString()), target, {})
+    engine = backend.load(EngineSource(path=path, read=lambda: split.graph.SerializeToString()), target, LoadSettings())
     start = time.perf_counter()
     WeightsBound(engine, split.weights).close()
     return time.perf_counter() - start

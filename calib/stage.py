@@ -1,7 +1,7 @@
-"""The calibration stage: an export directory in, the same directory (FP32 islands applied) plus calib.json out.
+"""The calibration stage: an export directory in, calib.json out beside blocks.json (the export left as it is).
 
-Between export and build (DESIGN.md): the precision check first, since it may rewrite blocks with FP32
-islands; then the measurements and the schedule on the final blocks; calib.json last, tied to that export.
+Between export and build (DESIGN.md): the precision check (which FP32 islands the build must apply), the
+measurements and the schedule; calib.json last, tied to that export.
 Where this machine cannot run the target's device (no ONNX Runtime provider for it, say on a Jetson without
 onnxruntime-gpu), calib.json says so and the schedule stays at the defaults rather than stopping the build.
 Usage: `calibrate(CalibOptions(onnx_dir=Path("artifacts/onnx/m"), target="cpu"))`.
@@ -13,13 +13,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cetrt.blocks import read_blocks
 from cetrt.calib.precision import DEFAULT_ITEMS, check_precision
-from cetrt.calib.record import export_digest, write_calib
 from cetrt.calib.schedule import choose_schedule, measure
 from cetrt.errors import UserError
-from cetrt.runner.dataset import DEFAULT_DATASET
+from cetrt.formats.blocks import read_blocks
+from cetrt.formats.calib import CalibRecord, export_digest, write_calib
 from cetrt.spec import Target
+from cetrt.workload.hellaswag import DEFAULT_DATASET
 
 
 @dataclass(frozen=True)
@@ -32,16 +32,16 @@ class CalibOptions:
     progress: bool = True
 
 
-def calibrate(options: CalibOptions, announce=lambda text: None) -> dict:
+def calibrate(options: CalibOptions, announce=lambda text: None) -> CalibRecord:
     onnx_dir = Path(options.onnx_dir)
     target = Target.from_name(options.target)
+    exported = read_blocks(onnx_dir)
     start = time.perf_counter()
     if options.precision_items:
         announce(f"calib: precision check of {onnx_dir} on {options.precision_items} items")
         precision = check_precision(onnx_dir, options.dataset, items=options.precision_items, progress=options.progress)
     else:
         precision = {"items": 0, "blocks": [], "islands": [], "note": "not checked: asked for 0 items"}
-    exported = read_blocks(onnx_dir)  # again: islands rewrite blocks
     precision_s = time.perf_counter() - start
     largest = max(sum(f.bytes for f in b.files) for b in exported.blocks)
     try:
@@ -52,16 +52,16 @@ def calibrate(options: CalibOptions, announce=lambda text: None) -> dict:
         announce(f"calib: not measured here ({error}); the schedule stays at the defaults")
         measured = {"target": target.name, "skipped": str(error)}
         schedule = {"note": f"defaults: nothing measured ({error})"}
-    record = {
-        "model_id": exported.model_id,
-        "model_hash": exported.model_hash,
-        "export_digest": export_digest(exported.blocks),
-        "dtype": exported.dtype,
-        "dataset": str(options.dataset),
-        "precision": precision,
-        "measured": measured,
-        "schedule": schedule,
-        "seconds": {"precision": round(precision_s, 2), "total": round(time.perf_counter() - start, 2)},
-    }
+    record = CalibRecord(
+        model_id=exported.model_id,
+        model_hash=exported.model_hash,
+        export_digest=export_digest(exported.blocks),
+        dtype=exported.dtype,
+        dataset=str(options.dataset),
+        precision=precision,
+        measured=measured,
+        schedule=schedule,
+        seconds={"precision": round(precision_s, 2), "total": round(time.perf_counter() - start, 2)},
+    )
     write_calib(onnx_dir, record)
     return record

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cetrt.calib.presets import OTHER_TOKENIZERS_NOTE, load_counting_tokenizer
-from cetrt.runner.dataset import DEFAULT_DATASET, load_docs
-from cetrt.runner.packing import Batch, make_batches, pack_docs
-from cetrt.shapes import ShapePlan
+from cetrt.workload.hellaswag import DEFAULT_DATASET, load_docs
+from cetrt.workload.packing import Batch, make_batches, pack_docs
+from cetrt.workload.shapes import ShapePlan
 
 # The reduced validation set beside the repository (../shared), when it is there: offline, unlike the hub id.
 SHARED_HELLASWAG = Path(__file__).resolve().parents[2] / "shared" / "data" / "hellaswag" / "hellaswag_val.jsonl"

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import click
 
+from cetrt.backends import BACKEND_NAMES
 from cetrt.errors import UserError
 from cetrt.spec import DEFAULT_WEIGHTS, DTYPES, TARGETS, WEIGHTS_LAYOUTS
-
-BACKEND_CHOICES = ("onnxruntime", "tensorrt", "tensorrt-rtx")
 
 
 def user_errors(command):
@@ -63,8 +62,8 @@ def calib_command(onnx_dir, target, dataset, items, quiet):
 
     record = calibrate(CalibOptions(onnx_dir=onnx_dir, target=target, dataset=dataset, precision_items=items,
                                     progress=not quiet), announce=click.echo)
-    islands = record["precision"].get("islands", [])
-    schedule = record["schedule"]
+    islands = record.precision.get("islands", [])
+    schedule = record.schedule
     chosen = (f"{schedule['tokens_per_batch']:,} tokens per batch ({schedule['tokens_per_batch_reason']})"
               if "tokens_per_batch" in schedule else schedule["note"])
     click.echo(f"calibrated {onnx_dir}: {len(islands)} FP32 island(s); {chosen}; wrote {onnx_dir / 'calib.json'}")
@@ -73,7 +72,7 @@ def calib_command(onnx_dir, target, dataset, items, quiet):
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--onnx", "onnx_dir", type=click.Path(path_type=Path), required=True, help="Export directory (blocks.json).")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Directory for engines and manifest.json.")
-@click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="onnxruntime", show_default=True)
+@click.option("--backend", type=click.Choice(BACKEND_NAMES), default="onnxruntime", show_default=True)
 @click.option("--target", type=click.Choice(sorted(TARGETS)), default="cpu", show_default=True)
 @click.option("--check", is_flag=True,
               help="Parse and build for the target without its GPU (engines are not for running).")
@@ -90,7 +89,7 @@ def calib_command(onnx_dir, target, dataset, items, quiet):
 def build_command(onnx_dir, out_dir, backend, target, check, max_length, tokens_per_batch, optimization_level, weights):
     """Build one engine per exported block, and manifest.json."""
     from cetrt.build.engines import BuildOptions, build_engines
-    from cetrt.shapes import ShapePlan
+    from cetrt.workload.shapes import ShapePlan
 
     plan = ShapePlan(tokens_per_batch=tokens_per_batch, max_length=max_length) if tokens_per_batch else None
     manifest = build_engines(BuildOptions(onnx_dir=onnx_dir, out_dir=out_dir, backend=backend, target=target,
@@ -124,8 +123,9 @@ def build_command(onnx_dir, out_dir, backend, target, check, max_length, tokens_
 def run_command(engines, dataset, limit, json_path, tokens_per_batch, memory_budget, chunk_tokens, prefetch_depth,
                 spill_dir, threads, quiet):
     """Score HellaSwag with prebuilt engines and print acc and acc_norm."""
+    from cetrt.formats.results import write_results
     from cetrt.runner.evaluate import RunOptions, evaluate
-    from cetrt.runner.report import summary_table, write_results
+    from cetrt.runner.report import summary_table
 
     partial = json_path.with_name(json_path.stem + ".partial.json") if json_path else None
     options = RunOptions(engines=engines, dataset=dataset, limit=limit, tokens_per_batch=tokens_per_batch,

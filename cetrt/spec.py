@@ -2,14 +2,14 @@
 
 Frozen dataclasses built with keywords; they round-trip through JSON (`to_json` / `from_json`) so the files
 between stages (blocks.json, manifest.json) carry them without importing a stage's internals.
-Usage: `ModelSpec.from_hf_config(config)`, `Target.from_name("orin-agx-32gb")`.
+A model's spec comes from its family (`cetrt.families.spec_from_config`).
+Usage: `Target.from_name("orin-agx-32gb")`; `spec.layer_bytes("float16")`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
 from cetrt.errors import UserError
 
@@ -24,7 +24,6 @@ TARGET_IDS = "target_ids"
 LOGPROBS = "logprobs"
 GREEDY = "greedy"
 
-ARCHITECTURES = ("llama", "opt")
 DTYPES = ("float16", "float32")
 # How engines hold their weights: "inside" (one engine per block) or "inputs" (one engine per block type, each
 # block's weights in a file bound to its inputs). The default is the measured faster way (README, "Two ways").
@@ -39,7 +38,7 @@ GiB = 1 << 30
 class ModelSpec:
     """The shape of a decoder-only LM, enough to size memory and FLOP without loading weights."""
 
-    architecture: str
+    architecture: str  # the model family's name (cetrt.families)
     hidden_size: int
     num_layers: int
     num_heads: int
@@ -50,49 +49,11 @@ class ModelSpec:
     max_positions: int
     embed_dim: int  # OPT's word_embed_proj_dim; equals hidden_size elsewhere
 
-    @classmethod
-    def from_hf_config(cls, config: Any) -> "ModelSpec":
-        model_type = getattr(config, "model_type", None)
-        if model_type == "llama":
-            heads = config.num_attention_heads
-            return cls(
-                architecture="llama",
-                hidden_size=config.hidden_size,
-                num_layers=config.num_hidden_layers,
-                num_heads=heads,
-                num_kv_heads=getattr(config, "num_key_value_heads", None) or heads,
-                head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
-                intermediate_size=config.intermediate_size,
-                vocab_size=config.vocab_size,
-                max_positions=config.max_position_embeddings,
-                embed_dim=config.hidden_size,
-            )
-        if model_type == "opt":
-            heads = config.num_attention_heads
-            return cls(
-                architecture="opt",
-                hidden_size=config.hidden_size,
-                num_layers=config.num_hidden_layers,
-                num_heads=heads,
-                num_kv_heads=heads,
-                head_dim=config.hidden_size // heads,
-                intermediate_size=config.ffn_dim,
-                vocab_size=config.vocab_size,
-                max_positions=config.max_position_embeddings,
-                embed_dim=config.word_embed_proj_dim,
-            )
-        raise UserError(
-            f"unsupported model type {model_type!r}: cetrt exports LlamaForCausalLM and OPTForCausalLM "
-            f"(model_type one of {list(ARCHITECTURES)})"
-        )
-
     def layer_params(self) -> int:
-        """Parameters of one decoder layer (weights and biases), for memory arithmetic."""
-        h, kv = self.hidden_size, self.num_kv_heads * self.head_dim
-        q = self.num_heads * self.head_dim
-        if self.architecture == "llama":
-            return h * (q + 2 * kv) + q * h + 3 * h * self.intermediate_size + 2 * h
-        return (h + 1) * 3 * h + (h + 1) * h + 2 * (h + 1) * self.intermediate_size - self.intermediate_size + h + 4 * h
+        """Parameters of one decoder layer (weights and biases), for memory arithmetic: the family's count."""
+        from cetrt.families import get_family
+
+        return get_family(self.architecture).layer_params(self)
 
     def layer_bytes(self, dtype: str) -> int:
         return self.layer_params() * dtype_bytes(dtype)

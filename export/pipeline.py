@@ -13,16 +13,26 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from cetrt.blocks import BLOCKS_FILE, TOKENIZER_DIR, ExportedBlock, ExportedModel, write_blocks
 from cetrt.errors import UserError
-from cetrt.export.llama import llama_blocks
 from cetrt.export.loading import DEFAULT_MODEL, LoadedModel, load_model
 from cetrt.export.onnx_export import EXTERNAL_DATA_BYTES, OPSET, export_block
-from cetrt.export.opt import opt_blocks
+from cetrt.families import get_family
+from cetrt.families.base import Family
 from cetrt.files import FileRecord
+from cetrt.formats.blocks import BLOCKS_FILE, TOKENIZER_DIR, ExportedBlock, ExportedModel, write_blocks
 from cetrt.spec import (
-    ATTENTION_MASK, DTYPES, GREEDY, HIDDEN, HIDDEN_OUT, INPUT_IDS, LOGPROBS, POSITION_IDS, SCORE_INDEX,
-    TARGET_IDS, BlockSpec, TensorSpec,
+    ATTENTION_MASK,
+    DTYPES,
+    GREEDY,
+    HIDDEN,
+    HIDDEN_OUT,
+    INPUT_IDS,
+    LOGPROBS,
+    POSITION_IDS,
+    SCORE_INDEX,
+    TARGET_IDS,
+    BlockSpec,
+    TensorSpec,
 )
 
 _EXAMPLE_B, _EXAMPLE_L, _EXAMPLE_S = 2, 7, 5
@@ -37,15 +47,18 @@ class ExportOptions:
     external_data_bytes: int = EXTERNAL_DATA_BYTES
 
 
-def block_specs(architecture: str, num_layers: int, layers_per_block: int, hidden: int, dtype: str) -> list[BlockSpec]:
-    """The interface of every block; the one place block inputs and outputs are decided."""
-    ids = TensorSpec(INPUT_IDS, "int64", ("B", "L"))
-    positions = TensorSpec(POSITION_IDS, "int64", ("B", "L"))
-    mask = TensorSpec(ATTENTION_MASK, "float32", ("B", 1, "L", "L"))
-    hidden_in = TensorSpec(HIDDEN, dtype, ("B", "L", hidden))
+def block_specs(family: Family, num_layers: int, layers_per_block: int, hidden: int, dtype: str) -> list[BlockSpec]:
+    """The interface of every block; the one place block inputs and outputs are decided (the family names which
+    of the boundary tensors its embed and layer blocks take)."""
+    tensors = {
+        INPUT_IDS: TensorSpec(INPUT_IDS, "int64", ("B", "L")),
+        POSITION_IDS: TensorSpec(POSITION_IDS, "int64", ("B", "L")),
+        ATTENTION_MASK: TensorSpec(ATTENTION_MASK, "float32", ("B", 1, "L", "L")),
+        HIDDEN: TensorSpec(HIDDEN, dtype, ("B", "L", hidden)),
+    }
     hidden_out = TensorSpec(HIDDEN_OUT, dtype, ("B", "L", hidden))
-    embed_inputs = (ids, positions) if architecture == "opt" else (ids,)
-    layer_inputs = (hidden_in, positions, mask) if architecture == "llama" else (hidden_in, mask)
+    embed_inputs = tuple(tensors[name] for name in family.embed_inputs)
+    layer_inputs = tuple(tensors[name] for name in family.layer_inputs)
     specs = [BlockSpec(index=0, kind="embed", first_layer=0, last_layer=0, inputs=embed_inputs, outputs=(hidden_out,))]
     for first in range(0, num_layers, layers_per_block):
         last = min(first + layers_per_block, num_layers)
@@ -55,16 +68,10 @@ def block_specs(architecture: str, num_layers: int, layers_per_block: int, hidde
         ))
     specs.append(BlockSpec(
         index=len(specs), kind="head", first_layer=num_layers, last_layer=num_layers,
-        inputs=(hidden_in, TensorSpec(SCORE_INDEX, "int64", ("B", "S")), TensorSpec(TARGET_IDS, "int64", ("B", "S"))),
+        inputs=(tensors[HIDDEN], TensorSpec(SCORE_INDEX, "int64", ("B", "S")), TensorSpec(TARGET_IDS, "int64", ("B", "S"))),
         outputs=(TensorSpec(LOGPROBS, "float32", ("B", "S")), TensorSpec(GREEDY, "bool", ("B", "S"))),
     ))
     return specs
-
-
-def block_modules(loaded: LoadedModel):
-    """(embed, layers(first, last), head) modules for the loaded model's architecture."""
-    factory = {"llama": llama_blocks, "opt": opt_blocks}[loaded.spec.architecture]
-    return factory(loaded.model)
 
 
 def example_inputs(hidden: int, dtype: torch.dtype, vocab: int) -> dict[str, torch.Tensor]:
@@ -90,9 +97,10 @@ def export_loaded(loaded: LoadedModel, options: ExportOptions) -> ExportedModel:
     torch_dtype = {"float16": torch.float16, "float32": torch.float32}[options.dtype]
     loaded.model.to(torch_dtype)  # in place: load_model already gives this dtype, so normally a no-op
     spec = loaded.spec
-    embed, layers, head = block_modules(loaded)
+    family = get_family(spec.architecture)
+    embed, layers, head = family.block_modules(loaded.model)
     examples = example_inputs(spec.hidden_size, torch_dtype, spec.vocab_size)
-    specs = block_specs(spec.architecture, spec.num_layers, options.layers_per_block, spec.hidden_size, options.dtype)
+    specs = block_specs(family, spec.num_layers, options.layers_per_block, spec.hidden_size, options.dtype)
     blocks = []
     for block in tqdm(specs, desc="export", unit="block"):
         module = {"embed": embed, "head": head}.get(block.kind) or layers(block.first_layer, block.last_layer)

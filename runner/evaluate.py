@@ -18,22 +18,29 @@ from typing import Callable
 from tqdm import tqdm
 
 from cetrt.backends import get_backend
-from cetrt.calib.record import read_calib
+from cetrt.backends.base import LoadSettings
 from cetrt.errors import UserError
-from cetrt.manifest import Manifest, read_manifest
-from cetrt.runner.budget import activation_bytes_per_token, available_memory, parse_size, plan_memory
-from cetrt.runner.dataset import DEFAULT_DATASET, load_docs
+from cetrt.formats.calib import read_calib_for, resolve
+from cetrt.formats.manifest import Manifest, read_manifest
+from cetrt.formats.results import RunResults, write_results
+from cetrt.plan import activation_bytes_per_token, available_memory, chunks, parse_size, plan_memory
 from cetrt.runner.executor import (
-    DiskActivations, MemoryActivations, MemoryMeter, ResidentStore, StreamingStore, Timings, chunks, run_layer_major,
+    DiskActivations,
+    MemoryActivations,
+    MemoryMeter,
+    ResidentStore,
+    StreamingStore,
+    Timings,
+    run_layer_major,
 )
 from cetrt.runner.loading import BlockLoader
 from cetrt.runner.memory import RssSampler
-from cetrt.runner.packing import make_batches, pack
-from cetrt.runner.report import RunResults, write_results
-from cetrt.runner.requests import encode_docs, offline_tokenizer
 from cetrt.runner.scoring import item_results, metrics
-from cetrt.runner.storage import ReadStats
-from cetrt.shapes import ShapePlan
+from cetrt.storage import ReadStats
+from cetrt.workload.hellaswag import DEFAULT_DATASET, load_docs
+from cetrt.workload.packing import make_batches, pack
+from cetrt.workload.shapes import ShapePlan
+from cetrt.workload.tokens import encode_docs, offline_tokenizer
 
 
 @dataclass(frozen=True)
@@ -58,7 +65,7 @@ def load_tokenizer(engines: Path, manifest: Manifest):
 
 
 @dataclass(frozen=True)
-class Schedule:
+class RunSchedule:
     tokens_per_batch: int
     prefetch_depth: int
     source: str
@@ -68,20 +75,15 @@ class Schedule:
                 f"({self.source})")
 
 
-def run_schedule(engines: Path, manifest: Manifest, options: RunOptions) -> Schedule:
+def run_schedule(engines: Path, manifest: Manifest, options: RunOptions) -> RunSchedule:
     """The options where given, else the calibration beside the engines, else the defaults; says which."""
-    calib = read_calib(engines, manifest.model_hash, manifest.build_options.get("export_digest", ""))
-    chosen = (calib or {}).get("schedule", {})
-    measured = (calib or {}).get("measured", {})
-    origin = ("defaults: no calib.json beside the engines" if not calib else
-              f"defaults: calib.json measured nothing ({measured.get('skipped')})" if "skipped" in measured else
-              f"calib.json, measured on {measured['device_name']} ({measured['target']})")
-    tokens = options.tokens_per_batch or chosen.get("tokens_per_batch") or ShapePlan.tokens_per_batch
-    depth = options.prefetch_depth or chosen.get("prefetch_depth") or 1
-    given = [name for name, value in (("--tokens-per-batch", options.tokens_per_batch),
-                                      ("--prefetch-depth", options.prefetch_depth)) if value]
+    calib = read_calib_for(engines, manifest.model_hash, manifest.build_options.get("export_digest", ""))
+    tokens = resolve(options.tokens_per_batch, calib, "tokens_per_batch", ShapePlan.tokens_per_batch)
+    depth = resolve(options.prefetch_depth, calib, "prefetch_depth", 1)
+    origin = calib.origin if calib else "defaults: no calib.json beside the engines"
+    given = [name for name, r in (("--tokens-per-batch", tokens), ("--prefetch-depth", depth)) if r.source == "given"]
     source = origin if not given else f"{', '.join(given)} as given; otherwise {origin}"
-    return Schedule(int(tokens), int(depth), source)
+    return RunSchedule(int(tokens.value), int(depth.value), source)
 
 
 def shape_plan(manifest: Manifest, options: RunOptions, tokens_per_batch: int) -> ShapePlan:
@@ -132,9 +134,8 @@ def evaluate(options: RunOptions, announce: Callable[[str], None] = lambda text:
     chunk_list = list(chunks(batches, plan.chunk_tokens))
 
     timings, stats, meter = Timings(), ReadStats(), MemoryMeter()
-    backend_options = {k: v for k, v in (("threads", options.threads), ("io_binding", options.io_binding)) if v}
-
-    load = BlockLoader(engines, manifest, backend, backend_options, stats, meter)
+    load = BlockLoader(engines, manifest, backend, LoadSettings(threads=options.threads, io_binding=options.io_binding),
+                       stats, meter)
     if plan.resident:
         store = ResidentStore(engines, load, timings, stats, meter)
     else:

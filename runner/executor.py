@@ -17,16 +17,17 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 
+from cetrt import storage
 from cetrt.backends.base import EngineSource, Session
-from cetrt.manifest import EngineBlock
-from cetrt.runner.packing import Batch
-from cetrt.runner import storage
-from cetrt.runner.storage import Prefetcher, ReadStats
+from cetrt.formats.manifest import EngineBlock
+from cetrt.plan import engine_bytes
 from cetrt.spec import GREEDY, HIDDEN, HIDDEN_OUT, LOGPROBS
+from cetrt.storage import Prefetcher, ReadStats
+from cetrt.workload.packing import Batch
 
 
 @dataclass
@@ -51,10 +52,6 @@ class MemoryMeter:
     def sub(self, n: int) -> None:
         with self._lock:
             self.current -= n
-
-
-def engine_bytes(block: EngineBlock) -> int:
-    return sum(f.bytes for f in block.files)
 
 
 class _SessionStore:
@@ -176,21 +173,6 @@ class DiskActivations:
 class HeadOutput:
     logprobs: np.ndarray  # [B, S] float32
     greedy: np.ndarray  # [B, S] bool
-
-
-def chunks(batches: list[Batch], chunk_tokens: int) -> Iterator[list[int]]:
-    """Consecutive batch indices whose padded tokens add up to at most `chunk_tokens` (at least one batch)."""
-    current: list[int] = []
-    total = 0
-    for i, batch in enumerate(batches):
-        size = batch.shape[0] * batch.shape[1]
-        if current and total + size > chunk_tokens:
-            yield current
-            current, total = [], 0
-        current.append(i)
-        total += size
-    if current:
-        yield current
 
 
 def run_layer_major(blocks: tuple[EngineBlock, ...], store, batches: list[Batch], chunk_list: list[list[int]],

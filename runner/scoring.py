@@ -9,36 +9,13 @@ Usage: `items = item_results(encoded, batches, outputs)`; `metrics(items)`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
+from cetrt.formats.results import ItemResult
 from cetrt.runner.executor import HeadOutput
-from cetrt.runner.packing import Batch
-from cetrt.runner.requests import EncodedDoc
-
-
-@dataclass(frozen=True)
-class ItemResult:
-    ind: int
-    label: int
-    scores: tuple[float, ...]
-    lengths: tuple[float, ...]
-    greedy: tuple[bool, ...]  # every token of the ending was the argmax (the harness's is_greedy)
-
-    @property
-    def pred(self) -> int:
-        return int(np.argmax(self.scores))
-
-    @property
-    def pred_norm(self) -> int:
-        return int(np.argmax(np.asarray(self.scores) / np.asarray(self.lengths)))
-
-    def to_json(self) -> dict:
-        return {
-            "ind": self.ind, "label": self.label, "scores": list(self.scores), "lengths": list(self.lengths),
-            "pred": self.pred, "pred_norm": self.pred_norm, "greedy": list(self.greedy),
-        }
+from cetrt.workload.packing import Batch
+from cetrt.workload.tokens import EncodedDoc
 
 
 def item_results(encoded: list[EncodedDoc], batches: list[Batch], outputs: list[HeadOutput]) -> list[ItemResult]:

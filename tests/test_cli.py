@@ -42,6 +42,7 @@ def _fails_cleanly(command, args, message):
     assert result.exit_code == 1, result.output
     assert isinstance(result.exception, SystemExit)  # no traceback: a UserError turned into a message
     assert "error:" in result.output and message in result.output, result.output
+    return result.output
 
 
 def test_missing_model(tmp_path):
@@ -53,7 +54,21 @@ def test_unsupported_model(tmp_path):
     model.mkdir()
     (model / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 1}))
     (model / "model.safetensors").write_bytes(b"")
-    _fails_cleanly(export_command, ["--model", model, "--out", tmp_path / "o"], "unsupported model type 'gpt2'")
+    output = _fails_cleanly(export_command, ["--model", model, "--out", tmp_path / "o"], "model_type 'gpt2' is not supported")
+    assert "Phi3ForCausalLM" in output and "Qwen2ForCausalLM" in output and len(output) < 400  # not transformers' list
+
+
+def test_a_rope_the_export_does_not_implement_is_refused(zoo, tmp_path):
+    """Phi-3's 128k variants scale RoPE by sequence length (longrope): one line, before any weight is read."""
+    model = tmp_path / "phi3-128k"
+    shutil.copytree(zoo.model("phi3"), model)
+    config = json.loads((model / "config.json").read_text())
+    head_dim = config["hidden_size"] // config["num_attention_heads"]
+    rotary = int(head_dim * config.get("partial_rotary_factor", 1.0)) // 2
+    config["rope_scaling"] = {"type": "longrope", "short_factor": [1.0] * rotary, "long_factor": [2.0] * rotary}
+    config.pop("rope_parameters", None)
+    (model / "config.json").write_text(json.dumps(config))
+    _fails_cleanly(export_command, ["--model", model, "--out", tmp_path / "o"], "rope type 'longrope' is not implemented")
 
 
 def test_missing_export_directory(tmp_path):

@@ -12,10 +12,11 @@ import pytest
 from cetrt.build.engines import BuildOptions, build_engines
 from cetrt.export.loading import DEFAULT_MODEL, load_model
 from cetrt.export.pipeline import ExportOptions, export_loaded
-from cetrt.manifest import read_manifest
-from cetrt.runner.dataset import load_docs
+from cetrt.formats.manifest import read_manifest
 from cetrt.runner.evaluate import RunOptions, evaluate, load_tokenizer
-from cetrt.runner.requests import encode_docs
+from cetrt.workload.hellaswag import load_docs
+from cetrt.workload.tokens import encode_docs
+
 from reference import harness_scores
 
 N_DOCS = 6

@@ -1,4 +1,4 @@
-"""Tiny random LLaMA and OPT models from a config, with a small byte-level BPE tokenizer trained offline.
+"""Tiny random models of each family (LLaMA, OPT, Phi-3, Qwen2) from a config, with a small byte-level BPE tokenizer trained offline.
 
 The tokenizer is trained on HellaSwag text from ../shared (no hub), adds a BOS like LLaMA's and OPT's do,
 and is saved with the model so the pipeline loads both from one local directory as it would a real model.
@@ -17,7 +17,8 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 # ../shared does not travel to the GPU machine: there the tests are pointed at a carried copy.
 HELLASWAG = Path(os.environ.get("CETRT_HELLASWAG", SHARED / "data" / "hellaswag" / "hellaswag_val.jsonl"))
 
-ARCHS = ("llama", "opt", "opt-postnorm")
+# One per family, plus OPT's post-norm variant with a narrower embedding (project_in/out).
+ARCHS = ("llama", "opt", "opt-postnorm", "phi3", "qwen2")
 
 
 def make_tokenizer(vocab_size: int = 600):
@@ -43,8 +44,22 @@ def make_tokenizer(vocab_size: int = 600):
 
 
 def tiny_config(arch: str, vocab_size: int):
-    from transformers import LlamaConfig, OPTConfig
+    from transformers import LlamaConfig, OPTConfig, Phi3Config, Qwen2Config
 
+    if arch == "phi3":  # partial rotary (Phi-4-mini's layout in Phi3ForCausalLM) and a sliding window
+        return Phi3Config(
+            vocab_size=vocab_size, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+            original_max_position_embeddings=1024, partial_rotary_factor=0.75, sliding_window=512,
+            rms_norm_eps=1e-5, initializer_range=0.1, bos_token_id=0, eos_token_id=1, pad_token_id=2,
+            tie_word_embeddings=False,
+        )
+    if arch == "qwen2":  # biases on Q, K and V, and a head tied to the embedding, as the small Qwen2 models
+        return Qwen2Config(
+            vocab_size=vocab_size, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, rms_norm_eps=1e-5,
+            initializer_range=0.1, bos_token_id=0, eos_token_id=1, pad_token_id=2, tie_word_embeddings=True,
+        )
     if arch == "llama":
         return LlamaConfig(
             vocab_size=vocab_size, hidden_size=64, intermediate_size=96, num_hidden_layers=3,

@@ -58,7 +58,10 @@ def main():
         )
     items.sort(key=lambda x: x["doc_id"])
 
-    import lm_eval, torch, transformers, datasets  # noqa: E401
+    import datasets
+    import lm_eval  # noqa: E401
+    import torch
+    import transformers
 
     n = len(items)
     summary = {

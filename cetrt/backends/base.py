@@ -4,7 +4,10 @@ A backend is small and stateless; a `Session` is one loaded engine. Tensors betw
 session returns (a NumPy array on CPU, a device buffer on GPU); the runner only asks a session to bring the
 head's outputs to the host with `to_host`. Loading takes a `EngineSource`, so the caller (the streamer)
 decides when the bytes are read.
-Usage: `backend.build(onnx_path, engine_path, block, target, options)`; `session = backend.load(source, target)`.
+What a build or a load may be told is typed (`BuildSettings`, `LoadSettings`): every backend takes the same
+records and ignores what does not apply to it.
+Usage: `backend.build(onnx_path, engine_path, block, target, BuildSettings())`;
+`session = backend.load(source, target, LoadSettings())`.
 """
 
 from __future__ import annotations
@@ -17,6 +20,20 @@ from typing import Any, Callable
 import numpy as np
 
 from cetrt.spec import BlockSpec, Target
+from cetrt.workload.shapes import ShapePlan
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    check: bool = False  # parse and build for a target whose GPU is not here (engines are not for running)
+    shape_plan: ShapePlan | None = None  # optimization profiles (backends with fixed shapes need one)
+    optimization_level: int = 3  # TensorRT's builder optimization level
+
+
+@dataclass(frozen=True)
+class LoadSettings:
+    threads: int | None = None  # intra-op threads of CPU backends (None: all cores)
+    io_binding: bool = False  # ONNX Runtime with I/O binding on CPU too (the CUDA path's host logic)
 
 
 @dataclass(frozen=True)
@@ -82,7 +99,8 @@ class Backend(ABC):
     def version(self) -> str: ...
 
     @abstractmethod
-    def build(self, onnx_path: Path, engine_path: Path, block: BlockSpec, target: Target, options: dict) -> BuildResult: ...
+    def build(self, onnx_path: Path, engine_path: Path, block: BlockSpec, target: Target,
+              settings: BuildSettings) -> BuildResult: ...
 
     @abstractmethod
-    def load(self, source: EngineSource, target: Target, options: dict) -> Session: ...
+    def load(self, source: EngineSource, target: Target, settings: LoadSettings) -> Session: ...

@@ -3,7 +3,7 @@
 Build runs ORT's graph optimizer at the extended level (fusions that stay valid across machines of the same
 provider) and saves the result; load creates a session from the engine's bytes, read by the caller.
 On CPU, tensors between blocks are NumPy arrays.
-Usage: `OnnxRuntimeBackend().build(onnx, engine, block, Target.from_name("cpu"), {})`.
+Usage: `OnnxRuntimeBackend().build(onnx, engine, block, Target.from_name("cpu"), BuildSettings())`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from cetrt.backends.base import Backend, BuildResult, EngineSource, Session
+from cetrt.backends.base import Backend, BuildResult, BuildSettings, EngineSource, LoadSettings, Session
 from cetrt.errors import MissingDependency, UserError
 from cetrt.spec import BlockSpec, Target
 
@@ -51,7 +51,7 @@ def _version(text: str) -> tuple[int, ...]:
     return tuple(int(p) for p in text.split("+")[0].split(".")[:2] if p.isdigit())
 
 
-def _session_options(options: dict):
+def _session_options(threads: int | None):
     ort = _ort()
     so = ort.SessionOptions()
     so.log_severity_level = 3
@@ -59,8 +59,8 @@ def _session_options(options: dict):
     # sessions the process grew 7.7 GB over 100 items with arenas, 0.73 GB without, and ran faster
     # (bench/ort_arena.py, bench/results/ort_arena_smollm2.json).
     so.enable_cpu_mem_arena = False
-    if options.get("threads"):
-        so.intra_op_num_threads = int(options["threads"])
+    if threads:
+        so.intra_op_num_threads = int(threads)
     return so
 
 
@@ -121,10 +121,11 @@ class OnnxRuntimeBackend(Backend):
     def version(self) -> str:
         return _ort().__version__
 
-    def build(self, onnx_path: Path, engine_path: Path, block: BlockSpec, target: Target, options: dict) -> BuildResult:
+    def build(self, onnx_path: Path, engine_path: Path, block: BlockSpec, target: Target,
+              settings: BuildSettings) -> BuildResult:
         ort = _ort()
         start = time.perf_counter()
-        so = _session_options(options)
+        so = _session_options(None)
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         so.optimized_model_filepath = str(engine_path)
         external = Path(str(onnx_path) + ".data").exists()
@@ -136,9 +137,9 @@ class OnnxRuntimeBackend(Backend):
         files = (engine_path, data_file) if external and data_file.exists() else (engine_path,)
         return BuildResult(files=files, seconds=time.perf_counter() - start, details={"optimization": "extended"})
 
-    def load(self, source: EngineSource, target: Target, options: dict) -> Session:
+    def load(self, source: EngineSource, target: Target, settings: LoadSettings) -> Session:
         ort = _ort()
-        so = _session_options(options)
+        so = _session_options(settings.threads)
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         has_data = source.path.with_name(source.path.name + ".data").exists()
         model = source.read_bytes()
@@ -149,6 +150,6 @@ class OnnxRuntimeBackend(Backend):
         except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidProtobuf,
                 ort.capi.onnxruntime_pybind11_state.InvalidGraph) as e:
             raise UserError(f"{source.path}: ONNX Runtime cannot load this engine ({str(e)[:200]}); rebuild it with `make engines`") from None
-        if target.device == "cuda" or options.get("io_binding"):
+        if target.device == "cuda" or settings.io_binding:
             return BoundSession(session, target.device)
         return OnnxRuntimeSession(session)

@@ -7,7 +7,7 @@ from the target, a timing cache shared by every block of a build (full TensorRT;
 build, and a layer report (engine inspector JSON when the engine can be loaded here, else the builder's
 detailed verbose log) written beside the engine as `block_NNN.layers.json`.
 `check` mode parses and builds for the target without a matching GPU (CI: tensorrt-rtx on a CPU machine).
-Usage: `get_backend("tensorrt-rtx").build(onnx, engine, block, target, {"check": True, "shape_plan": {...}})`.
+Usage: `get_backend("tensorrt-rtx").build(onnx, engine, block, target, BuildSettings(check=True, shape_plan=plan))`.
 """
 
 from __future__ import annotations
@@ -19,10 +19,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cetrt.backends.base import Backend, BuildResult, EngineSource, Session
+from cetrt.backends.base import Backend, BuildResult, BuildSettings, EngineSource, LoadSettings, Session
 from cetrt.errors import MissingDependency, UserError
 from cetrt.gpu import current_gpu
-from cetrt.shapes import ShapePlan
 from cetrt.spec import BlockSpec, Target
 
 MODULES = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
@@ -132,12 +131,15 @@ class TensorRTBackend(Backend):
             )
         return gpu.compute_capability
 
-    def build(self, onnx_path: Path, engine_path: Path, block: BlockSpec, target: Target, options: dict) -> BuildResult:
+    def build(self, onnx_path: Path, engine_path: Path, block: BlockSpec, target: Target,
+              settings: BuildSettings) -> BuildResult:
         trt = self.trt
         features = Features.of(self.flavor, trt.__version__)
-        check = bool(options.get("check"))
+        check = settings.check
         compute_capability = self.check_device(target, check)
-        plan = ShapePlan.from_json(options["shape_plan"])
+        plan = settings.shape_plan
+        if plan is None:
+            raise ValueError("TensorRT builds need a shape plan (optimization profiles)")
         start = time.perf_counter()
         logger = capturing_logger(trt, trt.ILogger.Severity.VERBOSE)
         builder = trt.Builder(logger)
@@ -152,7 +154,7 @@ class TensorRTBackend(Backend):
         workspace = None if check else target.workspace_bytes
         if workspace:
             config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
-        config.builder_optimization_level = int(options.get("optimization_level", 3))
+        config.builder_optimization_level = int(settings.optimization_level)
         config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
         profiles = plan.profiles()
         for shape_profile in profiles:
@@ -199,7 +201,7 @@ class TensorRTBackend(Backend):
                 return layers_from_inspector(trt, engine)
         return layers_from_log([message for _, message in logger.messages])
 
-    def load(self, source: EngineSource, target: Target, options: dict) -> Session:
+    def load(self, source: EngineSource, target: Target, settings: LoadSettings) -> Session:
         from cetrt.backends.tensorrt_runtime import TensorRTSession
 
         return TensorRTSession(self.trt, self.flavor, source, target)

@@ -20,26 +20,27 @@ import tensorrt_rtx
 from cetrt.backends.base import EngineSource
 from cetrt.backends.tensorrt import RTX_STAND_IN
 from cetrt.backends.tensorrt_runtime import TensorRTSession
-from cetrt.blocks import read_blocks, write_blocks
 from cetrt.build.engines import BuildOptions, build_engines
 from cetrt.errors import UserError
 from cetrt.files import FileRecord
+from cetrt.formats.blocks import read_blocks, write_blocks
+from cetrt.formats.manifest import MANIFEST_FILE, read_manifest
 from cetrt.gpu import Gpu
-from cetrt.manifest import MANIFEST_FILE, read_manifest
 from cetrt.runner.evaluate import RunOptions, evaluate
-from cetrt.shapes import ShapePlan
 from cetrt.spec import Target
+from cetrt.workload.shapes import ShapePlan
 
 ROOT = Path(__file__).resolve().parents[2]
 PLAN = ShapePlan(tokens_per_batch=2048, max_length=384)
 # TensorRT-RTX runs a decoder layer as 6 matrix products and about 14 generated kernels (README).
 MAX_KERNELS_PER_DECODER_LAYER = 24
+FAMILIES = ("llama", "opt", "phi3", "qwen2")  # one tiny model of each (tests/tiny_models.py)
 
 
 @pytest.fixture(scope="module")
 def rtx_engines(zoo, tmp_path_factory):
     out = {}
-    for arch in ("llama", "opt"):
+    for arch in FAMILIES:
         engines = tmp_path_factory.mktemp(f"rtx-{arch}")
         build_engines(BuildOptions(onnx_dir=zoo.onnx(arch, "float16"), out_dir=engines, backend="tensorrt-rtx", weights="inside",
                                    target="orin-agx-32gb", check=True, shape_plan=PLAN))
@@ -47,7 +48,7 @@ def rtx_engines(zoo, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("arch", ["llama", "opt"])
+@pytest.mark.parametrize("arch", FAMILIES)
 def test_every_block_parses_and_builds(rtx_engines, arch):
     manifest = read_manifest(rtx_engines[arch])
     assert manifest.backend == "tensorrt-rtx" and manifest.backend_version == tensorrt_rtx.__version__
@@ -62,7 +63,7 @@ def test_every_block_parses_and_builds(rtx_engines, arch):
         assert details["num_layers"] > 0
 
 
-@pytest.mark.parametrize("arch", ["llama", "opt"])
+@pytest.mark.parametrize("arch", FAMILIES)
 def test_layer_report_shows_attention_and_mlp_fused(rtx_engines, zoo, arch):
     """Per profile and decoder layer: the graph's 6 matrix products become at most 6 kernels (TensorRT merges
     some for OPT), and everything else fuses into a few generated kernels."""

@@ -11,11 +11,11 @@ import pytest
 
 from cetrt.build.engines import BuildOptions, build_engines
 from cetrt.errors import UserError
-from cetrt.manifest import read_manifest
+from cetrt.formats.manifest import read_manifest
+from cetrt.formats.weights import weights_from_bytes
 from cetrt.runner.evaluate import RunOptions, evaluate
-from cetrt.shapes import ShapePlan
 from cetrt.spec import DEFAULT_WEIGHTS
-from cetrt.weights import weights_from_bytes
+from cetrt.workload.shapes import ShapePlan
 
 N_DOCS = 12
 
@@ -72,8 +72,9 @@ def test_an_unknown_layout_is_refused(zoo, tmp_path):
         build_engines(BuildOptions(onnx_dir=zoo.onnx("llama"), out_dir=tmp_path, weights="outside"))
 
 
-def test_tensorrt_rtx_builds_the_shared_engines(zoo, tmp_path):
-    manifest = build_engines(BuildOptions(onnx_dir=zoo.onnx("llama", "float16"), out_dir=tmp_path, weights="inputs",
+@pytest.mark.parametrize("arch", ["llama", "opt", "phi3", "qwen2"])
+def test_tensorrt_rtx_builds_the_shared_engines(zoo, tmp_path, arch):
+    manifest = build_engines(BuildOptions(onnx_dir=zoo.onnx(arch, "float16"), out_dir=tmp_path, weights="inputs",
                                           backend="tensorrt-rtx", target="orin-agx-32gb", check=True,
                                           shape_plan=ShapePlan(tokens_per_batch=1024, max_length=256)))
     assert {t.name for t in manifest.engine_types} == {b.engine_type for b in manifest.blocks}

@@ -14,16 +14,19 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from cetrt.blocks import read_blocks, write_blocks
-from cetrt.build.engines import BuildOptions, build_engines
+from cetrt.build.engines import BuildOptions, build_engines, with_islands
 from cetrt.calib.precision import DEFAULT_THRESHOLD, FP16_MAX, check_precision
 from cetrt.errors import UserError
-from cetrt.export.islands import ISLANDS_KEY, float32_twin, islands_of, save_model, with_fp32_islands
 from cetrt.export.pipeline import ExportOptions, export_model
 from cetrt.files import FileRecord
+from cetrt.formats.blocks import read_blocks, write_blocks
+from cetrt.formats.calib import CALIB_FILE, CalibRecord, export_digest, write_calib
+from cetrt.formats.manifest import read_manifest
+from cetrt.islands import ISLANDS_KEY, float32_twin, islands_of, save_model, with_fp32_islands
 from cetrt.runner.evaluate import RunOptions, evaluate
-from cetrt.runner.packing import attention_mask
 from cetrt.spec import ATTENTION_MASK, HIDDEN, POSITION_IDS
+from cetrt.workload.packing import attention_mask
+
 from tiny_models import make_overflow_model
 
 
@@ -143,11 +146,15 @@ def test_fp16_overflow_becomes_an_fp32_island_and_scores_match_fp32(tokenizer, h
     assert set(layer["islands"]) == set(island["nodes"])
     assert all(b["after"] is None for b in section["blocks"] if b["name"] != "layers[0:1]")
 
-    fixed = _scores(fp16, tmp_path / "engines16-fixed", hellaswag_path)  # the build checks the new sha256
+    export_files = {p.name: p.read_bytes() for p in fp16.iterdir() if p.is_file()}
+    write_calib(fp16, _record(fp16, section))
+    fixed = _scores(fp16, tmp_path / "engines16-fixed", hellaswag_path)  # the build applies calib.json's islands
     assert np.abs(fixed - reference).max() <= 1e-2
-    again = check_precision(fp16, str(hellaswag_path), items=8, progress=False)
-    assert [i["reason"] for i in again["islands"]] == ["already in the file, from an earlier precision check"]
-    assert all(b["after"] is None for b in again["blocks"])
+    manifest = read_manifest(tmp_path / "engines16-fixed")
+    assert manifest.build_options["fp32_islands"] == {str(island["index"]): sorted(island["nodes"])}
+    assert {p.name: p.read_bytes() for p in fp16.iterdir() if p.is_file() and p.name != CALIB_FILE} == export_files
+    again = check_precision(fp16, str(hellaswag_path), items=8, progress=False)  # the export was not rewritten
+    assert [i["nodes"] for i in again["islands"]] == [island["nodes"]]
 
 
 def test_an_fp16_block_output_beyond_range_is_a_user_error(zoo, hellaswag_path, tmp_path):
@@ -170,16 +177,29 @@ def test_an_fp16_block_output_beyond_range_is_a_user_error(zoo, hellaswag_path, 
 
 def test_drift_beyond_a_strict_threshold_gets_islands_until_it_passes(zoo, hellaswag_path, tmp_path):
     """At 5e-4 ordinary FP16 rounding counts as drift: islands are added round by round (at worst the whole
-    block in FP32 inside), the block passes after, and blocks.json pins the rewritten files."""
+    block in FP32 inside), the block passes after; the export stays as written, and the graph the build makes
+    from it and calib.json carries exactly the islands the check chose."""
     export_dir = _copy(zoo.onnx("llama", "float16"), tmp_path / "onnx")
     section = check_precision(export_dir, str(hellaswag_path), items=4, threshold=5e-4, progress=False)
     assert section["islands"] and all("drift" in i["reason"] or "whole block" in i["reason"] for i in section["islands"])
     fixed = [b for b in section["blocks"] if b["after"] is not None]
     assert fixed and all(b["after"]["relative_error"] <= 5e-4 and b["islands"] for b in fixed)
     exported = read_blocks(export_dir)
+    islands = _record(export_dir, section).islands()
     for block in exported.blocks:
         for record in block.files:
             record.check_digest(export_dir, None, "")
-        model = onnx.load(str(export_dir / block.onnx_file.path))
+        assert islands_of(onnx.load(str(export_dir / block.onnx_file.path))) == []
+        built = with_islands(export_dir, block, islands.get(block.spec.index, []), tmp_path)
+        model = onnx.load(str(built))
         onnx.checker.check_model(model)
         assert set(islands_of(model)) == set(section["blocks"][block.spec.index]["islands"])
+
+
+def _record(export_dir, section) -> CalibRecord:
+    """calib.json for `section` as the calib stage writes it, nothing measured."""
+    exported = read_blocks(export_dir)
+    return CalibRecord(model_id=exported.model_id, model_hash=exported.model_hash,
+                       export_digest=export_digest(exported.blocks), dtype=exported.dtype, dataset="test",
+                       precision=section, measured={"target": "cpu", "skipped": "not measured in this test"},
+                       schedule={})

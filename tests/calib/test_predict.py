@@ -14,13 +14,15 @@ from click.testing import CliRunner
 
 from cetrt.calib import flop
 from cetrt.calib.predict import pipeline_s, predict
-from cetrt.calib.presets import MODEL_PRESETS
+from cetrt.families import presets
+
+MODEL_PRESETS = presets()
 from cetrt.calib.rates import STORAGE_PRESETS, device_figures, parse_storage
 from cetrt.calib.workload import count_workload
 from cetrt.cli import predict_command
 from cetrt.errors import UserError
-from cetrt.runner.packing import Batch, PackedRow
 from cetrt.spec import ModelSpec, Target
+from cetrt.workload.packing import Batch, PackedRow
 
 # the streaming engines (a block read ahead and the one computing) of LLaMA-30B, and a few thousand tokens
 TIGHT = 2 * MODEL_PRESETS["llama-30b"].layer_bytes("float16") + 64 * 2**20

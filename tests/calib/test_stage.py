@@ -9,9 +9,9 @@ import shutil
 import pytest
 
 from cetrt.build.engines import BuildOptions, build_engines
-from cetrt.calib.record import CALIB_FILE
 from cetrt.calib.stage import CalibOptions, calibrate
 from cetrt.errors import UserError
+from cetrt.formats.calib import CALIB_FILE
 from cetrt.runner.evaluate import RunOptions, evaluate
 
 
@@ -29,7 +29,7 @@ def calibrated(zoo, hellaswag_path, tmp_path_factory):
 def test_calib_json_holds_measurements_and_a_schedule(calibrated):
     onnx_dir, engines, record = calibrated
     written = json.loads((onnx_dir / CALIB_FILE).read_text())
-    assert written["model_hash"] == record["model_hash"] and written["precision"]["islands"] == []
+    assert written["model_hash"] == record.model_hash and written["precision"]["islands"] == []
     measured = written["measured"]
     assert measured["storage"]["bytes_per_s"] > 0 and measured["load_s_per_block"] > 0
     assert [c["tokens_per_batch"] for c in measured["compute"]] == [512, 1024, 2048, 4096]
@@ -43,7 +43,7 @@ def test_the_run_uses_the_calibrated_schedule_and_says_so(calibrated, hellaswag_
     said = []
     run = evaluate(RunOptions(engines=engines, dataset=str(hellaswag_path), limit=4, progress=False), announce=said.append)
     schedule = run.extra["streaming"]["schedule"]
-    assert schedule["tokens_per_batch"] == record["schedule"]["tokens_per_batch"]
+    assert schedule["tokens_per_batch"] == record.schedule["tokens_per_batch"]
     assert schedule["source"].startswith("calib.json, measured on")
     assert any("calib.json" in line for line in said)
     given = evaluate(RunOptions(engines=engines, dataset=str(hellaswag_path), limit=4, progress=False,
@@ -74,7 +74,7 @@ def test_a_device_this_machine_cannot_run_leaves_the_schedule_at_the_defaults(zo
     shutil.copytree(zoo.onnx("llama"), onnx_dir)
     record = calibrate(CalibOptions(onnx_dir=onnx_dir, target="cuda", dataset=str(hellaswag_path), precision_items=0,
                                     progress=False))  # CI has no CUDA provider
-    assert "CUDAExecutionProvider" in record["measured"]["skipped"] and "tokens_per_batch" not in record["schedule"]
+    assert "CUDAExecutionProvider" in record.measured["skipped"] and "tokens_per_batch" not in record.schedule
     build_engines(BuildOptions(onnx_dir=onnx_dir, out_dir=tmp_path / "engines"))
     run = evaluate(RunOptions(engines=tmp_path / "engines", dataset=str(hellaswag_path), limit=2, progress=False))
     assert run.extra["streaming"]["schedule"]["source"].startswith("defaults: calib.json measured nothing")

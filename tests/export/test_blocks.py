@@ -8,11 +8,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from cetrt.blocks import read_blocks
 from cetrt.export.loading import load_model
-from cetrt.export.pipeline import block_modules
-from cetrt.runner.packing import attention_mask
+from cetrt.families import get_family
+from cetrt.formats.blocks import read_blocks
 from cetrt.spec import ATTENTION_MASK, HIDDEN, INPUT_IDS, POSITION_IDS, SCORE_INDEX, TARGET_IDS
+from cetrt.workload.packing import attention_mask
+
 from tiny_models import ARCHS
 
 B, L, S = 3, 13, 6  # not the export's example shape: the dims must really be dynamic
@@ -40,7 +41,7 @@ def test_every_block_onnx_matches_its_torch_module(zoo, arch):
     onnx_dir = zoo.onnx(arch)
     exported = read_blocks(onnx_dir)
     loaded = load_model(str(zoo.model(arch)))
-    embed, layers, head = block_modules(loaded)
+    embed, layers, head = get_family(loaded.spec.architecture).block_modules(loaded.model)
     for block in exported.blocks:
         module = {"embed": embed, "head": head}.get(block.spec.kind) or layers(block.spec.first_layer, block.spec.last_layer)
         feeds = block_inputs(block.spec, loaded.spec.hidden_size, loaded.spec.vocab_size)
@@ -61,14 +62,15 @@ def test_every_block_onnx_matches_its_torch_module(zoo, arch):
 def test_chained_blocks_match_hugging_face(zoo, arch):
     """The fused blocks, run one after the other on plain causal sequences, give the HF model's log-probs."""
     loaded = load_model(str(zoo.model(arch)))
-    embed, layers, head = block_modules(loaded)
+    family = get_family(loaded.spec.architecture)
+    embed, layers, head = family.block_modules(loaded.model)
     ids = torch.randint(3, loaded.spec.vocab_size, (2, 11), generator=torch.Generator().manual_seed(1))
-    positions = torch.arange(11).repeat(2, 1)
-    mask = torch.from_numpy(attention_mask(np.zeros((2, 11), dtype=np.int8)))
+    feeds = {INPUT_IDS: ids, POSITION_IDS: torch.arange(11).repeat(2, 1),
+             ATTENTION_MASK: torch.from_numpy(attention_mask(np.zeros((2, 11), dtype=np.int8)))}
+    positions = feeds[POSITION_IDS]
     with torch.no_grad():
-        hidden = embed(ids, positions) if loaded.spec.architecture == "opt" else embed(ids)
-        args = (positions, mask) if loaded.spec.architecture == "llama" else (mask,)
-        hidden = layers(0, loaded.spec.num_layers)(hidden, *args)
+        hidden = embed(*(feeds[name] for name in family.embed_inputs))
+        hidden = layers(0, loaded.spec.num_layers)(hidden, *(feeds[name] for name in family.layer_inputs[1:]))
         index, targets = positions[:, :-1], ids[:, 1:]
         ours, greedy = head(hidden, index, targets)
         ref = torch.log_softmax(loaded.model(ids).logits.float(), -1)[:, :-1]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import onnx
 
-from cetrt.blocks import read_blocks
 from cetrt.build.engines import BuildOptions, build_engines
 from cetrt.export.pipeline import ExportOptions, export_model
+from cetrt.formats.blocks import read_blocks
 from cetrt.runner.evaluate import RunOptions, evaluate
 
 

@@ -7,8 +7,7 @@ import json
 import pytest
 
 from cetrt.errors import UserError
-from cetrt.runner.dataset import load_docs
-from cetrt.runner.requests import query
+from cetrt.workload.hellaswag import load_docs, query
 
 
 def test_all_10042_items_of_the_shared_file_load(hellaswag_path):

@@ -13,9 +13,10 @@ from lm_eval.api.metrics import mean_stderr as harness_mean_stderr
 from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks.hellaswag.utils import process_docs
 
-from cetrt.runner.dataset import doc_from_record, load_docs
-from cetrt.runner.requests import TARGET_DELIMITER, choices, encode_docs, query
-from cetrt.runner.scoring import ItemResult, mean_stderr, metrics
+from cetrt.formats.results import ItemResult
+from cetrt.runner.scoring import mean_stderr, metrics
+from cetrt.workload.hellaswag import TARGET_DELIMITER, choices, doc_from_record, load_docs, query
+from cetrt.workload.tokens import encode_docs
 
 OFFICIAL = [
     {"ind": 4, "activity_label": "Removing ice from car", "ctx_a": "Then, the man writes over the snow covering the window of a car, and a woman wearing winter clothes smiles.",

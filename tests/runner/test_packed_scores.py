@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 
 from cetrt.export.loading import load_model
-from cetrt.runner.dataset import load_docs
+from cetrt.formats.manifest import read_manifest
 from cetrt.runner.evaluate import RunOptions, evaluate, load_tokenizer
-from cetrt.manifest import read_manifest
-from cetrt.runner.requests import encode_docs
+from cetrt.workload.hellaswag import load_docs
+from cetrt.workload.tokens import encode_docs
+
 from reference import harness_scores
 from tiny_models import ARCHS
 

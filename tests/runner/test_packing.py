@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from cetrt.errors import UserError
-from cetrt.runner.dataset import Doc
-from cetrt.runner.packing import MASKED, attention_mask, make_batches, pack
-from cetrt.runner.requests import EncodedDoc
-from cetrt.shapes import ShapePlan
 from cetrt.spec import ATTENTION_MASK, POSITION_IDS, SCORE_INDEX, TARGET_IDS
+from cetrt.workload.hellaswag import Doc
+from cetrt.workload.packing import MASKED, attention_mask, make_batches, pack
+from cetrt.workload.shapes import ShapePlan
+from cetrt.workload.tokens import EncodedDoc
 
 DOC = Doc(ind=0, activity_label="a", ctx_a="b", ctx_b="", endings=("w", "x", "y", "z"), label=0)
 

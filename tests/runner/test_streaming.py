@@ -10,12 +10,13 @@ import json
 
 import pytest
 
+from cetrt import storage
 from cetrt.build.engines import BuildOptions, build_engines
 from cetrt.errors import UserError
 from cetrt.export.pipeline import ExportOptions, export_model
-from cetrt.manifest import read_manifest
-from cetrt.runner import storage
+from cetrt.formats.manifest import read_manifest
 from cetrt.runner.evaluate import RunOptions, evaluate
+
 from tiny_models import make_tiny_model
 
 N_DOCS = 24

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Iterator
 
 from cetrt.errors import UserError
-from cetrt.manifest import Manifest
-from cetrt.runner.executor import chunks, engine_bytes
-from cetrt.runner.packing import Batch
+from cetrt.formats.manifest import EngineBlock, Manifest
 from cetrt.spec import ModelSpec, dtype_bytes
+from cetrt.workload.packing import Batch
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
@@ -97,6 +97,25 @@ class MemoryPlan:
                 "chunk_tokens": self.chunk_tokens, "chunks": self.chunks, "passes": self.passes,
                 "bytes_to_read": self.bytes_to_read, "activations": self.activations, "peak_bytes": self.peak_bytes,
                 "slack_bytes": self.slack_bytes, "prefetch_depth": self.prefetch_depth}
+
+
+def engine_bytes(block: EngineBlock) -> int:
+    return sum(f.bytes for f in block.files)
+
+
+def chunks(batches: list[Batch], chunk_tokens: int) -> Iterator[list[int]]:
+    """Consecutive batch indices whose padded tokens add up to at most `chunk_tokens` (at least one batch)."""
+    current: list[int] = []
+    total = 0
+    for i, batch in enumerate(batches):
+        size = batch.shape[0] * batch.shape[1]
+        if current and total + size > chunk_tokens:
+            yield current
+            current, total = [], 0
+        current.append(i)
+        total += size
+    if current:
+        yield current
 
 
 def count_chunks(batches: list[Batch], chunk_tokens: int) -> int:

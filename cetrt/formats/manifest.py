@@ -4,7 +4,7 @@ An engines directory holds one engine per block, `tokenizer/`, and `manifest.jso
 shape), precision, backend and its version, target, build options, and per block its interface, files
 (bytes, sha256), build time and backend details. Built with weights as inputs, it holds instead one engine
 per block type (`engine_types`, resident for the whole run) and per block a weights file with its index. Opening the directory checks format and sizes; each engine's
-sha256 is checked on the bytes as the runner reads them for loading (cetrt.runner.storage).
+sha256 is checked on the bytes as the runner reads them for loading (cetrt.storage).
 Usage: `write_manifest(out_dir, manifest)`; `manifest = read_manifest(engines_dir)`.
 """
 
@@ -15,8 +15,8 @@ from pathlib import Path
 
 from cetrt.errors import UserError
 from cetrt.files import FileRecord, read_versioned_json, write_json_atomic
+from cetrt.formats.weights import WeightEntry
 from cetrt.spec import BlockSpec, ModelSpec, Target, TensorSpec
-from cetrt.weights import WeightEntry
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_VERSION = 1

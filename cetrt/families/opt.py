@@ -1,4 +1,5 @@
-"""OPT blocks for export: token + learned position embedding, fused decoder layers, scoring head.
+"""The OPT family (`OPTForCausalLM`): its record, and its blocks for export (token + learned position
+embedding, fused decoder layers, scoring head).
 
 OPT specifics kept exact: learned positions are looked up at position id + 2 (the offset Hugging Face's
 OPTLearnedPositionalEmbedding adds), `project_in`/`project_out` when word_embed_proj_dim differs from
@@ -12,7 +13,9 @@ import torch
 from torch import nn
 from transformers.activations import ACT2FN
 
-from cetrt.export.common import ScoringHead, attention, fuse_linears, layer_norm, split_heads
+from cetrt.families.base import Family
+from cetrt.families.common import ScoringHead, attention, fuse_linears, layer_norm, split_heads
+from cetrt.spec import ATTENTION_MASK, HIDDEN, INPUT_IDS, POSITION_IDS, ModelSpec
 
 POSITION_OFFSET = 2
 
@@ -97,3 +100,67 @@ def opt_blocks(model):
         return OptLayers(list(decoder.layers[first:last]), config)
 
     return OptEmbed(decoder), layers, ScoringHead(OptFinal(decoder), model.lm_head)
+
+
+def opt_spec(config) -> ModelSpec:
+    heads = config.num_attention_heads
+    return ModelSpec(
+        architecture="opt",
+        hidden_size=config.hidden_size,
+        num_layers=config.num_hidden_layers,
+        num_heads=heads,
+        num_kv_heads=heads,
+        head_dim=config.hidden_size // heads,
+        intermediate_size=config.ffn_dim,
+        vocab_size=config.vocab_size,
+        max_positions=config.max_position_embeddings,
+        embed_dim=config.word_embed_proj_dim,
+    )
+
+
+def opt_layer_params(spec: ModelSpec) -> int:
+    """Q, K, V, out and the two MLP matrices with their biases, and two LayerNorms (weight and bias)."""
+    h, f = spec.hidden_size, spec.intermediate_size
+    return (h + 1) * 3 * h + (h + 1) * h + 2 * (h + 1) * f - f + h + 4 * h
+
+
+def _projection(spec: ModelSpec) -> int:
+    """project_in / project_out, where the word embeddings are narrower than the hidden state."""
+    return spec.embed_dim * spec.hidden_size if spec.embed_dim != spec.hidden_size else 0
+
+
+def opt_embed_params(spec: ModelSpec) -> int:
+    """Word embeddings, learned positions (two offset rows), and the projection in."""
+    return spec.vocab_size * spec.embed_dim + (spec.max_positions + POSITION_OFFSET) * spec.hidden_size + _projection(spec)
+
+
+def opt_head_params(spec: ModelSpec) -> int:
+    """The final LayerNorm (weight and bias), the projection out, an untied LM head."""
+    return 2 * spec.hidden_size + _projection(spec) + spec.vocab_size * spec.embed_dim
+
+
+def _preset(hidden: int, layers: int, ffn: int, heads: int) -> ModelSpec:
+    """Published OPT shapes (Zhang et al. 2022, table 1, and the released configs)."""
+    return ModelSpec(architecture="opt", hidden_size=hidden, num_layers=layers, num_heads=heads, num_kv_heads=heads,
+                     head_dim=hidden // heads, intermediate_size=ffn, vocab_size=50272, max_positions=2048,
+                     embed_dim=hidden)
+
+
+FAMILY = Family(
+    name="opt",
+    hf_class="OPTForCausalLM",
+    model_types=("opt",),
+    embed_inputs=(INPUT_IDS, POSITION_IDS),
+    layer_inputs=(HIDDEN, ATTENTION_MASK),
+    spec_from_config=opt_spec,
+    layer_params=opt_layer_params,
+    embed_params=opt_embed_params,
+    head_params=opt_head_params,
+    block_modules=opt_blocks,
+    presets={
+        "opt-6.7b": _preset(4096, 32, 16384, 32),
+        "opt-13b": _preset(5120, 40, 20480, 40),
+        "opt-30b": _preset(7168, 48, 28672, 56),
+        "opt-66b": _preset(9216, 64, 36864, 72),
+    },
+)

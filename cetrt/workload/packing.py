@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from cetrt.errors import UserError
-from cetrt.runner.dataset import Doc
-from cetrt.runner.requests import EncodedDoc, encode_docs
-from cetrt.shapes import ShapePlan
 from cetrt.spec import ATTENTION_MASK, INPUT_IDS, POSITION_IDS, SCORE_INDEX, TARGET_IDS
+from cetrt.workload.hellaswag import Doc
+from cetrt.workload.shapes import ShapePlan
+from cetrt.workload.tokens import EncodedDoc, encode_docs
 
 PAD_SEGMENT = -1
 MASKED = np.float32(-1e9)  # finite, so a fully masked row (never built) could not turn softmax into NaN

@@ -1,8 +1,7 @@
-"""HellaSwag requests exactly as lm-evaluation-harness 0.4.13 builds and tokenizes them.
+"""HellaSwag requests tokenized exactly as lm-evaluation-harness 0.4.13 tokenizes them.
 
-Harness sources followed (lm_eval 0.4.13): tasks/hellaswag/utils.py (`preprocess`, `process_docs`),
-api/model.py `_encode_pair` (trailing spaces of the context move to the continuation; encode context +
-continuation whole and split at the context's length), models/huggingface.py `tok_encode` (the tokenizer's
+Harness sources followed (lm_eval 0.4.13): api/model.py `_encode_pair` (trailing spaces of the context move
+to the continuation; encode context + continuation whole and split at the context's length), models/huggingface.py `tok_encode` (the tokenizer's
 default special tokens, unless the text already starts with the decoded prefix token), and api/task.py
 `process_results` (acc_norm divides by the ending's length in characters, `len(choice)`).
 Usage: `encoded = encode_docs(tokenizer, docs)`.
@@ -11,29 +10,10 @@ Usage: `encoded = encode_docs(tokenizer, docs)`.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from cetrt.runner.dataset import Doc
-
-TARGET_DELIMITER = " "
-
-
-def preprocess(text: str) -> str:
-    text = text.strip()
-    text = text.replace(" [title]", ". ")
-    text = re.sub("\\[.*?\\]", "", text)
-    text = text.replace("  ", " ")
-    return text
-
-
-def query(doc: Doc) -> str:
-    return preprocess(doc.activity_label + ": " + doc.ctx_a + " " + doc.ctx_b.capitalize())
-
-
-def choices(doc: Doc) -> list[str]:
-    return [preprocess(ending) for ending in doc.endings]
+from cetrt.workload.hellaswag import TARGET_DELIMITER, Doc, choices, query
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ Usage: `docs = load_docs("../shared/data/hellaswag/hellaswag_val.jsonl", limit=2
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,3 +104,24 @@ def load_docs(source: str | Path, limit: int | None = None) -> list[Doc]:
     if text.startswith((".", "/", "~")) or path.suffix in (".jsonl", ".json"):
         raise UserError(f"{path}: no such dataset file; give a HellaSwag jsonl path or a hub id such as {DEFAULT_DATASET}")
     return _load_with_datasets(text, limit)
+
+
+# The task's text, as lm-eval 0.4.13's tasks/hellaswag/utils.py (`preprocess`, `process_docs`) and its yaml
+# (`target_delimiter`, the default " ") make it.
+TARGET_DELIMITER = " "
+
+
+def preprocess(text: str) -> str:
+    text = text.strip()
+    text = text.replace(" [title]", ". ")
+    text = re.sub("\\[.*?\\]", "", text)
+    text = text.replace("  ", " ")
+    return text
+
+
+def query(doc: Doc) -> str:
+    return preprocess(doc.activity_label + ": " + doc.ctx_a + " " + doc.ctx_b.capitalize())
+
+
+def choices(doc: Doc) -> list[str]:
+    return [preprocess(ending) for ending in doc.endings]

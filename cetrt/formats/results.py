@@ -1,0 +1,97 @@
+"""results.json: the one writer of a run's results (per item and the metrics), read by benchmarks and tests.
+
+Usage: `write_results(path, results)`; `RunResults.to_json()`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cetrt.files import write_json_atomic
+
+RESULTS_FORMAT = "cetrt-results"
+RESULTS_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    ind: int
+    label: int
+    scores: tuple[float, ...]
+    lengths: tuple[float, ...]
+    greedy: tuple[bool, ...]  # every token of the ending was the argmax (the harness's is_greedy)
+
+    @property
+    def pred(self) -> int:
+        return int(np.argmax(self.scores))
+
+    @property
+    def pred_norm(self) -> int:
+        return int(np.argmax(np.asarray(self.scores) / np.asarray(self.lengths)))
+
+    def to_json(self) -> dict:
+        return {
+            "ind": self.ind, "label": self.label, "scores": list(self.scores), "lengths": list(self.lengths),
+            "pred": self.pred, "pred_norm": self.pred_norm, "greedy": list(self.greedy),
+        }
+
+
+@dataclass
+class RunResults:
+    metrics: dict[str, float]
+    items: list[ItemResult]
+    model: str
+    model_hash: str
+    backend: str
+    backend_version: str
+    target: str
+    dtype: str
+    dataset: str
+    tokenize_s: float
+    load_s: float
+    compute_s: float
+    total_s: float  # wall time of the whole evaluation, tokenization included
+    tokens: int  # real tokens fed to the model (packed, unpadded)
+    padded_tokens: int
+    batch_shapes: list[tuple[int, int]]
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def latency_s(self) -> float:
+        """The design's latency: everything but tokenization."""
+        return self.total_s - self.tokenize_s
+
+    def to_json(self) -> dict:
+        return {
+            "format": RESULTS_FORMAT,
+            "version": RESULTS_VERSION,
+            **self.metrics,
+            "n": len(self.items),
+            "latency_s": round(self.latency_s, 4),
+            "model": self.model,
+            "model_hash": self.model_hash,
+            "backend": self.backend,
+            "backend_version": self.backend_version,
+            "target": self.target,
+            "dtype": self.dtype,
+            "dataset": self.dataset,
+            "timings": {
+                "tokenize_s": round(self.tokenize_s, 4),
+                "load_s": round(self.load_s, 4),
+                "compute_s": round(self.compute_s, 4),
+                "total_s": round(self.total_s, 4),
+            },
+            "tokens": self.tokens,
+            "padded_tokens": self.padded_tokens,
+            "tokens_per_s": round(self.tokens / self.latency_s, 1) if self.latency_s > 0 else None,
+            "batch_shapes": [list(s) for s in sorted(set(map(tuple, self.batch_shapes)))],
+            **self.extra,
+            "items": [item.to_json() for item in self.items],
+        }
+
+
+def write_results(path: Path, results: RunResults) -> None:
+    write_json_atomic(Path(path), results.to_json())
