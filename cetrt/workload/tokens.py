@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from cetrt.workload.encoded_cache import cached
 from cetrt.workload.hellaswag import TARGET_DELIMITER, Doc, choices, query
 
 
@@ -39,10 +40,17 @@ class HarnessTokenizer:
         out: list[list[int]] = [[] for _ in texts]
         for indices, special in ((plain, True), (prefixed, False)):
             if indices:
-                ids = self.tokenizer([texts[i] for i in indices], add_special_tokens=special)["input_ids"]
-                for i, row in zip(indices, ids):
-                    out[i] = list(row)
+                for i, row in zip(indices, self._batch([texts[i] for i in indices], special)):
+                    out[i] = row
         return out
+
+    def _batch(self, texts: list[str], special: bool) -> list[list[int]]:
+        """The ids `tokenizer(texts, add_special_tokens=special)` gives; a fast tokenizer's Rust backend is called
+        straight, in parallel and without offsets (transformers' per-text conversion took most of the time)."""
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is not None and hasattr(backend, "encode_batch_fast"):
+            return [encoding.ids for encoding in backend.encode_batch_fast(texts, add_special_tokens=special)]
+        return [list(row) for row in self.tokenizer(texts, add_special_tokens=special)["input_ids"]]
 
     def _has_prefix(self, text: str) -> bool:
         return self.prefix_text is not None and text.startswith(self.prefix_text)
@@ -69,6 +77,12 @@ def offline_tokenizer(directory: Path):
 
 
 def encode_docs(tokenizer, docs: list[Doc]) -> list[EncodedDoc]:
+    """Every document's context and continuations as the harness tokenizes them; cached per documents and
+    tokenizer (cetrt.workload.encoded_cache)."""
+    return cached(tokenizer, docs, lambda: _encode(tokenizer, docs), EncodedDoc)
+
+
+def _encode(tokenizer, docs: list[Doc]) -> list[EncodedDoc]:
     harness = HarnessTokenizer(tokenizer)
     pairs = [(query(doc), TARGET_DELIMITER + choice) for doc in docs for choice in choices(doc)]
     encoded = harness.encode_pairs(pairs)
