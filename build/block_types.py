@@ -19,6 +19,7 @@ import onnx
 from cetrt.files import FileRecord
 from cetrt.formats.manifest import EngineBlock, EngineType
 from cetrt.formats.weights import split_block, write_weight_file
+from cetrt.storage import DEFAULT_REQUEST_BYTES
 
 
 def build_types(exported, graph_of, out: Path, build_one, progress) -> tuple[list, list]:
@@ -43,11 +44,12 @@ def build_types(exported, graph_of, out: Path, build_one, progress) -> tuple[lis
             members[name][2].append(block.spec.index)
             weights_path = out / f"block_{block.spec.index:03d}.weights"
             index = write_weight_file(weights_path, split.weights)
-            blocks.append(EngineBlock(spec=block.spec, files=(FileRecord.of(out, weights_path),),
+            record = FileRecord.of(out, weights_path, DEFAULT_REQUEST_BYTES)
+            blocks.append(EngineBlock(spec=block.spec, files=(record,),
                                       build_seconds=time.perf_counter() - start, engine_type=name, weights=index))
     engine_types = [
-        EngineType(name=name, files=tuple(FileRecord.of(out, f) for f in result.files), weight_inputs=specs,
-                   blocks=tuple(indices), build_seconds=result.seconds, details=result.details)
+        EngineType(name=name, files=tuple(FileRecord.of(out, f, DEFAULT_REQUEST_BYTES) for f in result.files),
+                   weight_inputs=specs, blocks=tuple(indices), build_seconds=result.seconds, details=result.details)
         for name, (result, specs, indices) in members.items()
     ]
     return blocks, engine_types

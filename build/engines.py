@@ -28,6 +28,7 @@ from cetrt.formats.calib import CALIB_FILE, export_digest, read_calib_for, resol
 from cetrt.formats.manifest import MANIFEST_FILE, EngineBlock, Manifest, write_manifest
 from cetrt.islands import named_nodes, save_model, with_fp32_islands
 from cetrt.spec import DEFAULT_WEIGHTS, WEIGHTS_LAYOUTS, Target
+from cetrt.storage import DEFAULT_REQUEST_BYTES
 from cetrt.workload.shapes import ShapePlan
 
 
@@ -103,7 +104,7 @@ def build_engines(options: BuildOptions) -> Manifest:
             for block in progress(exported.blocks):
                 engine_path = out / f"block_{block.spec.index:03d}{backend.engine_suffix}"
                 result = backend.build(graph_of(block), engine_path, block.spec, target, settings)
-                files = tuple(FileRecord.of(out, f) for f in result.files)
+                files = tuple(FileRecord.of(out, f, DEFAULT_REQUEST_BYTES) for f in result.files)
                 blocks.append(EngineBlock(spec=block.spec, files=files, build_seconds=result.seconds,
                                           details=result.details))
     tokenizer_out = out / TOKENIZER_DIR

@@ -8,13 +8,14 @@ their sources (calib/rates.py), a storage read bandwidth and a memory budget. Ou
   datasheet rate, a batch through a block takes no less than reading the block's weights from memory once.
   The head, where calib.json timed it, takes its measured time per scored slot (its log-softmax over the
   vocabulary is memory-bound).
-- Reading a block is the read itself and the sha256 check of its bytes, one after the other on the reader thread.
+- Reading a block is the read and the sha256 check of its chunks, side by side on the reader's threads: the
+  slower of the two rates sets the time (cetrt/storage.py).
 - I/O, as the executor runs: blocks go chunk by chunk, block by block, as one sequence. Streaming, a reader
   thread reads up to `prefetch_depth` blocks ahead; it starts reading block k+1 once block k is loaded, so the
   read hides behind block k's compute over the chunk: exposed = max(0, read(k+1) - compute(k)), and the first
   read is exposed whole. Block 0 of each pass is the embed (a gather, no compute), so layer 0's read in each
-  pass is exposed too. Resident, each engine is read once, when first needed, without read-ahead (ResidentStore):
-  every read is exposed. Engine load (session creation) is serial, per block and pass, from calib.json.
+  pass is exposed too. Resident, the first pass reads ahead the same way and later chunks read nothing.
+  Engine load (session creation) is serial, per block and pass, from calib.json.
 - Total = compute + engine load + exposed I/O. The floor is the FLOP at 100% of peak.
 Usage: `prediction = predict_run(PredictOptions(model="llama-30b", target="orin-agx-32gb", storage="sd"))`.
 """
@@ -37,7 +38,6 @@ from cetrt.spec import DEFAULT_WEIGHTS, ModelSpec, Target, dtype_bytes
 from cetrt.workload.packing import Batch
 from cetrt.workload.shapes import ShapePlan
 
-RESIDENT_READS_AHEAD = False  # runner/executor.py ResidentStore reads each engine synchronously on first use
 RUN_TOKENS_PER_BATCH = ShapePlan().tokens_per_batch  # ce-run's default batch size
 
 
@@ -68,6 +68,11 @@ class TimedSchedule:
         return {"tokens_per_batch": self.tokens_per_batch, "predicted_s": round(self.total_s, 2),
                 "exposed_io_s": round(self.exposed_io_s, 2), "passes": self.plan.passes,
                 "storage_fraction": round(self.exposed_io_s / self.total_s, 4)}
+
+
+def read_s(size: int, storage: Storage, device: DeviceFigures) -> float:
+    """Reading and checking `size` bytes: the checks run on the reader's threads beside the reads."""
+    return max(size / storage.bytes_per_s, size / device.verify_bytes_per_s)
 
 
 def pipeline_s(steps: list[tuple[float, float, float]], depth: int) -> tuple[float, float]:
@@ -104,14 +109,13 @@ def time_schedule(model: ModelSpec, dtype: str, batches: list[Batch], tokens_per
         layer, head = sum(layer_s[i] for i in chunk), sum(head_s[i] for i in chunk)
         for k, size in enumerate(blocks):
             compute = 0.0 if k == 0 else head if k == len(blocks) - 1 else layer
-            steps.append((size / storage.bytes_per_s + size / device.verify_bytes_per_s if reading else 0.0,
+            steps.append((read_s(size, storage, device) if reading else 0.0,
                           device.load_s_per_block if reading else 0.0, compute))
-    depth = plan.prefetch_depth if not plan.resident else (1 if RESIDENT_READS_AHEAD else 0)
-    total_s, waited_s = pipeline_s(steps, depth)
+    total_s, waited_s = pipeline_s(steps, plan.prefetch_depth)
     return TimedSchedule(
         tokens_per_batch=tokens_per_batch, plan=plan, flop=flop.run_flop(model, batches), flop_per_s=rate,
         rate_source=rate_source, compute_s=sum(s[2] for s in steps), load_s=sum(s[1] for s in steps),
-        io_s=plan.bytes_to_read * (1 / storage.bytes_per_s + 1 / device.verify_bytes_per_s), exposed_io_s=waited_s,
+        io_s=read_s(plan.bytes_to_read, storage, device), exposed_io_s=waited_s,
         total_s=total_s,
     )
 
@@ -183,7 +187,8 @@ class Prediction:
         batches = self.work.batches[s.tokens_per_batch]
         padded = sum(b.shape[0] * b.shape[1] for b in batches)
         params = sum(weight_block_bytes(spec, "float32")) // 4
-        held = "resident (read once)" if plan.resident else f"streamed, {plan.prefetch_depth} read ahead"
+        held = (f"resident (read once, {plan.prefetch_depth} ahead)" if plan.resident
+                else f"streamed, {plan.prefetch_depth} read ahead")
         rows = [
             ("tokens", f"{self.work.tokens():,} ({padded:,} padded)", "tokens"),
             ("FLOP", f"{s.flop:.3g}", "flop"),
@@ -262,12 +267,11 @@ def predict(model_name: str, model: ModelSpec, dtype: str, work: Workload, devic
         "passes": f"runner's planner: runner/budget.py plan_from_sizes for a {budget_bytes / 2**30:.2f} GiB budget "
                   f"({budget_source}), one block per decoder layer",
         "storage": storage.source,
-        "verify": device.verify_source + "; each read takes size / storage + size / this rate",
+        "verify": device.verify_source + "; each read takes max(size / storage, size / this rate)",
         "exposed_io": (f"model: the reader runs {chosen.plan.prefetch_depth} block(s) ahead, so a read hides behind "
                        "the previous block's compute over the chunk; the embed computes nothing, so layer 0's read "
-                       "shows in each pass" if not chosen.plan.resident else
-                       "model: resident engines are read once, when first needed, without read-ahead (as "
-                       "ResidentStore does): every read shows"),
+                       "shows in each pass" + ("" if not chosen.plan.resident else
+                                               "; resident engines are read in the first pass only")),
         "load": device.load_source,
         "peak_memory": "runner's planner: engines and activations held; one batch's working memory on top (estimate)",
         "budget": budget_source,

@@ -55,13 +55,12 @@ def calib_from_option(path: Path | None) -> CalibRecord | None:
     return None if path is None else load_calib_file(Path(path))
 
 
-# The runner checks each engine's sha256 as it reads it. Where calib.json has no rate for the target:
-ASSUMED_VERIFY_BYTES_PER_S = 1.0e9
+# The runner checks each chunk's sha256 on the reader's request threads as it reads. Where calib.json has no rate:
+ASSUMED_VERIFY_BYTES_PER_S = 4.0e9
 ASSUMED_VERIFY_SOURCE = (
-    "assumption: 1.0 GB/s for sha256 on one CPU core; ce-calib measured 1.38 GB/s on the 2-core AMD EPYC dev machine "
-    "(bench/results/predict_vs_measured.json, calib_measured), and the H100 machine's resident 7B run implies about "
-    "1 GB/s (latency minus read, load and compute: gpu_h100_llama7b_two_ways_stream.json); the Orin's Cortex-A78AE "
-    "has ARMv8 SHA-2 instructions at 2.2 GHz: not measured")
+    "assumption: sha256 at 1.0 GB/s per core on the reader's 4 request threads (ce-calib measured 1.38 GB/s on one "
+    "core of the 2-core AMD EPYC dev machine, bench/results/predict_vs_measured.json, and the issue's H200 probe "
+    "1.38 / 5.1 GB/s on 1 / 4 cores); the Orin's Cortex-A78AE has ARMv8 SHA-2 instructions at 2.2 GHz: not measured")
 
 
 @dataclass(frozen=True)
@@ -79,7 +78,7 @@ class DeviceFigures:
     load_s_per_block: float
     load_source: str
     measured_storage: Storage | None
-    verify_bytes_per_s: float  # the runner's sha256 check of every read, on the reader thread
+    verify_bytes_per_s: float  # the runner's sha256 check of every read, on the reader's request threads
     verify_source: str
     schedule: dict  # calib.json's chosen schedule (tokens_per_batch, prefetch_depth), or {}
 

@@ -2,16 +2,17 @@
 
 Measured, on the exported blocks with ONNX Runtime on the target's device (TensorRT engines cannot be timed
 before they are built, and full TensorRT is not here: calib.json says which backend measured):
-- storage read bandwidth: the layer blocks' files read once each with O_DIRECT (or through the page cache
-  where the file system refuses it, and then an upper bound, said so), and the rate of the sha256 check the
-  runner does on every engine it reads (on the reader thread, so it adds to each read);
+- storage read bandwidth: the layer blocks' files read by the runner's own reader with O_DIRECT (or through the
+  page cache where the file system refuses it, and then an upper bound, said so) at 1 to 8 requests in
+  flight, and the rate of the per-chunk sha256 check the reader does beside its reads;
 - engine load time per block: creating a session from a layer block (engines with weights inside), and
   binding a block's weights to a shared engine type (weights as inputs);
 - compute time of a layer block and of the head at several batch sizes, on real packed batches of the
   dataset, each batch's second run (a shared engine type sees each batch shape again in every layer, so
   first-run costs amortize).
-Chosen: tokens per batch (the smallest reaching 95% of the best measured throughput), the read-ahead depth,
-and the chunk size above which one read ahead hides a block's read behind its compute.
+Chosen: tokens per batch (the smallest reaching 95% of the best measured throughput), the requests in flight
+(the fewest within 5% of the best read rate), the read-ahead depth, and the chunk size above which one read
+ahead hides a block's read behind its compute.
 Usage: `measured = measure(export_dir, exported, target, dataset)`; `schedule = choose_schedule(measured)`.
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import platform
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -31,22 +33,24 @@ from cetrt.formats.blocks import TOKENIZER_DIR, ExportedModel
 from cetrt.formats.weights import split_block
 from cetrt.gpu import current_gpu
 from cetrt.spec import HIDDEN, Target
-from cetrt.storage import ReadStats, read_file
+from cetrt.storage import DEFAULT_REQUEST_BYTES, DEFAULT_REQUESTS_IN_FLIGHT, ReadPlan, ReadPool, ReadStats, read_file
 from cetrt.workload.hellaswag import load_docs
 from cetrt.workload.packing import make_batches, pack_docs
 from cetrt.workload.shapes import ShapePlan
 from cetrt.workload.tokens import offline_tokenizer
 
 SIZES = (512, 1024, 2048, 4096)
+GPU_SIZES = (8192, 16384)  # a GPU's per-call overhead rewards larger batches: measured there too
 TOKENS_PER_SIZE = 16384  # padded tokens timed per batch size, after one warm-up batch
-STORAGE_BYTES = 2 << 30  # read at most this much to measure bandwidth
+STORAGE_BYTES = 2 << 30  # read at most this much to measure bandwidth (over all the request depths)
+REQUESTS_IN_FLIGHT = (1, 2, 4, 8)
 NEAR_BEST = 0.95
 
 
 def measure(export_dir: Path, exported: ExportedModel, target: Target, dataset: str, items: int = 400,
             sizes: tuple[int, ...] | None = None, progress=lambda text: None) -> dict:
     """The "measured" section of calib.json (at `sizes` tokens per batch, default SIZES)."""
-    sizes = sizes or SIZES
+    sizes = sizes or (SIZES + GPU_SIZES if target.device == "cuda" else SIZES)
     layers = [b for b in exported.blocks if b.spec.kind == "layers"]
     block = layers[0]
     backend = get_backend("onnxruntime")
@@ -83,23 +87,39 @@ def measure(export_dir: Path, exported: ExportedModel, target: Target, dataset: 
 
 
 def _storage_bandwidth(export_dir: Path, layers) -> dict:
-    stats, paths = ReadStats(), []
-    for block in layers:
-        paths += [export_dir / f.path for f in block.files]
-    total, hash_s = 0, 0.0
-    for path in paths:
-        if total >= STORAGE_BYTES:
-            break
-        data = read_file(path, stats)
-        start = time.perf_counter()
-        hashlib.sha256(data).hexdigest()  # the runner checks every engine it reads
-        hash_s += time.perf_counter() - start
-        total += len(data)
-    return {"bytes_per_s": round(stats.bytes_read / max(stats.read_s, 1e-9)), "bytes": stats.bytes_read,
-            "verify_bytes_per_s": round(total / max(hash_s, 1e-9)),
-            "files": len(paths), "direct_io": bool(stats.direct),
-            "note": "O_DIRECT: the page cache bypassed" if stats.direct else
+    """The runner's own reader (cetrt/storage.py) on the layer blocks' files, O_DIRECT, at the request size the
+    build records digests for, with 1 to 8 requests in flight; and the rate of the per-chunk sha256 check on
+    as many threads as the reader uses."""
+    paths = [export_dir / f.path for block in layers for f in block.files]
+    by_requests, direct = [], True
+    for depth in REQUESTS_IN_FLIGHT:
+        stats, pool = ReadStats(), ReadPool(ReadPlan(requests_in_flight=depth))
+        try:
+            for path in paths:
+                if stats.bytes_read >= STORAGE_BYTES // len(REQUESTS_IN_FLIGHT):
+                    break
+                data = read_file(path, stats, pool=pool)
+        finally:
+            pool.close()
+        direct &= bool(stats.direct)
+        by_requests.append({"requests_in_flight": depth, "bytes": stats.bytes_read,
+                            "bytes_per_s": round(stats.bytes_per_s)})
+    best = max(by_requests, key=lambda r: r["bytes_per_s"])
+    return {"bytes_per_s": best["bytes_per_s"], "bytes": sum(r["bytes"] for r in by_requests),
+            "request_bytes": DEFAULT_REQUEST_BYTES, "by_requests_in_flight": by_requests,
+            "verify_bytes_per_s": round(_digest_rate(data, DEFAULT_REQUESTS_IN_FLIGHT)),
+            "verify_threads": DEFAULT_REQUESTS_IN_FLIGHT, "files": len(paths), "direct_io": direct,
+            "note": "O_DIRECT: the page cache bypassed" if direct else
                     "through the page cache (this file system refuses O_DIRECT): an upper bound, not the device's speed"}
+
+
+def _digest_rate(data: memoryview, threads: int, chunk: int = DEFAULT_REQUEST_BYTES) -> float:
+    """sha256 over chunks of `data` on `threads` threads, as the reader checks what it reads (bytes/s)."""
+    pieces = [data[i:i + chunk] for i in range(0, len(data), chunk)] * max(1, (64 << 20) // max(1, len(data)))
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(lambda piece: hashlib.sha256(piece).digest(), pieces))
+    return sum(len(p) for p in pieces) / max(time.perf_counter() - start, 1e-9)
 
 
 def _bind_time(path: Path, backend, target: Target) -> float:
@@ -154,6 +174,18 @@ def _steady_run(session, block, inputs: dict) -> float:
     return time.perf_counter() - start
 
 
+def _requests_in_flight(storage: dict) -> dict:
+    """The fewest requests in flight within 5% of the best measured read rate (none measured: no choice)."""
+    measured = storage.get("by_requests_in_flight") or []
+    if not measured:
+        return {}
+    best = max(r["bytes_per_s"] for r in measured)
+    chosen = min((r for r in measured if r["bytes_per_s"] >= NEAR_BEST * best), key=lambda r: r["requests_in_flight"])
+    return {"requests_in_flight": chosen["requests_in_flight"],
+            "requests_in_flight_reason": f"the fewest requests in flight reading within {1 - NEAR_BEST:.0%} of the best "
+                                         f"measured rate ({chosen['bytes_per_s'] / 1e9:.2f} of {best / 1e9:.2f} GB/s)"}
+
+
 def choose_schedule(measured: dict, largest_block_bytes: int) -> dict:
     """Tokens per batch, read-ahead depth, and the chunk size that hides reads, with the reason for each."""
     compute = measured["compute"]
@@ -162,6 +194,7 @@ def choose_schedule(measured: dict, largest_block_bytes: int) -> dict:
     read_s = largest_block_bytes / measured["storage"]["bytes_per_s"]
     hide_tokens = int(read_s / chosen["s_per_token"]) + 1
     return {
+        **_requests_in_flight(measured["storage"]),
         "tokens_per_batch": chosen["tokens_per_batch"],
         "tokens_per_batch_reason": (
             f"the smallest measured batch reaching {NEAR_BEST:.0%} of the best throughput "

@@ -1,8 +1,11 @@
 """File records (relative path, size, sha256) that blocks.json and manifest.json use to pin their files.
 
 Size is checked cheaply whenever a directory is opened; the sha256 is checked when the bytes are read anyway
-(at build for ONNX files, at load for engines), so no run reads a large file twice just to hash it.
-Usage: `rec = FileRecord.of(root, path)`; later `rec.check_size(root)`, `rec.check_digest(root, data)`.
+(at build for ONNX files, at load for engines), so no run reads a large file twice just to hash it. Files the
+runner streams also carry the sha256 of each `chunk_bytes` piece (`chunks`): the reader checks every piece on
+its own thread as it lands, in parallel with the other reads, instead of hashing the whole file after it.
+Usage: `rec = FileRecord.of(root, path, chunk_bytes=16 << 20)`; later `rec.check_size(root)`,
+`rec.check_digest(root, data)`.
 """
 
 from __future__ import annotations
@@ -26,16 +29,31 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _digests(path: Path, chunk_bytes: int) -> tuple[str, tuple[str, ...]]:
+    """The file's sha256 and, when `chunk_bytes` > 0, the sha256 of each chunk, in one pass."""
+    whole, chunks = hashlib.sha256(), []
+    with open(path, "rb") as f:
+        while piece := f.read(chunk_bytes or _CHUNK):
+            whole.update(piece)
+            if chunk_bytes:
+                chunks.append(hashlib.sha256(piece).hexdigest())
+    return whole.hexdigest(), tuple(chunks)
+
+
 @dataclass(frozen=True)
 class FileRecord:
     path: str  # relative to the directory that holds the JSON that names it
     bytes: int
     sha256: str
+    chunk_bytes: int = 0  # > 0: `chunks` holds the sha256 of each piece of this size (the last may be shorter)
+    chunks: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, root: Path, path: Path) -> "FileRecord":
+    def of(cls, root: Path, path: Path, chunk_bytes: int = 0) -> "FileRecord":
         path = Path(path)
-        return cls(path=str(path.relative_to(root)), bytes=path.stat().st_size, sha256=sha256_file(path))
+        whole, chunks = _digests(path, chunk_bytes)
+        return cls(path=str(path.relative_to(root)), bytes=path.stat().st_size, sha256=whole,
+                   chunk_bytes=chunk_bytes if chunks else 0, chunks=chunks)
 
     def check_size(self, root: Path, fix: str) -> None:
         full = root / self.path
@@ -53,11 +71,20 @@ class FileRecord:
             raise UserError(f"{full}: sha256 {actual[:12]}... does not match the recorded {self.sha256[:12]}...; {fix}")
 
     def to_json(self) -> dict:
-        return {"path": self.path, "bytes": self.bytes, "sha256": self.sha256}
+        data = {"path": self.path, "bytes": self.bytes, "sha256": self.sha256}
+        if self.chunks:
+            data.update(chunk_bytes=self.chunk_bytes, chunks=list(self.chunks))
+        return data
 
     @classmethod
     def from_json(cls, data: dict) -> "FileRecord":
-        return cls(path=data["path"], bytes=int(data["bytes"]), sha256=data["sha256"])
+        chunks = tuple(str(c) for c in data.get("chunks", ()))
+        record = cls(path=data["path"], bytes=int(data["bytes"]), sha256=data["sha256"],
+                     chunk_bytes=int(data.get("chunk_bytes", 0)) if chunks else 0, chunks=chunks)
+        if chunks and len(chunks) != max(1, -(-record.bytes // record.chunk_bytes)):
+            raise ValueError(f"{record.path}: {len(chunks)} chunk digests for {record.bytes} bytes in chunks of "
+                             f"{record.chunk_bytes}")
+        return record
 
 
 def write_json_atomic(path: Path, data: dict) -> None:

@@ -71,7 +71,7 @@ class MemoryPlan:
     activations: str  # "memory" or "disk"
     peak_bytes: int  # engines + activations held, as planned (at most the budget)
     slack_bytes: int  # one batch's working memory inside the backend, on top of the budget (an estimate)
-    prefetch_depth: int  # engines read ahead of the one computing
+    prefetch_depth: int  # engines read ahead of the one computing (resident too: the first pass overlaps its reads)
 
     @property
     def passes(self) -> int:
@@ -80,7 +80,8 @@ class MemoryPlan:
 
     def describe(self) -> str:
         gib = 2**30
-        engines = "all stay resident (read once)" if self.resident else f"streamed, {self.prefetch_depth} read ahead"
+        engines = (f"all stay resident (read once, {self.prefetch_depth} ahead)" if self.resident
+                   else f"streamed, {self.prefetch_depth} read ahead")
         rows = [
             ("budget", f"{self.budget_bytes / gib:.2f} GiB for {self.model_bytes / gib:.2f} GiB of engines"),
             ("engines", engines),
@@ -161,7 +162,7 @@ def plan_from_sizes(sizes: ModelSizes, batches: list[Batch], budget_bytes: int, 
         return MemoryPlan(
             budget_bytes=budget_bytes, model_bytes=model, resident=resident, chunk_tokens=tokens, chunks=n,
             bytes_to_read=model if resident else sizes.resident_bytes + streamed * n, activations=activations,
-            peak_bytes=engines_held + held, slack_bytes=working, prefetch_depth=0 if resident else prefetch_depth,
+            peak_bytes=engines_held + held, slack_bytes=working, prefetch_depth=prefetch_depth,
         )
 
     room_resident = budget_bytes - model

@@ -1,10 +1,16 @@
-"""Reading engines from storage: straight from the device where the OS allows it, ahead of need, verified.
+"""Reading engines and weights from storage at the device's speed: direct, several requests in flight, verified
+as the bytes land, ahead of need.
 
-`read_file` uses O_DIRECT into a page-aligned buffer so the page cache neither helps nor pollutes (where the
-file system refuses O_DIRECT, e.g. tmpfs, it reads through the cache and says so in `ReadStats.direct`).
-`Prefetcher` reads a known sequence of engines on a background thread, at most `depth` ahead of the consumer,
-checking each file's sha256 on the bytes read; a failure reaches the consumer as the exception itself.
-Usage: `with Prefetcher(engines_dir, sequence, depth=1) as reader: data = reader.take(block)`.
+`read_file` splits a file into requests of `ReadPlan.request_bytes` and keeps `ReadPlan.requests_in_flight`
+of them going at once (a thread pool of `preadv`, which releases the GIL), with O_DIRECT into one page-aligned
+buffer so the page cache neither helps nor pollutes (where the file system refuses O_DIRECT, e.g. tmpfs, it
+reads through the cache and says so in `ReadStats.direct`). Each request's bytes are checked on the thread
+that read them, against the per-chunk sha256 the build recorded (`FileRecord.chunks`; hashlib releases the
+GIL too), so the check runs beside the other reads instead of after the whole file; a file recorded without
+chunk digests is checked whole. The result is the buffer itself (a memoryview, no copy): NumPy weight arrays
+are views of it. `Prefetcher` reads a known sequence of blocks on a background thread, at most `depth` blocks
+ahead of the consumer; a failure reaches the consumer as the exception itself.
+Usage: `with Prefetcher(engines_dir, sequence, depth=1, stats=stats) as reader: data = reader.take(block)`.
 """
 
 from __future__ import annotations
@@ -15,75 +21,146 @@ import os
 import queue
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from cetrt.errors import UserError
+from cetrt.files import FileRecord
 
-_ALIGN = 4096
+ALIGN = 4096
+DEFAULT_REQUEST_BYTES = 16 << 20  # also the chunk the build records a digest for
+DEFAULT_REQUESTS_IN_FLIGHT = 4
 _FIX = "it changed after the build (or during this run); rebuild the engines with `make engines`"
+
+
+@dataclass(frozen=True)
+class ReadPlan:
+    """How the reader talks to the device: request size and how many requests are in flight (calib measures
+    the best pair on the target's storage; the defaults suit NVMe and are not worse on slower devices)."""
+
+    request_bytes: int = DEFAULT_REQUEST_BYTES
+    requests_in_flight: int = DEFAULT_REQUESTS_IN_FLIGHT
+
+    def __post_init__(self):
+        if self.request_bytes < ALIGN or self.request_bytes % ALIGN or self.requests_in_flight < 1:
+            raise UserError(f"read requests of {self.request_bytes} bytes, {self.requests_in_flight} in flight: the "
+                            f"size must be a positive multiple of {ALIGN} and at least one request in flight")
 
 
 @dataclass
 class ReadStats:
     bytes_read: int = 0
-    read_s: float = 0.0  # time the reader spent reading (background)
+    read_s: float = 0.0  # time the reader spent reading and checking (background), file by file
     blocked_s: float = 0.0  # time the consumer waited for bytes
     direct: bool | None = None  # True: O_DIRECT took; False: read through the page cache
 
+    @property
+    def bytes_per_s(self) -> float:
+        return self.bytes_read / self.read_s if self.read_s > 0 else 0.0
 
-def read_file(path: Path, stats: ReadStats) -> bytes:
-    """The file's bytes, bypassing the page cache when the file system allows O_DIRECT."""
-    size = path.stat().st_size
-    start = time.perf_counter()
+
+class ReadPool:
+    """One thread pool for the requests of every file a reader reads (threads made once, not per file), and
+    where the bytes go: `allocate(n)` (e.g. page-locked memory a GPU copies from), else plain aligned memory."""
+
+    def __init__(self, plan: ReadPlan, allocate: Callable[[int], memoryview | None] | None = None):
+        self.plan = plan
+        self.allocate = allocate
+        self.executor = ThreadPoolExecutor(max_workers=plan.requests_in_flight, thread_name_prefix="cetrt-read")
+
+    def buffer(self, nbytes: int) -> memoryview:
+        given = self.allocate(nbytes) if self.allocate is not None else None
+        if given is not None and given.nbytes >= nbytes:
+            return given
+        return memoryview(mmap.mmap(-1, nbytes))  # page-aligned, as O_DIRECT needs
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True)
+
+
+def _open(path: Path) -> tuple[int, bool]:
     flag = getattr(os, "O_DIRECT", 0)
-    try:
-        fd = os.open(path, os.O_RDONLY | flag)
-    except OSError:
-        fd, flag = os.open(path, os.O_RDONLY), 0
-    try:
-        if flag:
-            try:
-                data = _read_direct(fd, size)
-                stats.direct = True if stats.direct is None else stats.direct
-            except OSError:  # EINVAL: this file system takes no O_DIRECT
-                os.close(fd)
-                fd, flag = os.open(path, os.O_RDONLY), 0
-        if not flag:
-            data = b"".join(iter(lambda: os.read(fd, 64 << 20), b""))
-            stats.direct = False
-    finally:
-        os.close(fd)
-    stats.bytes_read += len(data)
-    stats.read_s += time.perf_counter() - start
-    return data
-
-
-def _read_direct(fd: int, size: int) -> bytes:
-    padded = max(_ALIGN, -(-size // _ALIGN) * _ALIGN)
-    with mmap.mmap(-1, padded) as buffer:  # page-aligned, as O_DIRECT needs
-        view, done = memoryview(buffer), 0
+    if flag:
         try:
-            while done < size:
-                n = os.preadv(fd, [view[done:]], done)
-                if n == 0:
-                    break
-                done += n
-            return bytes(view[:size])
-        finally:
-            view.release()
+            return os.open(path, os.O_RDONLY | flag), True
+        except OSError:
+            pass
+    return os.open(path, os.O_RDONLY), False
 
 
-def read_verified(engines_dir: Path, block, stats: ReadStats) -> bytes:
-    """The engine's bytes, after checking every file of the block (size and sha256) against the manifest."""
+def _read_range(fd: int, view: memoryview, start: int, length: int) -> int:
+    done = 0
+    while done < length:
+        n = os.preadv(fd, [view[start + done : start + length]], start + done)
+        if n == 0:
+            break
+        done += n
+    return done
+
+
+def _request(fd: int, view: memoryview, start: int, length: int, size: int, digest: str | None, path: Path) -> None:
+    """Read [start, start + length) (length padded to the alignment O_DIRECT wants) and check its digest."""
+    got = _read_range(fd, view, start, length)
+    real = min(length, size - start)
+    if got < real:
+        raise UserError(f"{path}: ended after {start + got} of {size} bytes; {_FIX}")
+    if digest is not None and hashlib.sha256(view[start : start + real]).hexdigest() != digest:
+        raise UserError(f"{path}: does not match manifest.json (sha256 of bytes {start}-{start + real}); {_FIX}")
+
+
+def read_file(path: Path, stats: ReadStats, record: FileRecord | None = None, pool: ReadPool | None = None,
+              plan: ReadPlan = ReadPlan()) -> memoryview:
+    """The file's bytes (a read-only view of a page-aligned buffer), read with several requests in flight and,
+    given its `record`, checked against it: per chunk where the record has chunk digests, else whole."""
+    size = path.stat().st_size
+    if record is not None and size != record.bytes:
+        raise UserError(f"{path}: {size} bytes, but manifest.json says {record.bytes}; {_FIX}")
+    own_pool = pool is None
+    pool = pool or ReadPool(plan)
+    request = record.chunk_bytes if record is not None and record.chunks else pool.plan.request_bytes
+    padded = max(ALIGN, -(-size // ALIGN) * ALIGN)
+    view = pool.buffer(padded).cast("B")
+    start_time = time.perf_counter()
+    try:
+        for attempt in (0, 1):
+            fd, direct = _open(path)
+            try:
+                starts = range(0, size, request) if size else []
+                digests = record.chunks if record is not None and record.chunks else [None] * len(starts)
+                futures = [pool.executor.submit(_request, fd, view, s, min(request, padded - s), size, d, path)
+                           for s, d in zip(starts, digests)]
+                errors = [f.exception() for f in futures]
+            finally:
+                os.close(fd)
+            einval = [e for e in errors if isinstance(e, OSError)]
+            if direct and einval and attempt == 0:
+                continue  # this file system takes no O_DIRECT (EINVAL): read it again through the page cache
+            for error in errors:
+                if error is not None:
+                    raise error
+            break
+    finally:
+        if own_pool:
+            pool.close()
+    if record is not None and not record.chunks and hashlib.sha256(view[:size]).hexdigest() != record.sha256:
+        raise UserError(f"{path}: does not match manifest.json (sha256); {_FIX}")
+    stats.direct = direct if stats.direct is None else (stats.direct and direct)
+    stats.bytes_read += size
+    stats.read_s += time.perf_counter() - start_time
+    return view[:size].toreadonly()
+
+
+def read_verified(engines_dir: Path, block, stats: ReadStats, pool: ReadPool | None = None) -> memoryview:
+    """The block's first file (its engine or weights file), after reading and checking every file of the block
+    against the manifest."""
     main = None
     for record in block.files:
         path = engines_dir / record.path
         if not path.is_file():
             raise UserError(f"{path}: engine file is missing; {_FIX}")
-        data = read_file(path, stats)
-        if len(data) != record.bytes or hashlib.sha256(data).hexdigest() != record.sha256:
-            raise UserError(f"{path}: engine file does not match manifest.json (size or sha256); {_FIX}")
+        data = read_file(path, stats, record, pool)
         main = data if main is None else main
     return main
 
@@ -91,16 +168,18 @@ def read_verified(engines_dir: Path, block, stats: ReadStats) -> bytes:
 class Prefetcher:
     """Reads `sequence` (blocks, in the order they will be needed) in the background.
 
-    At most `depth` engines are read and not yet consumed: the reader waits for a slot before it starts a read,
-    and the consumer frees the slot with `done()` once it has loaded the engine and let the bytes go.
+    At most `depth` blocks are read and not yet consumed: the reader waits for a slot before it starts a read,
+    and the consumer frees the slot with `done()` once it has loaded the block and let the bytes go.
     `on_start(n)` is told the bytes a read will hold before it begins (for the memory meter).
     """
 
-    def __init__(self, engines_dir: Path, sequence: list, depth: int, stats: ReadStats, on_start=lambda n: None):
+    def __init__(self, engines_dir: Path, sequence: list, depth: int, stats: ReadStats, on_start=lambda n: None,
+                 plan: ReadPlan = ReadPlan(), allocate: Callable[[int], memoryview | None] | None = None):
         self._queue: queue.Queue = queue.Queue()
         self._slots = threading.Semaphore(max(1, depth))
         self._stop = threading.Event()
         self._stats = stats
+        self._pool = ReadPool(plan, allocate)
         self._thread = threading.Thread(target=self._run, args=(engines_dir, sequence, on_start), daemon=True)
 
     def _run(self, engines_dir: Path, sequence: list, on_start) -> None:
@@ -112,14 +191,14 @@ class Prefetcher:
                 return
             try:
                 on_start(sum(f.bytes for f in block.files))
-                item = (block.spec.index, read_verified(engines_dir, block, self._stats))
+                item = (block.spec.index, read_verified(engines_dir, block, self._stats, self._pool))
             except Exception as e:  # handed to the consumer, who raises it where it is needed
                 item = (block.spec.index, e)
             self._queue.put(item)
             if isinstance(item[1], Exception):
                 return
 
-    def take(self, block) -> bytes:
+    def take(self, block) -> memoryview:
         start = time.perf_counter()
         index, data = self._queue.get()
         self._stats.blocked_s += time.perf_counter() - start
@@ -129,7 +208,7 @@ class Prefetcher:
         return data
 
     def done(self) -> None:
-        """The engine taken last is loaded and its bytes are gone: the reader may start the next read."""
+        """The block taken last is loaded and its bytes are gone: the reader may start the next read."""
         self._slots.release()
 
     def __enter__(self) -> "Prefetcher":
@@ -139,3 +218,4 @@ class Prefetcher:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+        self._pool.close()

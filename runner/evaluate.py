@@ -36,7 +36,7 @@ from cetrt.runner.executor import (
 from cetrt.runner.loading import BlockLoader
 from cetrt.runner.memory import RssSampler
 from cetrt.runner.scoring import item_results, metrics
-from cetrt.storage import ReadStats
+from cetrt.storage import DEFAULT_REQUESTS_IN_FLIGHT, ReadPlan, ReadStats
 from cetrt.workload.hellaswag import DEFAULT_DATASET, load_docs
 from cetrt.workload.packing import make_batches, pack
 from cetrt.workload.shapes import ShapePlan
@@ -68,11 +68,13 @@ def load_tokenizer(engines: Path, manifest: Manifest):
 class RunSchedule:
     tokens_per_batch: int
     prefetch_depth: int
+    requests_in_flight: int  # the reader's parallel requests per file
     source: str
+    storage_bytes_per_s: float | None = None  # what calib measured on this storage, for the read efficiency
 
     def describe(self) -> str:
-        return (f"  schedule     {self.tokens_per_batch:,} tokens per batch, {self.prefetch_depth} read ahead "
-                f"({self.source})")
+        return (f"  schedule     {self.tokens_per_batch:,} tokens per batch, {self.prefetch_depth} read ahead, "
+                f"{self.requests_in_flight} requests in flight ({self.source})")
 
 
 def run_schedule(engines: Path, manifest: Manifest, options: RunOptions) -> RunSchedule:
@@ -80,10 +82,13 @@ def run_schedule(engines: Path, manifest: Manifest, options: RunOptions) -> RunS
     calib = read_calib_for(engines, manifest.model_hash, manifest.build_options.get("export_digest", ""))
     tokens = resolve(options.tokens_per_batch, calib, "tokens_per_batch", ShapePlan.tokens_per_batch)
     depth = resolve(options.prefetch_depth, calib, "prefetch_depth", 1)
+    requests = resolve(None, calib, "requests_in_flight", DEFAULT_REQUESTS_IN_FLIGHT)
     origin = calib.origin if calib else "defaults: no calib.json beside the engines"
     given = [name for name, r in (("--tokens-per-batch", tokens), ("--prefetch-depth", depth)) if r.source == "given"]
     source = origin if not given else f"{', '.join(given)} as given; otherwise {origin}"
-    return RunSchedule(int(tokens.value), int(depth.value), source)
+    measured = (calib.measured.get("storage") or {}).get("bytes_per_s") if calib else None
+    return RunSchedule(int(tokens.value), int(depth.value), int(requests.value), source,
+                       float(measured) if measured else None)
 
 
 def shape_plan(manifest: Manifest, options: RunOptions, tokens_per_batch: int) -> ShapePlan:
@@ -136,11 +141,13 @@ def evaluate(options: RunOptions, announce: Callable[[str], None] = lambda text:
     timings, stats, meter = Timings(), ReadStats(), MemoryMeter()
     load = BlockLoader(engines, manifest, backend, LoadSettings(threads=options.threads, io_binding=options.io_binding),
                        stats, meter)
+    reads, allocate = ReadPlan(requests_in_flight=schedule.requests_in_flight), backend.host_buffers(manifest.target)
     if plan.resident:
-        store = ResidentStore(engines, load, timings, stats, meter)
+        store = ResidentStore(engines, manifest.blocks, plan.prefetch_depth, load, timings, stats, meter, reads,
+                              allocate)
     else:
         sequence = [block for _ in chunk_list for block in manifest.blocks]
-        store = StreamingStore(engines, sequence, plan.prefetch_depth, load, timings, stats, meter)
+        store = StreamingStore(engines, sequence, plan.prefetch_depth, load, timings, stats, meter, reads, allocate)
     if plan.activations == "memory":
         activations = MemoryActivations(meter, activation_bytes_per_token(manifest.model, manifest.dtype, batches))
     else:
@@ -165,6 +172,9 @@ def evaluate(options: RunOptions, announce: Callable[[str], None] = lambda text:
         "schedule": dataclasses.asdict(schedule),
         "bytes_read": stats.bytes_read,
         "read_s": round(stats.read_s, 4),
+        "read_bytes_per_s": round(stats.bytes_per_s),
+        "read_efficiency": (round(stats.bytes_per_s / schedule.storage_bytes_per_s, 4)
+                            if schedule.storage_bytes_per_s and stats.read_s > 0 else None),
         "blocked_on_storage_s": round(stats.blocked_s, 4),
         "overlap": round(1 - stats.blocked_s / max(total_s - tokenize_s, 1e-9), 4),
         "direct_io": stats.direct,

@@ -21,12 +21,11 @@ from typing import Callable
 
 import numpy as np
 
-from cetrt import storage
 from cetrt.backends.base import EngineSource, Session
 from cetrt.formats.manifest import EngineBlock
 from cetrt.plan import engine_bytes
 from cetrt.spec import GREEDY, HIDDEN, HIDDEN_OUT, LOGPROBS
-from cetrt.storage import Prefetcher, ReadStats
+from cetrt.storage import Prefetcher, ReadPlan, ReadStats
 from cetrt.workload.packing import Batch
 
 
@@ -77,20 +76,28 @@ class _SessionStore:
 
 
 class ResidentStore(_SessionStore):
-    """Loads each engine on first use and keeps it: right when the whole model fits the memory budget."""
+    """Loads each engine on first use and keeps it: right when the whole model fits the memory budget. The first
+    pass reads ahead like streaming does (`depth` blocks), so reading block i+1 overlaps block i's compute."""
 
-    def __init__(self, engines_dir: Path, load: Callable[[EngineBlock, EngineSource], Session], timings: Timings,
-                 stats: ReadStats, meter: MemoryMeter):
+    def __init__(self, engines_dir: Path, blocks: tuple[EngineBlock, ...], depth: int,
+                 load: Callable[[EngineBlock, EngineSource], Session], timings: Timings, stats: ReadStats,
+                 meter: MemoryMeter, plan: ReadPlan = ReadPlan(), allocate=None):
         super().__init__(engines_dir, load, timings, meter)
-        self._stats = stats
+        self._prefetcher = Prefetcher(engines_dir, list(blocks), depth, stats, plan=plan, allocate=allocate).__enter__()
 
     def get(self, block: EngineBlock) -> Session:
         if block.spec.index not in self._sessions:
-            return self._open(block, storage.read_verified(self._engines_dir, block, self._stats))
+            session = self._open(block, self._prefetcher.take(block))
+            self._prefetcher.done()
+            return session
         return self._sessions[block.spec.index]
 
     def release(self, block: EngineBlock) -> None:
         """Resident engines stay until the run ends."""
+
+    def close(self) -> None:
+        self._prefetcher.__exit__(None, None, None)
+        super().close()
 
 
 class StreamingStore(_SessionStore):
@@ -98,9 +105,10 @@ class StreamingStore(_SessionStore):
 
     def __init__(self, engines_dir: Path, sequence: list[EngineBlock], depth: int,
                  load: Callable[[EngineBlock, EngineSource], Session], timings: Timings, stats: ReadStats,
-                 meter: MemoryMeter):
+                 meter: MemoryMeter, plan: ReadPlan = ReadPlan(), allocate=None):
         super().__init__(engines_dir, load, timings, meter)
-        self._prefetcher = Prefetcher(engines_dir, sequence, depth, stats, on_start=meter.add).__enter__()
+        self._prefetcher = Prefetcher(engines_dir, sequence, depth, stats, on_start=meter.add, plan=plan,
+                                      allocate=allocate).__enter__()
 
     def get(self, block: EngineBlock) -> Session:
         session = self._open(block, self._prefetcher.take(block))
@@ -181,26 +189,33 @@ def run_layer_major(blocks: tuple[EngineBlock, ...], store, batches: list[Batch]
     """Run every batch through every block, chunk by chunk, filling `results[i]` with batch i's head output.
 
     The caller owns `results`, so the chunks that finished before a failure keep their outputs.
-    `cache_inputs` keeps each batch's ids, positions and mask for the whole chunk instead of rebuilding them
-    for every block (the planner counts them as activations); off when activations spill to disk.
+    `cache_inputs` keeps each batch's ids, positions and mask for the whole chunk, uploaded once (on a GPU: in
+    device memory), instead of rebuilding and uploading them for every block (the planner counts them as
+    activations); off when activations spill to disk. The head's outputs are brought to the host after the
+    whole chunk went through the head, so the host never waits for the device inside a block.
     """
     for chunk in chunk_list:
         cache: dict[int, dict] = {}
         for block in blocks:
             session = store.get(block)
             start = time.perf_counter()
+            heads = {}
             for i in chunk:
-                inputs = cache.get(i) or batches[i].arrays()
-                if cache_inputs:
-                    cache[i] = inputs
+                inputs = cache.get(i)
+                if inputs is None:
+                    inputs = {name: session.upload(name, array) for name, array in batches[i].arrays().items()}
+                    if cache_inputs:
+                        cache[i] = inputs
                 feeds = {name: activations.get(i) if name == HIDDEN else inputs[name] for name in block.spec.input_names}
                 out = session.run(feeds)
                 if block.spec.kind == "head":
-                    results[i] = HeadOutput(session.to_host(out[LOGPROBS]), session.to_host(out[GREEDY]))
+                    heads[i] = out
                     activations.drop(i)
                 else:
                     activations.put(i, batches[i], out[HIDDEN_OUT], session)
                 progress(1)
+            for i, out in heads.items():
+                results[i] = HeadOutput(session.to_host(out[LOGPROBS]), session.to_host(out[GREEDY]))
             timings.compute_s += time.perf_counter() - start
             store.release(block)
         on_chunk_done(chunk)

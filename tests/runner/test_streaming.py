@@ -94,14 +94,14 @@ def test_an_engine_that_changes_mid_run_stops_the_run_and_keeps_finished_chunks(
     reads = {"n": 0}
     original = storage.read_verified
 
-    def read_then_sabotage(engines_dir, block, stats):
+    def read_then_sabotage(engines_dir, block, *args):
         reads["n"] += 1
         if reads["n"] == 2 * N_BLOCKS + 3:  # during the third chunk
             if change == "delete":
                 victim.unlink()
             else:
                 victim.write_bytes(victim.read_bytes()[:-1] + b"\0")
-        return original(engines_dir, block, stats)
+        return original(engines_dir, block, *args)
 
     monkeypatch.setattr(storage, "read_verified", read_then_sabotage)
     partial = tmp_path / "results.partial.json"
