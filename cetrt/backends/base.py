@@ -41,9 +41,10 @@ class EngineSource:
     """Where an engine's bytes come from: its path, and optionally a callable that reads (and verifies) them."""
 
     path: Path
-    read: Callable[[], bytes] | None = None
+    read: Callable[[], bytes | memoryview] | None = None
 
-    def read_bytes(self) -> bytes:
+    def read_bytes(self) -> bytes | memoryview:
+        """The engine's bytes: a memoryview of the reader's buffer when the streamer read them (no copy)."""
         return self.read() if self.read is not None else self.path.read_bytes()
 
 
@@ -86,6 +87,9 @@ class WeightsBound(Session):
     def to_host(self, value: Any) -> np.ndarray:
         return self._engine.to_host(value)
 
+    def upload(self, name: str, array: np.ndarray) -> Any:
+        return self._engine.upload(name, array)
+
     def close(self) -> None:
         self._weights = {}
 
@@ -104,3 +108,8 @@ class Backend(ABC):
 
     @abstractmethod
     def load(self, source: EngineSource, target: Target, settings: LoadSettings) -> Session: ...
+
+    def host_buffers(self, target: Target) -> Callable[[int], memoryview | None] | None:
+        """Where the reader should put the bytes it reads for this backend (page-locked memory for a GPU), or
+        None for plain page-aligned memory."""
+        return None

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from cetrt.backends.base import Backend, BuildResult, BuildSettings, EngineSource, LoadSettings, Session
+from cetrt.backends.device import Device
 from cetrt.errors import MissingDependency, UserError
 from cetrt.spec import BlockSpec, Target
 
@@ -38,8 +39,13 @@ def _providers(target: Target) -> list:
             f"{ort.get_available_providers()}; install onnxruntime-gpu or choose --target cpu"
         )
     if wanted == "CUDAExecutionProvider":  # FP32 engines are the exact reference: no TF32 behind their back
-        # each session has its own arena: grow it only as requested, or 30+ sessions of a 7B model exhaust 80 GB
-        return [(wanted, {"use_tf32": "0", "arena_extend_strategy": "kSameAsRequested"})]
+        # each session has its own arena: grow it only as requested, or 30+ sessions of a 7B model exhaust 80 GB;
+        # kernels go on the runner's compute stream, in order with its uploads (cetrt.backends.device)
+        options = {"use_tf32": "0", "arena_extend_strategy": "kSameAsRequested"}
+        device = Device.for_target("cuda")
+        if device.shared_stream:
+            options.update(user_compute_stream=str(device.stream_handle), has_user_compute_stream="1")
+        return [(wanted, options)]
     return [wanted]
 
 
@@ -79,39 +85,43 @@ class OnnxRuntimeSession(Session):
 
 
 class BoundSession(OnnxRuntimeSession):
-    """Runs with I/O binding on `device`: an OrtValue already there (the previous block's hidden states) is bound
-    as it is, NumPy inputs are copied in, and every output stays on the device until `to_host`."""
+    """Runs with I/O binding over tensors the runner owns (cetrt.backends.device): inputs already on the device
+    (the previous block's hidden states, uploaded weights and batch inputs) are bound by address as they are,
+    host arrays are uploaded first, and every output is a new tensor from torch's caching allocator, bound by
+    address, that stays on the device until `to_host`. On a GPU, ONNX Runtime runs on the device's compute
+    stream and does not synchronise at the end of a run, so the host queues block after block without waiting."""
 
-    def __init__(self, session, device: str):
+    def __init__(self, session, device: Device):
         super().__init__(session)
+        ort = _ort()
         self._device = device
+        self._inputs = [(i.name, i.shape, _NUMPY[i.type]) for i in session.get_inputs()]
         self._output_specs = [(o.name, o.shape, _NUMPY[o.type]) for o in session.get_outputs()]
+        self._run_options = ort.RunOptions()
+        if device.kind == "cuda" and device.shared_stream:  # else ONNX Runtime's own stream, synchronised per run
+            self._run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
 
     def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
         """Outputs go to buffers the runner owns, not the session's arena: in layer-major order a chunk's
         outputs outlive the block that made them, and per-session arenas would each grow to a chunk."""
-        ort = _ort()
         binding = self._session.io_binding()
         dims: dict[str, int] = {}
-        for meta in self._session.get_inputs():
-            value = feeds[meta.name]
-            if not isinstance(value, ort.OrtValue):
-                value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value), self._device, 0)
-            binding.bind_ortvalue_input(meta.name, value)
-            dims.update({d: n for d, n in zip(meta.shape, value.shape()) if isinstance(d, str)})
+        for name, shape, dtype in self._inputs:
+            tensor = self._device.upload(feeds[name])
+            binding.bind_input(name, self._device.kind, 0, dtype, list(tensor.shape), tensor.data_ptr())
+            dims.update({d: n for d, n in zip(shape, tensor.shape) if isinstance(d, str)})
         outputs = {}
         for name, shape, dtype in self._output_specs:
-            concrete = [dims[d] if isinstance(d, str) else d for d in shape]
-            outputs[name] = ort.OrtValue.ortvalue_from_shape_and_type(concrete, dtype, self._device, 0)
-            binding.bind_ortvalue_output(name, outputs[name])
-        self._session.run_with_iobinding(binding)
+            outputs[name] = self._device.empty([dims[d] if isinstance(d, str) else d for d in shape], dtype)
+            binding.bind_output(name, self._device.kind, 0, dtype, list(outputs[name].shape), outputs[name].data_ptr())
+        self._session.run_with_iobinding(binding, self._run_options)
         return outputs
 
     def to_host(self, value: Any) -> np.ndarray:
-        return value.numpy()
+        return self._device.to_host(value)
 
     def upload(self, name: str, array: np.ndarray) -> Any:
-        return _ort().OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self._device, 0)
+        return self._device.upload(array)
 
 
 class OnnxRuntimeBackend(Backend):
@@ -143,6 +153,7 @@ class OnnxRuntimeBackend(Backend):
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         has_data = source.path.with_name(source.path.name + ".data").exists()
         model = source.read_bytes()
+        model = model if isinstance(model, bytes) else bytes(model)  # ORT takes a path or bytes
         if has_data:  # weights live beside the graph; ORT resolves them relative to the path
             model = str(source.path)
         try:
@@ -151,5 +162,8 @@ class OnnxRuntimeBackend(Backend):
                 ort.capi.onnxruntime_pybind11_state.InvalidGraph) as e:
             raise UserError(f"{source.path}: ONNX Runtime cannot load this engine ({str(e)[:200]}); rebuild it with `make engines`") from None
         if target.device == "cuda" or settings.io_binding:
-            return BoundSession(session, target.device)
+            return BoundSession(session, Device.for_target(target.device))
         return OnnxRuntimeSession(session)
+
+    def host_buffers(self, target: Target):
+        return Device.for_target("cuda").host_buffer if target.device == "cuda" else None

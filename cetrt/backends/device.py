@@ -1,0 +1,108 @@
+"""Buffers the runner owns, on the device a backend computes on, through torch: one compute stream, one copy
+stream, page-locked host memory for reads, and copies that overlap compute.
+
+Backends bind these tensors by address (ONNX Runtime's I/O binding, TensorRT's `set_tensor_address`), so the
+hidden states never leave the device between blocks, every allocation goes through torch's caching allocator
+(no cudaMalloc/cudaFree, which synchronise, per run), and nothing waits on the host until the head's outputs are
+read. Uploads run on the copy stream from page-locked memory; the compute stream waits for them with an
+event, so block i+1's weights travel while block i computes; the host buffer is kept until its copy is done.
+On the CPU the same calls are plain tensors and no streams.
+Usage: `device = Device.for_target("cuda")`; `t = device.upload(array)`; `device.host_buffer(n)` for the
+reader.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+from collections import deque
+
+import numpy as np
+
+_ALIGN = 4096
+
+
+@functools.lru_cache(maxsize=None)
+def _torch():
+    import torch
+
+    return torch
+
+
+class Device:
+    """One per process and device: the streams and the upload bookkeeping shared by every session."""
+
+    def __init__(self, kind: str):
+        torch = _torch()
+        self.kind = kind  # "cpu" or "cuda"
+        self.torch_device = torch.device(kind)
+        if kind == "cuda":
+            self.compute = torch.cuda.Stream()
+            self.copy = torch.cuda.Stream()
+            torch.cuda.set_stream(self.compute)  # torch's allocations for outputs go with the compute stream
+        else:
+            self.compute = self.copy = None
+        self._in_flight: deque = deque()  # (event, host array) of copies not yet known to be done
+        # the backend runs on our compute stream (else on its own, and every upload is waited for at once)
+        self.shared_stream = kind == "cuda" and os.environ.get("CETRT_SHARED_STREAM", "0") == "1"
+        self.pinned = kind == "cuda" and os.environ.get("CETRT_PINNED", "1") == "1"
+
+    @classmethod
+    @functools.lru_cache(maxsize=None)
+    def for_target(cls, kind: str) -> "Device":
+        return cls(kind)
+
+    @property
+    def stream_handle(self) -> int:
+        return self.compute.cuda_stream if self.compute is not None else 0
+
+    def upload(self, array):
+        """`array` on the device. On a GPU the copy runs on the copy stream and the compute stream waits for it;
+        from page-locked memory it returns before the copy is done."""
+        torch = _torch()
+        if isinstance(array, torch.Tensor) and array.device.type == self.kind:
+            return array
+        with warnings.catch_warnings():  # weights are read-only views of the reader's buffer: never written
+            warnings.simplefilter("ignore", UserWarning)
+            host = torch.from_numpy(np.ascontiguousarray(array))
+        if self.kind == "cpu":
+            return host
+        self._forget_finished()
+        with torch.cuda.stream(self.copy):
+            moved = host.to(self.torch_device, non_blocking=True)
+            done = self.copy.record_event()
+        if not self.shared_stream:
+            done.synchronize()
+        self.compute.wait_event(done)
+        moved.record_stream(self.compute)  # its memory is reused only after the compute stream used it
+        self._in_flight.append((done, host))  # the host bytes must outlive the copy
+        return moved
+
+    def _forget_finished(self) -> None:
+        while self._in_flight and self._in_flight[0][0].query():
+            self._in_flight.popleft()
+
+    def empty(self, shape, dtype: np.dtype):
+        torch = _torch()
+        return torch.empty(tuple(shape), dtype=torch.from_numpy(np.empty(0, dtype=dtype)).dtype,
+                           device=self.torch_device)
+
+    def to_host(self, tensor) -> np.ndarray:
+        return tensor.cpu().numpy() if self.kind == "cuda" else tensor.numpy()
+
+    def host_buffer(self, nbytes: int) -> memoryview | None:
+        """Page-locked host memory for the reader to read into (a GPU copies from it asynchronously), aligned
+        for O_DIRECT; None where plain memory is as good (the CPU) or the memory cannot be aligned."""
+        if not self.pinned:
+            return None
+        torch = _torch()
+        block = torch.empty(nbytes + _ALIGN, dtype=torch.uint8, pin_memory=True)
+        skip = -block.data_ptr() % _ALIGN
+        return memoryview(block[skip : skip + nbytes].numpy())
+
+    def synchronize(self) -> None:
+        if self.compute is not None:
+            self.compute.synchronize()
+            self.copy.synchronize()
+            self._in_flight.clear()
