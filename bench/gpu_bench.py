@@ -151,7 +151,7 @@ def step_make7b(args) -> dict:
                                               weights=layout))
         builds[layout] = {"build_s": round(time.perf_counter() - start, 1), "stored_bytes": manifest.engine_bytes,
                           "engines": len(manifest.engine_types) or len(manifest.blocks), "blocks": len(manifest.blocks)}
-    return {"export_s": round(export_s, 1), "calib_s": round(calib_s, 1), "calib": calib, "builds": builds}
+    return {"export_s": round(export_s, 1), "calib_s": round(calib_s, 1), "calib": calib.to_json(), "builds": builds}
 
 
 def model_flop(spec, tokens: int, attended_pairs: int, scored: int) -> float:
@@ -247,7 +247,7 @@ def step_calreal(args) -> dict:
     drop_page_cache()
     ours = run_cetrt(engines, args.dataset, args.limit)
     return {"export_s": round(export_s, 1), "calib_s": round(calib_s, 1), "build_s": round(build_s, 1),
-            "calib": calib, "cetrt_fp16": summary(ours)}
+            "calib": calib.to_json(), "cetrt_fp16": summary(ours)}
 
 
 STEPS = {"real": step_real, "make7b": step_make7b, "run7b": step_run7b, "stream7b": step_stream7b,

@@ -1,0 +1,295 @@
+"""GPU benchmarks of issues 12 and 16 (device machine): what a user waits for, cetrt against the harness's method,
+both counted the same way, in one call per step; every run a separate process timed from the outside.
+
+  smoke     a tiny random LLaMA: cuda engines score like CPU engines, resident and streamed (fails fast).
+  smollm2   SmolLM2-135M: `ce-export` / `ce-calib --target cuda` / `ce-build --target cuda` with their defaults
+            (what `make engines TARGET=cuda` runs) and its HF FP16 and FP32 weights as safetensors; then all items,
+            page cache dropped before each: `ce-run` end to end (process, tokenizing, loading, scoring) against
+            bench/hf_harness.py end to end (process, loading from safetensors, tokenizing, scoring); the FP32
+            reference's accuracy; a profile of one batch through a layer block.
+  prep7b    a LLaMA-7B-shaped random model as engines (bench/random_engines.py) and as HF safetensors (other
+            random values, same shape).
+  llama7b   items 0-1999: a plain O_DIRECT probe of the disk; `ce-run` from cold storage resident and at 1/3 and 1/6
+            of the weights; the harness method loading the same-size weights from cold disk, then again resident;
+            the FP16 matrix rate; useful FLOP; a profile of one batch.
+Each step writes <step>.json under --out (machine, versions, commands); `combine` (here, not on the device)
+writes bench/results/gpu_engines.json and bench/results/gpu_end_to_end_7b.json from them.
+Usage: python3 bench/gpu_speed.py smollm2 --dataset .devdata/hellaswag_val.jsonl --work /tmp/gpu --out $OUT
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+COMMANDS: list[str] = []
+
+
+def run(args: list, env: dict | None = None, check: bool = True) -> tuple[float, subprocess.CompletedProcess]:
+    """A command as a user runs it, timed from the outside; its line goes to the result's commands."""
+    COMMANDS.append(" ".join(str(a) for a in args))
+    start = time.perf_counter()
+    done = subprocess.run([str(a) for a in args], env={**os.environ, **(env or {})}, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if check and done.returncode != 0:
+        raise SystemExit(f"failed ({done.returncode}): {COMMANDS[-1]}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return seconds, done
+
+
+def machine() -> dict:
+    import torch
+
+    gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                         capture_output=True, text=True).stdout.strip()
+    import onnxruntime
+
+    return {"gpu": gpu, "cpu_cores": os.cpu_count(), "platform": platform.platform(),
+            "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+                         "providers": onnxruntime.get_available_providers(), "python": platform.python_version()}}
+
+
+def drop_page_cache() -> bool:
+    try:
+        subprocess.run(["sync"], check=True)
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def matmul_tflops(n: int = 8192, repeats: int = 20) -> float:
+    import torch
+
+    a, b = (torch.randn(n, n, device="cuda", dtype=torch.float16) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    torch.cuda.synchronize()
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e12
+
+
+def ce(command: str, *args) -> list:
+    return [BIN / command, *args]
+
+
+def cetrt_run(engines: Path, dataset: str, out: Path, limit: int | None, budget: str | None = None,
+              extra: tuple = (), cache: bool = False) -> dict:
+    """`ce-run` from cold storage (page cache dropped), timed from the outside; its results.json inside."""
+    dropped = drop_page_cache()
+    args = ["--engines", engines, "--dataset", dataset, "--json", out, "--quiet", *extra]
+    args += ["--limit", str(limit)] if limit else []
+    args += ["--memory-budget", budget] if budget else []
+    seconds, done = run(ce("ce-run", *args), env={} if cache else {"CETRT_NO_CACHE": "1"})
+    data = json.loads(out.read_text())
+    data.pop("items")
+    return {"end_to_end_s": round(seconds, 3), "page_cache_dropped": dropped, "results": data,
+            "printed": done.stdout[-2500:]}
+
+
+def harness_run(model: Path, dataset: str, out: Path, limit: int | None, dtype: str = "float16", rounds: int = 2,
+                scores: Path | None = None) -> dict:
+    dropped = drop_page_cache()
+    args = [sys.executable, ROOT / "bench" / "hf_harness.py", "--model", model, "--dataset", dataset, "--json", out,
+            "--dtype", dtype, "--rounds", str(rounds)]
+    args += ["--limit", str(limit)] if limit else []
+    args += ["--scores", scores] if scores else []
+    seconds, _ = run(args)
+    return {"end_to_end_s": round(seconds, 3), "page_cache_dropped": dropped, **json.loads(out.read_text())}
+
+
+def prepare_smollm2(work: Path, dataset: str) -> dict:
+    """SmolLM2's engines as `make engines TARGET=cuda` makes them (the CLI defaults), and its HF weights."""
+    onnx_dir, engines = work / "onnx" / "smollm2", work / "engines" / "smollm2"
+    timings, calib = {}, None
+    if not (engines / "manifest.json").is_file():
+        timings["export_s"], _ = run(ce("ce-export", "--model", "smollm2-135m", "--out", onnx_dir, "--dtype", "float16"))
+        timings["calib_s"], calib = run(ce("ce-calib", "--onnx", onnx_dir, "--target", "cuda", "--dataset", dataset,
+                                           "--quiet"))
+        timings["build_s"], _ = run(ce("ce-build", "--onnx", onnx_dir, "--out", engines, "--target", "cuda"))
+    from cetrt.export.loading import load_model
+
+    for dtype in ("float16", "float32"):
+        loaded = load_model("smollm2-135m", dtype=dtype)
+        model = loaded.model
+        model.hf_quantizer = None  # dequantized from the GGUF at load: plain tensors, saved as such
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(work / "hf" / f"smollm2-{dtype}")
+        loaded.tokenizer.save_pretrained(work / "hf" / f"smollm2-{dtype}")
+    return {"timings": {k: round(v, 1) for k, v in timings.items()},
+            "calib_printed": calib.stdout[-2000:] if calib else None,
+            "calib": json.loads((engines / "calib.json").read_text())}
+
+
+def step_prep7b(args) -> dict:
+    """The LLaMA-7B shape: random engines (bench/random_engines.py) and HF safetensors of the same shape."""
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    work = args.work
+    seconds, made = run([sys.executable, ROOT / "bench" / "random_engines.py", "--out", work / "engines" / "llama7b",
+                         "--shape", "llama-7b", "--target", "cuda"])
+    tokenizer = AutoTokenizer.from_pretrained(work / "engines" / "llama7b" / "tokenizer")
+    sys.path.insert(0, str(ROOT / "bench"))
+    from random_engines import hf_config
+
+    start = time.perf_counter()
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(hf_config("llama-7b", None, len(tokenizer))).to(torch.float16)
+    model.save_pretrained(work / "hf" / "llama7b")
+    tokenizer.save_pretrained(work / "hf" / "llama7b")
+    return {"random_engines_s": round(seconds, 1), "random_engines": made.stdout[-500:],
+            "hf_safetensors_s": round(time.perf_counter() - start, 1)}
+
+
+def step_smollm2(args) -> dict:
+    work = args.work
+    prepared = prepare_smollm2(work, args.dataset)
+    engines = work / "engines" / "smollm2"
+    cetrt = cetrt_run(engines, args.dataset, work / "smollm2_cetrt.json", args.limit)
+    cetrt_cached = cetrt_run(engines, args.dataset, work / "smollm2_cetrt_cached.json", args.limit, cache=True)
+    harness = harness_run(work / "hf" / "smollm2-float16", args.dataset, work / "smollm2_hf16.json", args.limit,
+                          rounds=1)
+    reference = harness_run(work / "hf" / "smollm2-float32", args.dataset, work / "smollm2_hf32.json", args.limit,
+                            dtype="float32", rounds=1)
+    _, prof = run([sys.executable, ROOT / "bench" / "profile_block.py", "--engines", engines, "--dataset",
+                   args.dataset, "--json", work / "smollm2_profile.json"])
+    ref = reference["first_round"]
+    return {"prepared": prepared, "cetrt": cetrt, "cetrt_tokenization_cached": cetrt_cached, "harness_fp16": harness,
+            "reference_fp32": reference, "profile": json.loads((work / "smollm2_profile.json").read_text()),
+            "acc_diff_points_vs_fp32": round(100 * (cetrt["results"]["acc"] - ref["acc"]), 3),
+            "acc_norm_diff_points_vs_fp32": round(100 * (cetrt["results"]["acc_norm"] - ref["acc_norm"]), 3),
+            "harness_over_cetrt": round(harness["end_to_end_s"] / cetrt["end_to_end_s"], 3)}
+
+
+def probe_read(paths: list[Path], total: int = 3 << 30) -> list[dict]:
+    """A plain O_DIRECT reader, independent of cetrt's: request sizes x readers, each over fresh files."""
+    results = []
+    configs = [(size << 20, readers) for size in (4, 16, 64) for readers in (1, 4, 8)]
+    files = iter(paths * 8)
+    for size, readers in configs:
+        budget, jobs, taken = total // len(configs), [], 0
+        while taken < budget:
+            path = next(files)
+            n = path.stat().st_size
+            jobs += [(path, off, min(size, n - off)) for off in range(0, n, size)]
+            taken += n
+        lock, done, local = threading.Lock(), [0], threading.local()
+
+        def read(job, size=size):
+            import mmap
+
+            path, off, length = job
+            if getattr(local, "size", None) != size:
+                local.buf, local.size = mmap.mmap(-1, size), size  # one aligned buffer per reader thread
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+            try:
+                got = os.preadv(fd, [memoryview(local.buf)[: -(-length // 4096) * 4096]], off)
+                with lock:
+                    done[0] += min(got, length)
+            finally:
+                os.close(fd)
+
+        start = time.perf_counter()
+        with ThreadPoolExecutor(readers) as pool:
+            list(pool.map(read, jobs))
+        seconds = time.perf_counter() - start
+        results.append({"request_mib": size >> 20, "readers": readers, "bytes": done[0],
+                        "gb_per_s": round(done[0] / seconds / 1e9, 3)})
+    return results
+
+
+def step_llama7b(args) -> dict:
+    from cetrt.formats.manifest import read_manifest
+
+    work = args.work
+    engines = work / "engines" / "llama7b"
+    manifest = read_manifest(engines)
+    weights = manifest.engine_bytes
+    probe = probe_read([engines / b.files[0].path for b in manifest.blocks if b.spec.kind == "layers"])
+    runs = {"resident": cetrt_run(engines, args.dataset, work / "7b_resident.json", args.limit)}
+    for name, divisor in (("1/3", 3), ("1/6", 6)):
+        runs[name] = cetrt_run(engines, args.dataset, work / f"7b_{divisor}.json", args.limit,
+                               budget=str(weights // divisor))
+    harness = harness_run(work / "hf" / "llama7b", args.dataset, work / "7b_hf.json", args.limit, rounds=2)
+    rate = matmul_tflops()
+    _, _ = run([sys.executable, ROOT / "bench" / "profile_block.py", "--engines", engines, "--dataset", args.dataset,
+                "--json", work / "7b_profile.json"])
+    return {"weights_bytes": weights, "probe": probe, "runs": runs, "harness": harness, "matmul_tflops": rate,
+            "profile": json.loads((work / "7b_profile.json").read_text())}
+
+
+def step_smoke(args) -> dict:
+    """The CUDA path on a tiny random LLaMA before any long run: cuda engines score like CPU engines, resident and
+    streamed under a budget (fails fast, with the traceback, if they do not)."""
+    import numpy as np
+
+    os.environ["CETRT_HELLASWAG"] = args.dataset
+    sys.path.insert(0, str(ROOT / "tests"))
+    from cetrt.build.engines import BuildOptions, build_engines
+    from cetrt.export.pipeline import ExportOptions, export_model
+    from cetrt.formats.manifest import read_manifest
+    from cetrt.runner.evaluate import RunOptions, evaluate
+
+    from tiny_models import make_tiny_model
+
+    work = args.work / "smoke"
+    if not (work / "onnx" / "blocks.json").is_file():
+        model = make_tiny_model(work / "model", "llama")
+        export_model(ExportOptions(model=str(model), out_dir=work / "onnx", dtype="float16", layers_per_block=1))
+    scores = {}
+    for target in ("cpu", "cuda"):
+        build_engines(BuildOptions(onnx_dir=work / "onnx", out_dir=work / target, target=target))
+        scores[target] = evaluate(RunOptions(engines=work / target, dataset=args.dataset, limit=24, progress=False))
+    budget = str(read_manifest(work / "cuda").engine_bytes // 2 + (1 << 20))
+    streamed = evaluate(RunOptions(engines=work / "cuda", dataset=args.dataset, limit=24, progress=False,
+                                   memory_budget=budget, tokens_per_batch=512))
+    cpu, cuda, stream = (np.array([i.scores for i in r.items]) for r in (scores["cpu"], scores["cuda"], streamed))
+    result = {"max_diff_cuda_vs_cpu": float(np.abs(cuda - cpu).max()),
+              "max_diff_streamed_vs_resident": float(np.abs(stream - cuda).max()),
+              "streamed_plan": streamed.extra["streaming"]["plan"]}
+    print(json.dumps(result), flush=True)
+    assert result["max_diff_cuda_vs_cpu"] < 0.1 and result["max_diff_streamed_vs_resident"] < 1e-3, result
+    return result
+
+
+STEPS = {"smoke": step_smoke, "smollm2": step_smollm2, "prep7b": step_prep7b, "llama7b": step_llama7b}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("step", choices=sorted(STEPS))
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/gpu"))
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--limit", type=int, default=None)
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    result = STEPS[args.step](args)
+    record = {"step": args.step, "machine": machine(), "command": " ".join(sys.argv), "commands": COMMANDS,
+              "seconds": round(time.perf_counter() - start, 1), "dataset": args.dataset, "limit": args.limit,
+              **result}
+    (args.out / f"{args.step}.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+    print(json.dumps({"step": args.step, "seconds": record["seconds"]}))
+    if args.step == "smollm2":
+        shutil.rmtree(args.work / "onnx", ignore_errors=True)  # the engines are built: free the disk
+
+
+if __name__ == "__main__":
+    main()

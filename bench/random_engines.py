@@ -1,0 +1,167 @@
+"""Engines of a random-weight LLaMA of a published shape, weights as inputs, written straight to an engines
+directory: three engine types exported and built once, and every layer block's weights file drawn at random.
+
+Tracing and exporting every block of a 7B or 30B model takes minutes a block; a random model's blocks differ only
+in their weights, so only embed, one decoder layer and the head are exported (cetrt's own block modules and
+exporter) and built (cetrt's backend), and each layer block gets a weights file in the same layout with new
+random matrices (norm vectors stay ones). `--distinct-files K` writes only K layer weight files and points the
+blocks at them in turn, so a 30B model fits a small disk while every block's bytes are still read from storage,
+O_DIRECT, on every pass: the manifest and its model id say so. The manifest is the build stage's own record,
+with per-chunk digests, so `ce-run` takes the directory like any build.
+Usage: python bench/random_engines.py --out /tmp/e --shape llama-7b --target cuda [--layers 32] [--distinct-files 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from tqdm import tqdm
+
+from cetrt.backends import get_backend
+from cetrt.backends.base import BuildSettings
+from cetrt.export.onnx_export import export_block
+from cetrt.export.pipeline import block_specs, example_inputs
+from cetrt.families import get_family, presets
+from cetrt.families.llama import llama_blocks
+from cetrt.files import FileRecord
+from cetrt.formats.blocks import TOKENIZER_DIR
+from cetrt.formats.manifest import EngineBlock, EngineType, Manifest, write_manifest
+from cetrt.formats.weights import split_block, write_weight_file
+from cetrt.spec import Target
+from cetrt.storage import DEFAULT_REQUEST_BYTES
+from cetrt.workload.shapes import ShapePlan
+
+
+def hf_config(shape: str, layers: int | None, vocab_size: int):
+    from transformers import LlamaConfig
+
+    spec = presets()[shape]
+    return LlamaConfig(hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
+                       num_hidden_layers=layers or spec.num_layers, num_attention_heads=spec.num_heads,
+                       num_key_value_heads=spec.num_kv_heads, max_position_embeddings=4096, rms_norm_eps=1e-6,
+                       vocab_size=vocab_size, tie_word_embeddings=False, dtype="float16")
+
+
+def materialize(module: torch.nn.Module, seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    module.to_empty(device="cpu")
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if "norm" in name:
+                param.fill_(1.0)
+            else:
+                param.copy_(torch.randn(param.shape, generator=generator).mul_(0.02).to(param.dtype))
+
+
+def random_like(weights: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
+    """New random matrices of the same shapes (vectors, the norms, stay as they are)."""
+    generator = torch.Generator().manual_seed(seed)
+    return {name: (torch.randn(a.shape, generator=generator).mul_(0.02).half().numpy() if a.ndim == 2 else a)
+            for name, a in weights.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--shape", default="llama-7b", help="a LLaMA preset: llama-7b, llama-30b, ...")
+    parser.add_argument("--layers", type=int, default=None, help="decoder layers (default: the shape's)")
+    parser.add_argument("--target", default="cuda")
+    parser.add_argument("--backend", default="onnxruntime")
+    parser.add_argument("--distinct-files", type=int, default=0, help="layer weight files to write (0: one each)")
+    parser.add_argument("--max-length", type=int, default=512)
+    args = parser.parse_args()
+    start = time.perf_counter()
+
+    from transformers import AutoTokenizer, LlamaForCausalLM
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    from cetrt.sources import resolve_source
+
+    source = resolve_source("smollm2-135m")  # its tokenizer (49,152 tokens) sets the vocabulary
+    tokenizer = AutoTokenizer.from_pretrained(source.directory, gguf_file=source.gguf_file)
+    config = hf_config(args.shape, args.layers, len(tokenizer))
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config).to(torch.float16)
+    model.model.rotary_emb = LlamaRotaryEmbedding(config=config)
+    spec = get_family("llama").spec_from_config(config)
+    family = get_family("llama")
+    specs = block_specs(family, spec.num_layers, 1, spec.hidden_size, "float16")
+    target, backend = Target.from_name(args.target), get_backend(args.backend)
+    settings = BuildSettings(shape_plan=ShapePlan(max_length=args.max_length))
+    out = args.out
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    templates = {}  # kind -> (engine type name, split weights, weight specs)
+    engine_types = []
+    with tempfile.TemporaryDirectory(prefix="random-engines-") as tmp:
+        examples = example_inputs(spec.hidden_size, torch.float16, spec.vocab_size)
+        for kind, block in (("embed", specs[0]), ("layers", specs[1]), ("head", specs[-1])):
+            sources = {"embed": [model.model.embed_tokens], "layers": [model.model.layers[0]],
+                       "head": [model.model.norm, model.lm_head]}[kind]
+            for n, module in enumerate(sources):
+                materialize(module, 1000 + n)
+            embed, layers, head = llama_blocks(model)
+            module = {"embed": embed, "head": head}.get(kind) or layers(0, 1)
+            path = Path(tmp) / f"{kind}.onnx"
+            export_block(module.eval(), examples, block, path)
+            split = split_block(path)
+            name = f"type_{len(templates):02d}"
+            graph = Path(tmp) / f"{name}.onnx"
+            onnx.save(split.graph, str(graph))
+            built = backend.build(graph, out / f"{name}{backend.engine_suffix}",
+                                  dataclasses.replace(block, inputs=block.inputs + split.weight_specs), target, settings)
+            templates[kind] = (name, split.weights, split.weight_specs, built)
+            for module in sources:
+                module.to("meta")
+        files = args.distinct_files or spec.num_layers
+        blocks, members, written = [], {kind: [] for kind in templates}, {}
+        for block in tqdm(specs, desc="weights files", unit="block"):
+            kind = block.kind
+            name, weights, _, _ = templates[kind]
+            if kind == "layers":
+                slot = (block.index - 1) % files
+                path = out / f"layers_{slot:03d}.weights"
+            else:
+                slot, path = 0, out / f"{kind}.weights"
+            if not path.exists():
+                index = write_weight_file(path, random_like(weights, 7 + block.index) if kind == "layers" else weights)
+                record = FileRecord.of(out, path, DEFAULT_REQUEST_BYTES)
+                written[kind, slot] = (index, record)
+            index, record = written[kind, slot]
+            blocks.append(EngineBlock(spec=block, files=(record,), build_seconds=0.0, engine_type=name, weights=index))
+            members[kind].append(block.index)
+    for kind in ("embed", "layers", "head"):
+        name, _, weight_specs, built = templates[kind]
+        engine_types.append(EngineType(name=name, files=tuple(FileRecord.of(out, f, DEFAULT_REQUEST_BYTES)
+                                                              for f in built.files),
+                                       weight_inputs=weight_specs, blocks=tuple(members[kind]),
+                                       build_seconds=built.seconds, details=built.details))
+    tokenizer.save_pretrained(out / TOKENIZER_DIR)
+    distinct = args.distinct_files or spec.num_layers
+    model_id = (f"random-{args.shape}-{spec.num_layers}L" + (f" ({distinct} distinct layer weight files, each read as "
+                                                            "its block's own)" if args.distinct_files else ""))
+    identity = json.dumps({"shape": args.shape, "layers": spec.num_layers, "files": distinct}, sort_keys=True)
+    write_manifest(out, Manifest(
+        model_id=model_id, model_hash=hashlib.sha256(identity.encode()).hexdigest(), model=spec, dtype="float16",
+        backend=backend.name, backend_version=backend.version(), target=target,
+        tokenizer_files=tuple(FileRecord.of(out, p) for p in sorted((out / TOKENIZER_DIR).rglob("*")) if p.is_file()),
+        blocks=tuple(blocks), engine_types=tuple(engine_types),
+        build_options={"weights": "inputs", "export_digest": "random", "random_weights": True,
+                       "distinct_layer_files": distinct},
+    ))
+    print(json.dumps({"out": str(out), "model_id": model_id, "seconds": round(time.perf_counter() - start, 1),
+                      "bytes": sum(f.stat().st_size for f in out.iterdir() if f.is_file())}))
+
+
+if __name__ == "__main__":
+    main()
