@@ -6,6 +6,7 @@ out (they outlive the run: a chunk's hidden states wait for the next block). The
 ordinary enqueue, as TensorRT requires after a shape change (its resource updates cannot be captured); the
 capture follows it. Off unless asked for, and only where `Features.cuda_graph_capture` (full TensorRT 10.x
 on): never measured on the Orin, and at thousands of tokens per batch launch overhead is small.
+The session sizes the shared context memory for its largest profile first, so that buffer never moves.
 Engines with weights as inputs are not graphed (their static buffers would copy the weights per key).
 Inputs: a `Device`, per run a key, the input buffers and the session's enqueue; output: the output buffers.
 Usage: `graphs = GraphedRuns(device)`; `outputs = graphs.run(key, tensors, session._enqueue_into)`.

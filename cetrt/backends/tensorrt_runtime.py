@@ -88,6 +88,8 @@ class TensorRTSession(Session):
         self.profile = 0  # a new context starts on profile 0
         graphable = cuda_graphs and self.features.cuda_graph_capture and not self._has_weight_inputs()
         self.graphs = GraphedRuns(self.device) if graphable else None
+        if self.graphs is not None and self.features.user_managed_context_memory:
+            self.device.scratch(self.context_memory_bytes)  # a graph keeps its address: never grow it later
 
     def _create_context(self, flavor: str):
         trt, engine = self.trt, self.engine
