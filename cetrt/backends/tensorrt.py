@@ -12,57 +12,35 @@ Usage: `get_backend("tensorrt-rtx").build(onnx, engine, block, target, BuildSett
 
 from __future__ import annotations
 
-import importlib
 import json
+import logging
 import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from cetrt.backends.base import Backend, BuildResult, BuildSettings, EngineSource, LoadSettings, Session
-from cetrt.errors import MissingDependency, UserError
+from cetrt.backends.tensorrt_features import Features, import_trt
+from cetrt.backends.tensorrt_timing_cache import TIMING_CACHE, attach_timing_cache, save_timing_cache
+from cetrt.errors import UserError
 from cetrt.gpu import current_gpu
 from cetrt.spec import BlockSpec, Target
 
-MODULES = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
-INSTALL = {
-    "tensorrt": "TensorRT ships with JetPack 6 (python3-libnvinfer) or NVIDIA's installers; it cannot be pip-installed here",
-    "tensorrt-rtx": "pip install tensorrt-rtx",
-}
-TIMING_CACHE = "timing.cache"
 # TensorRT-RTX builds for these; it has no 8.7 (Orin) or 9.0 (Hopper): check mode builds those for 8.6.
 RTX_COMPUTE_CAPABILITIES = {"7.5": "SM75", "8.0": "SM80", "8.6": "SM86", "8.9": "SM89", "12.0": "SM120"}
 RTX_STAND_IN = "8.6"
+LAYERS_MESSAGE = "Layers:"  # the detailed verbose message that lists the built engine's layers
+log = logging.getLogger("cetrt.tensorrt")
 
 
-def import_trt(flavor: str):
-    try:
-        return importlib.import_module(MODULES[flavor])
-    except ImportError:
-        raise MissingDependency(MODULES[flavor], INSTALL[flavor], f"the {flavor} backend") from None
-
-
-def parse_version(text: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
-
-
-@dataclass(frozen=True)
-class Features:
-    """What this TensorRT offers, by flavor and version."""
-
-    flavor: str
-    version: tuple[int, ...]
-    timing_cache: bool  # full TensorRT; TensorRT-RTX made timing caches no-ops (deprecated in RTX 1.2)
-    compute_capability_targeting: bool  # TensorRT-RTX builds for a named compute capability without that GPU
-
-    @classmethod
-    def of(cls, flavor: str, version: str) -> "Features":
-        rtx = flavor == "tensorrt-rtx"
-        return cls(flavor=flavor, version=parse_version(version), timing_cache=not rtx, compute_capability_targeting=rtx)
-
-
-def capturing_logger(trt, severity):
-    """A TensorRT logger that keeps every message, so failures quote the builder and the layer list is readable."""
+def capturing_logger(trt, severity, keep: Callable[[str], bool] = lambda message: False):
+    """A TensorRT logger that keeps messages at `severity` or worse (and those `keep` wants), so failures quote the
+    builder; warnings and errors also go to Python logging. `min_severity` does nothing on an ILogger subclass
+    (TensorRT calls `log` for every message): the filter is here."""
+    levels = list(trt.ILogger.Severity.__members__.values())  # most severe first: INTERNAL_ERROR .. VERBOSE
+    kept = set(levels[: levels.index(severity) + 1])
+    shown = {trt.ILogger.Severity.INTERNAL_ERROR: logging.ERROR, trt.ILogger.Severity.ERROR: logging.ERROR,
+             trt.ILogger.Severity.WARNING: logging.WARNING}
 
     class Capture(trt.ILogger):
         def __init__(self):
@@ -70,14 +48,15 @@ def capturing_logger(trt, severity):
             self.messages: list[tuple[object, str]] = []
 
         def log(self, level, message):
-            self.messages.append((level, message))
+            if level in kept or keep(message):
+                self.messages.append((level, message))
+            if level in shown:
+                log.log(shown[level], "%s", message)
 
         def errors(self) -> list[str]:
             return [m for level, m in self.messages if level in (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR)]
 
-    logger = Capture()
-    logger.min_severity = severity
-    return logger
+    return Capture()
 
 
 _LAYER_LINE = re.compile(r"^Name: (?P<name>.*?), LayerType: (?P<type>[^,]+)", re.M)
@@ -86,7 +65,7 @@ _LAYER_LINE = re.compile(r"^Name: (?P<name>.*?), LayerType: (?P<type>[^,]+)", re
 def layers_from_log(messages: list[str]) -> list[dict]:
     """The built engine's layers from the detailed verbose build log (its `Layers:` message)."""
     for message in reversed(messages):
-        if message.startswith("Layers:"):
+        if message.startswith(LAYERS_MESSAGE):
             return [{"name": m["name"], "type": m["type"]} for m in _LAYER_LINE.finditer(message)]
     return []
 
@@ -102,13 +81,33 @@ class TensorRTBackend(Backend):
     engine_suffix = ".engine"
     fixed_shapes = True
 
-    def __init__(self, flavor: str):
+    def __init__(self, flavor: str, module=None, devices: Callable[[], object] | None = None,
+                 cuda_graphs: bool = False):
+        """`module` is the TensorRT module (default: imported by flavor); `devices` makes the device every session
+        of this backend shares (default: `CudaDevice`, one stream and one context-memory buffer per run)."""
         self.name = flavor
         self.flavor = flavor
+        self._module, self._devices, self._device = module, devices, None
+        self.cuda_graphs = cuda_graphs  # off: never measured on the Orin (tensorrt_graphs.py)
 
     @property
     def trt(self):
-        return import_trt(self.flavor)
+        return self._module if self._module is not None else import_trt(self.flavor)
+
+    def shared_device(self):
+        """The device all sessions of this backend share, made when the first engine has loaded."""
+        if self._device is None:
+            if self._devices is None:
+                from cetrt.backends.tensorrt_device import CudaDevice
+
+                self._devices = CudaDevice
+            self._device = self._devices()
+        return self._device
+
+    @property
+    def context_memory_bytes(self) -> int:
+        """The shared context memory its sessions hold now (count it with the engines)."""
+        return 0 if self._device is None else self._device.scratch_bytes
 
     def version(self) -> str:
         return self.trt.__version__
@@ -141,7 +140,9 @@ class TensorRTBackend(Backend):
         if plan is None:
             raise ValueError("TensorRT builds need a shape plan (optimization profiles)")
         start = time.perf_counter()
-        logger = capturing_logger(trt, trt.ILogger.Severity.VERBOSE)
+        # the layer list comes from the verbose log only in check mode; otherwise the inspector reads the engine
+        keep_layers = (lambda message: message.startswith(LAYERS_MESSAGE)) if check else (lambda message: False)
+        logger = capturing_logger(trt, trt.ILogger.Severity.WARNING, keep_layers)
         builder = trt.Builder(logger)
         network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
         parser = trt.OnnxParser(network, logger)
@@ -165,9 +166,7 @@ class TensorRTBackend(Backend):
                 profile.set_shape(tensor.name, *dims)
             config.add_optimization_profile(profile)
         cache_path = engine_path.parent / TIMING_CACHE
-        if features.timing_cache:
-            cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.exists() else b"")
-            config.set_timing_cache(cache, False)
+        timing_cache = features.timing_cache and attach_timing_cache(config, cache_path)
         if features.compute_capability_targeting:
             config.num_compute_capabilities = 1
             enum = getattr(trt.ComputeCapability, RTX_COMPUTE_CAPABILITIES[compute_capability])
@@ -177,11 +176,11 @@ class TensorRTBackend(Backend):
         if serialized is None:
             raise UserError(f"{onnx_path}: {self.flavor} could not build this block: "
                             f"{'; '.join(logger.errors()[-3:]) or 'no error message'}")
+        if timing_cache:  # before the engine is written: nothing after that can fail on the cache
+            save_timing_cache(config, cache_path)
         engine_path.write_bytes(serialized)
-        if features.timing_cache:
-            cache_path.write_bytes(config.get_timing_cache().serialize())
         seconds = time.perf_counter() - start
-        layers = self._layer_report(trt, logger, serialized, check)
+        layers, context_memory = self._inspect(trt, features, logger, serialized, check)
         report = engine_path.with_name(engine_path.name.replace(self.engine_suffix, ".layers.json"))
         report.write_text(json.dumps({"block": block.name, "layers": layers}, indent=1) + "\n")
         return BuildResult(files=(engine_path,), seconds=seconds, details={
@@ -192,16 +191,23 @@ class TensorRTBackend(Backend):
             "profiles": [p.to_json() for p in profiles],
             "num_layers": len(layers),
             "layer_report": report.name,
+            "timing_cache": timing_cache,
+            # a context's device memory at the largest profile corner (None: check builds cannot load the engine)
+            "context_memory_bytes": context_memory,
         })
 
-    def _layer_report(self, trt, logger, serialized, check: bool) -> list[dict]:
+    def _inspect(self, trt, features, logger, serialized, check: bool) -> tuple[list[dict], int | None]:
+        """The layer report, and the context memory the engine needs at most (when it loads here)."""
         if not check:  # the engine loads here (built on its GPU): the inspector is authoritative
             engine = trt.Runtime(logger).deserialize_cuda_engine(serialized)
             if engine is not None:
-                return layers_from_inspector(trt, engine)
-        return layers_from_log([message for _, message in logger.messages])
+                from cetrt.backends.tensorrt_runtime import engine_context_memory
+
+                return layers_from_inspector(trt, engine), engine_context_memory(engine, features)
+        return layers_from_log([message for _, message in logger.messages]), None
 
     def load(self, source: EngineSource, target: Target, settings: LoadSettings) -> Session:
         from cetrt.backends.tensorrt_runtime import TensorRTSession
 
-        return TensorRTSession(self.trt, self.flavor, source, target)
+        return TensorRTSession(self.trt, self.flavor, source, target, devices=self.shared_device,
+                               cuda_graphs=self.cuda_graphs)

@@ -2,7 +2,11 @@
 
 The runner pads rows to a multiple of `length_multiple` and fills a batch up to `tokens_per_batch` padded
 tokens; the build turns the same plan into optimization profiles (min / opt / max of B, L and S), one per
-length range, so every batch the runner makes falls inside a profile. The manifest records the plan, and the
+length range, so every batch the runner makes falls inside a profile. With profiles (a `max_length`), a batch
+holds at most `tokens_per_batch // high` rows, `high` the top of its length range: a profile's largest corner
+(max B x max L) is then no larger than the largest batch, instead of pairing the short end's B with the long
+end's L (4x the tokens for the range 1..128). Short rows of a range fill their batches less: more
+`length_splits` trade build time (one set of kernels per profile) for fuller batches. The manifest records the plan, and the
 runner uses the recorded one for engines that need it.
 Usage: `plan = ShapePlan(); plan.profiles()`; `plan.profile_for(batch=12, length=192, slots=180)`.
 """
@@ -51,8 +55,19 @@ class ShapePlan:
     def padded_length(self, length: int) -> int:
         return -(-length // self.length_multiple) * self.length_multiple
 
+    def length_range(self, padded_length: int) -> tuple[int, int]:
+        """The (low, high) inclusive L range of the profile a padded length falls in (profiles need max_length)."""
+        low = 1
+        for high in self._edges():
+            if padded_length <= high:
+                return low, high
+            low = high + 1
+        return low, padded_length  # beyond max_length: make_batches refuses such rows before asking
+
     def batch_size(self, padded_length: int) -> int:
-        return max(1, self.tokens_per_batch // padded_length)
+        """Rows per batch; with profiles, capped by the top of the length range so its profile stays a batch."""
+        longest = padded_length if self.max_length is None else self.length_range(padded_length)[1]
+        return max(1, self.tokens_per_batch // longest)
 
     def max_slots(self, padded_length: int) -> int:
         """Scored tokens of a row: every fed ending token, plus each ending's first from the context's end."""
@@ -61,17 +76,19 @@ class ShapePlan:
     def profiles(self) -> list[Profile]:
         if self.max_length is None:
             raise UserError("optimization profiles need a maximum row length (--max-length)")
-        edges = [e for e in self.length_splits if e < self.max_length] + [self.max_length]
         profiles, low = [], 1
-        for high in edges:
-            opt_l = high
+        for high in self._edges():
+            rows = self.batch_size(high)  # every padded length of the range gets this many rows at most
             profiles.append(Profile(
                 min={"B": 1, "L": low, "S": 1},
-                opt={"B": self.batch_size(opt_l), "L": opt_l, "S": self.max_slots(opt_l) - NUM_ENDINGS},
-                max={"B": self.batch_size(self.padded_length(low)), "L": high, "S": self.max_slots(high)},
+                opt={"B": rows, "L": high, "S": self.max_slots(high) - NUM_ENDINGS},
+                max={"B": rows, "L": high, "S": self.max_slots(high)},
             ))
             low = high + 1
         return profiles
+
+    def _edges(self) -> list[int]:
+        return [e for e in self.length_splits if e < self.max_length] + [self.max_length]
 
     def profile_for(self, batch: int, length: int, slots: int) -> int:
         dims = {"B": batch, "L": length, "S": slots}
