@@ -20,6 +20,7 @@ Usage: python3 bench/gpu_speed.py smollm2 --dataset .devdata/hellaswag_val.jsonl
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -180,7 +181,7 @@ def probe_read(paths: list[Path], total: int = 3 << 30) -> list[dict]:
     """A plain O_DIRECT reader, independent of cetrt's: request sizes x readers, each over fresh files."""
     results = []
     configs = [(size << 20, readers) for size in (4, 16, 64) for readers in (1, 4, 8)]
-    files = iter(paths * 8)
+    files = itertools.cycle(paths)
     for size, readers in configs:
         budget, jobs, taken = total // len(configs), [], 0
         while taken < budget:

@@ -21,6 +21,7 @@ from cetrt.calib.rates import STORAGE_PRESETS, device_figures, parse_storage
 from cetrt.calib.workload import count_workload
 from cetrt.cli import predict_command
 from cetrt.errors import UserError
+from cetrt.formats.calib import CalibRecord
 from cetrt.spec import ModelSpec, Target
 from cetrt.workload.packing import Batch, PackedRow
 
@@ -99,18 +100,23 @@ def test_prediction_is_never_below_its_floor_and_has_every_key(work):
     json.dumps(data)
 
 
+def _calib(measured: dict) -> CalibRecord:
+    return CalibRecord(model_id="m", model_hash="h", export_digest="d", dtype="float32", dataset="test",
+                       precision={}, measured=measured, schedule={})
+
+
 def test_rates_measured_on_the_target_replace_the_assumption(work):
-    calib = {"measured": {"device": "cpu", "target": "cpu",
-                          "storage": {"bytes_per_s": 1.5e9, "direct_io": True, "verify_bytes_per_s": 2e9},
-                          "load_s_per_block": 0.01, "bind_s_per_block": 0.002,
-                          "compute": [{"tokens_per_batch": 1024, "flop_per_s": 2e11},
-                                      {"tokens_per_batch": 4096, "flop_per_s": 3e11}]}}
+    calib = _calib({"device": "cpu", "target": "cpu",
+                    "storage": {"bytes_per_s": 1.5e9, "direct_io": True, "verify_bytes_per_s": 2e9},
+                    "load_s_per_block": 0.01, "bind_s_per_block": 0.002,
+                    "compute": [{"tokens_per_batch": 1024, "flop_per_s": 2e11},
+                                {"tokens_per_batch": 4096, "flop_per_s": 3e11}]})
     prediction = _predict(work, model="smollm2-135m", target="cpu", calib=calib)
     assert prediction.measured_on_target and "from measurements on it" in prediction.describe()
     assert prediction.sources["compute"].startswith("calib.json")
     assert prediction.chosen.flop_per_s in (2e11, 3e11) and prediction.chosen.load_s > 0
     assert prediction.sources["verify"].startswith("calib.json")
-    elsewhere = {"measured": {**calib["measured"], "target": "h100"}}
+    elsewhere = _calib({**calib.measured, "target": "h100"})
     assert not _predict(work, target="orin-agx-32gb", calib=elsewhere).measured_on_target
     with pytest.raises(UserError, match="no datasheet compute figure"):
         device_figures(Target.from_name("cpu"), elsewhere)
