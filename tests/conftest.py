@@ -36,15 +36,17 @@ ROOT = Path(__file__).resolve().parents[1]
 # Files only a run reads (never the export or the build): a mutant of one of them reuses the shared exports.
 RUN_ONLY = {"cetrt/cli.py", "cetrt/plan.py", "cetrt/storage.py", "cetrt/formats/results.py", "cetrt/workload/hellaswag.py",
             "cetrt/workload/tokens.py", "cetrt/workload/packing.py"}
+BUILD_ONLY = ("build/", "cetrt/backends/")  # an export never runs these; a build does
 
 
-def sources_digest() -> str:
-    """sha256 over the sources an export or a build may run: cetrt/, export/, build/ and tests/tiny_models.py."""
+def sources_digest(build: bool) -> str:
+    """sha256 over the sources an export (and with `build`, a build) may run: cetrt/, export/, build/ and
+    tests/tiny_models.py, less RUN_ONLY (and BUILD_ONLY for an export)."""
     digest = hashlib.sha256()
     files = [p for folder in ("cetrt", "export", "build") for p in sorted((ROOT / folder).rglob("*.py"))]
     for path in files + [ROOT / "tests" / "tiny_models.py"]:
         name = path.relative_to(ROOT).as_posix()
-        if name not in RUN_ONLY:
+        if name not in RUN_ONLY and (build or not name.startswith(BUILD_ONLY)):
             digest.update(name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
 
@@ -53,7 +55,8 @@ class TinyZoo:
     """Builds and caches per architecture: model dir -> FP32 export -> ORT CPU engines."""
 
     def __init__(self, root: Path, tokenizer, shared: bool = False):
-        self.root = root / sources_digest() if shared else root
+        self.root = root / sources_digest(build=False) if shared else root
+        self.engines_root = self.root / f"engines-{sources_digest(build=True)}" if shared else root / "engines"
         self.tokenizer = tokenizer
         self._shared = shared
         self._cache: dict[tuple, Path] = {}
@@ -75,18 +78,20 @@ class TinyZoo:
         return self._make(("model", arch), self.root / "models" / arch,
                           lambda out: make_tiny_model(out, arch, self.tokenizer))
 
-    def onnx(self, arch: str, dtype: str = "float32") -> Path:
+    def onnx(self, arch: str, dtype: str = "float32", layers_per_block: int = 2) -> Path:
         from cetrt.export.pipeline import ExportOptions, export_model
 
         model = self.model(arch)
-        return self._make(("onnx", arch, dtype), self.root / "onnx" / f"{arch}-{dtype}", lambda out: export_model(
-            ExportOptions(model=str(model), out_dir=out, dtype=dtype, layers_per_block=2)))
+        return self._make(("onnx", arch, dtype, layers_per_block), self.root / "onnx" / f"{arch}-{dtype}-{layers_per_block}",
+                          lambda out: export_model(ExportOptions(model=str(model), out_dir=out, dtype=dtype,
+                                                                 layers_per_block=layers_per_block)))
 
-    def engines(self, arch: str, dtype: str = "float32") -> Path:
+    def engines(self, arch: str, dtype: str = "float32", layers_per_block: int = 2) -> Path:
         from cetrt.build.engines import BuildOptions, build_engines
 
-        onnx_dir = self.onnx(arch, dtype)
-        return self._make(("engines", arch, dtype), self.root / "engines" / f"{arch}-{dtype}",
+        onnx_dir = self.onnx(arch, dtype, layers_per_block)
+        return self._make(("engines", arch, dtype, layers_per_block),
+                          self.engines_root / f"{arch}-{dtype}-{layers_per_block}",
                           lambda out: build_engines(BuildOptions(onnx_dir=onnx_dir, out_dir=out)))
 
 

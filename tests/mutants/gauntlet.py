@@ -7,7 +7,7 @@ pass (it also fills the shared tiny-model zoo, CETRT_TEST_ZOO, which later runs 
 sources are unchanged); then each bug in turn: planted, its tests run, the file restored. A bug is killed when
 its tests fail; survived when they pass; an anchor that is not found exactly once, or a run that collects no
 test, fails the gauntlet too. Prints one row per bug: bug, tests run, result, seconds.
-Usage: `python tests/mutants/gauntlet.py [--only SUBSTRING] [--keep]`.
+Usage: `python tests/mutants/gauntlet.py [--only SUBSTRING] [--keep] [--verbose]`.
 """
 
 from __future__ import annotations
@@ -73,6 +73,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=None, help="run only the bugs whose name contains this")
     parser.add_argument("--keep", action="store_true", help="keep the temporary copy and zoo")
+    parser.add_argument("--verbose", action="store_true", help="print the tests' output for killed bugs too")
     args = parser.parse_args()
     mutants = [m for m in MUTANTS if args.only is None or args.only in m.name]
     start = time.perf_counter()
@@ -110,7 +111,7 @@ def main() -> int:
                 finally:
                     (copy / mutant.file).write_text(original)
                 result = verdict(code)
-                if result != "killed":
+                if result != "killed" or args.verbose:
                     print(output)
             failed |= result != "killed"
             rows.append((mutant.name, ", ".join(t.split("/")[-1] for t in mutant.tests), result,
