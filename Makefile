@@ -22,7 +22,7 @@ OUT ?= engines/$(NAME)
 DATASET ?= ../shared/data/hellaswag/hellaswag_val.jsonl
 LIMIT ?= 200
 
-.PHONY: setup setup-test engines run test bench-cpu bench-rtx clean
+.PHONY: setup setup-test engines run test mutants bench-cpu bench-rtx clean
 
 # The venv sees system packages, so a JetPack or CUDA torch already installed is used, never replaced;
 # the CPU build of torch is installed only where no torch imports at all.
@@ -55,6 +55,10 @@ run: engines
 
 test: setup-test
 	$(BIN)/python -m pytest -q -m "not gpu and not tensorrt"
+
+# The mutant gauntlet: each bug of tests/mutants/catalogue.py planted in a copy; fails if its tests still pass.
+mutants: setup-test
+	$(BIN)/python tests/mutants/gauntlet.py
 
 # Benchmarks (results under bench/results/). The harness gets its own venv: lm-eval pins differ from ours.
 HARNESS_VENV ?= artifacts/harness-venv

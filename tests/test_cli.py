@@ -45,6 +45,23 @@ def _fails_cleanly(command, args, message):
     return result.output
 
 
+@pytest.mark.parametrize("script, args, message", [
+    ("ce-run", ["--engines", "{tmp}/nope", "--dataset", "x.jsonl"], "no such engines directory"),
+    ("ce-predict", ["--model", "llama-31b"], "presets: llama-7b"),
+    ("ce-build", ["--onnx", "{tmp}/nope", "--out", "{tmp}/e"], "no such export directory"),
+])
+def test_errors_go_to_stderr_alone(tmp_path, script, args, message):
+    """The console scripts as a user runs them, stdout and stderr apart: one `error:` line on stderr, nothing
+    on stdout, no traceback, exit code 1."""
+    done = subprocess.run([BIN / script, *[a.format(tmp=tmp_path) for a in args]], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 1, done.stderr
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_missing_model(tmp_path):
     _fails_cleanly(export_command, ["--model", tmp_path / "nope", "--out", tmp_path / "o"], "no such model")
 

@@ -60,6 +60,12 @@ def tiny_config(arch: str, vocab_size: int):
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, rms_norm_eps=1e-5,
             initializer_range=0.1, bos_token_id=0, eos_token_id=1, pad_token_id=2, tie_word_embeddings=True,
         )
+    if arch == "llama-wide":  # weights that outweigh the process's own allocations (tests/runner/test_rss_budget.py)
+        return LlamaConfig(
+            vocab_size=vocab_size, hidden_size=1024, intermediate_size=2048, num_hidden_layers=6,
+            num_attention_heads=16, num_key_value_heads=8, max_position_embeddings=1024, rms_norm_eps=1e-5,
+            initializer_range=0.02, bos_token_id=0, eos_token_id=1, pad_token_id=2, tie_word_embeddings=False,
+        )
     if arch == "llama":
         return LlamaConfig(
             vocab_size=vocab_size, hidden_size=64, intermediate_size=96, num_hidden_layers=3,

@@ -69,11 +69,18 @@ def test_calib_json_of_another_export_is_refused(calibrated, zoo, tmp_path):
         build_engines(BuildOptions(onnx_dir=other, out_dir=tmp_path / "engines"))
 
 
-def test_a_device_this_machine_cannot_run_leaves_the_schedule_at_the_defaults(zoo, hellaswag_path, tmp_path):
+def test_a_device_this_machine_cannot_run_leaves_the_schedule_at_the_defaults(zoo, hellaswag_path, tmp_path,
+                                                                             monkeypatch):
+    import onnxruntime
+
     onnx_dir = tmp_path / "onnx"
     shutil.copytree(zoo.onnx("llama"), onnx_dir)
+    # an onnxruntime without the CUDA provider, as on CI, even where this machine has one
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    monkeypatch.setattr(onnxruntime, "preload_dlls", lambda *args, **kwargs: None, raising=False)
     record = calibrate(CalibOptions(onnx_dir=onnx_dir, target="cuda", dataset=str(hellaswag_path), precision_items=0,
-                                    progress=False))  # CI has no CUDA provider
+                                    progress=False))
+    monkeypatch.undo()
     assert "CUDAExecutionProvider" in record.measured["skipped"] and "tokens_per_batch" not in record.schedule
     build_engines(BuildOptions(onnx_dir=onnx_dir, out_dir=tmp_path / "engines"))
     run = evaluate(RunOptions(engines=tmp_path / "engines", dataset=str(hellaswag_path), limit=2, progress=False))

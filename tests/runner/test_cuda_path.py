@@ -18,10 +18,26 @@ def _scores(results):
 
 
 @pytest.mark.parametrize("arch", ["llama", "opt"])
-def test_io_binding_path_scores_like_the_plain_path(zoo, hellaswag_path, arch):
+def test_io_binding_path_scores_like_the_plain_path(zoo, hellaswag_path, monkeypatch, arch):
+    import onnxruntime
+
+    runs = {"bound": 0, "plain": 0}
+
+    def counting(method, key):
+        def run(self, *args, **kwargs):
+            runs[key] += 1
+            return method(self, *args, **kwargs)
+        return run
+
+    session = onnxruntime.InferenceSession
+    monkeypatch.setattr(session, "run_with_iobinding", counting(session.run_with_iobinding, "bound"))
+    monkeypatch.setattr(session, "run", counting(session.run, "plain"))
     plain = evaluate(RunOptions(engines=zoo.engines(arch), dataset=str(hellaswag_path), limit=10, progress=False))
+    assert runs["plain"] > 0 and runs["bound"] == 0
+    runs["plain"] = 0
     bound = evaluate(RunOptions(engines=zoo.engines(arch), dataset=str(hellaswag_path), limit=10, progress=False,
                                 io_binding=True))
+    assert runs["bound"] == runs["plain"] + runs["bound"] > 0  # every block ran through the binding
     assert np.array_equal(_scores(plain), _scores(bound))
     assert [i.greedy for i in plain.items] == [i.greedy for i in bound.items]
 

@@ -1,7 +1,8 @@
 """Our requests, tokenization and metrics against lm-evaluation-harness 0.4.13's own code (installed by CI).
 
-The harness functions are called directly: its hellaswag `process_docs`, its HF model's `_encode_pair` /
-`tok_encode` (on an HFLM object given only a tokenizer, no model), and its `mean_stderr`.
+The harness functions are called directly: its hellaswag `process_docs`, the task's `target_delimiter` and
+`process_results` (tests/harness_task.py), its HF model's `_encode_pair` / `tok_encode` (on an HFLM object
+given only a tokenizer, no model), and its `mean_stderr`. Nothing of cetrt's is handed to the harness.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from lm_eval.tasks.hellaswag.utils import process_docs
 
 from cetrt.formats.results import ItemResult
 from cetrt.runner.scoring import mean_stderr, metrics
-from cetrt.workload.hellaswag import TARGET_DELIMITER, choices, doc_from_record, load_docs, query
+from cetrt.workload.hellaswag import choices, doc_from_record, load_docs, query
 from cetrt.workload.tokens import encode_docs
+
+from harness_task import hellaswag_task
 
 OFFICIAL = [
     {"ind": 4, "activity_label": "Removing ice from car", "ctx_a": "Then, the man writes over the snow covering the window of a car, and a woman wearing winter clothes smiles.",
@@ -53,23 +56,26 @@ def test_token_split_equals_the_harness_encode_pair(tokenizer, hellaswag_path, b
     docs = load_docs(hellaswag_path, 150) + [doc_from_record(r, "test") for r in OFFICIAL]
     ours = encode_docs(tok, docs)
     lm = harness_lm(tok)
+    delimiter = hellaswag_task(OFFICIAL).config.target_delimiter  # the task's, not cetrt's
     for doc, enc in zip(docs, ours):
         for choice, cont in zip(choices(doc), enc.continuations):
-            ctx_ids, cont_ids = lm._encode_pair(query(doc), TARGET_DELIMITER + choice)
+            ctx_ids, cont_ids = lm._encode_pair(query(doc), delimiter + choice)
             assert (tuple(ctx_ids), tuple(cont_ids)) == (enc.context, cont)
-        assert enc.lengths == tuple(float(len(c)) for c in choices(doc))
     assert (ours[0].context[0] == tok.bos_token_id) == bos
 
 
-def test_acc_norm_divides_by_characters_not_bytes():
-    doc = doc_from_record(OFFICIAL[1], "test")
-    texts = choices(doc)
-    item = ItemResult(ind=0, label=0, scores=(-4.5, -20.0, -9.0, -4.2),
-                      lengths=tuple(float(len(c)) for c in texts), greedy=(False,) * 4)
-    assert item.lengths == (10.0, 25.0, 18.0, 9.0)
-    assert len(texts[2].encode()) == 22  # "Café résumé naïve." is 18 characters but 22 bytes
-    by_bytes = int(np.argmax(np.array(item.scores) / [len(c.encode()) for c in texts]))
-    assert (item.pred, item.pred_norm, by_bytes) == (3, 0, 2)
+def test_pred_and_pred_norm_equal_the_harness_process_results(tokenizer):
+    """Scores made up so that dividing by bytes instead of characters moves acc_norm ("Café résumé naïve." is
+    18 characters but 22 bytes: by characters ending 0 wins the first case, by bytes ending 2). The divisor
+    is cetrt's own (encode_docs), the verdict the harness's, for every gold label."""
+    task = hellaswag_task(OFFICIAL)
+    harness_doc = list(task.eval_docs)[1]
+    [encoded] = encode_docs(tokenizer, [doc_from_record(OFFICIAL[1], "test")])
+    for scores in [(-4.5, -20.0, -9.0, -4.2), (-9.0, -20.0, -18.4, -8.9), (-1.0, -3.0, -2.0, -2.0)]:
+        for label in range(4):
+            item = ItemResult(ind=0, label=label, scores=scores, lengths=encoded.lengths, greedy=(False,) * 4)
+            expected = task.process_results({**harness_doc, "label": str(label)}, [(s, False) for s in scores])
+            assert (float(item.pred == label), float(item.pred_norm == label)) == (expected["acc"], expected["acc_norm"])
 
 
 def test_stderr_equals_the_harness_mean_stderr():

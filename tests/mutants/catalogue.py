@@ -1,0 +1,94 @@
+"""The planted bugs of the gauntlet: each one exact text in one file replaced, and the tests that must catch it.
+
+The old text must be found exactly once; when the code moves on and it is not, the gauntlet reports
+"anchor missing: update the mutant" and fails. Tests are pytest node ids, run in a copy of the repository
+with the bug planted (tests/mutants/gauntlet.py).
+Usage: `from catalogue import MUTANTS`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GREEDY = "tests/runner/test_greedy.py::test_greedy_is_true_on_the_models_own_continuation[llama]"
+LM_EVAL = "tests/runner/test_lm_eval_end_to_end.py::test_scores_and_metrics_equal_lm_eval[llama]"
+ISLANDS = "tests/export/test_fp32_islands.py::test_norm_statistics_and_softmax_take_fp32_inputs_in_an_fp16_export"
+SPILL = "tests/runner/test_spill_tier.py"
+SCHEDULE = "tests/calib/test_schedule_choice.py"
+BY_HAND = "tests/calib/test_predict_by_hand.py"
+STDERR = "tests/test_cli.py::test_errors_go_to_stderr_alone"
+RSS = "tests/runner/test_rss_budget.py"
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    file: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+
+
+MUTANTS: tuple[Mutant, ...] = (
+    # The canary: proves the copy is what the tests import (an untouched checkout would pass).
+    Mutant("canary: cetrt fails to import in the copy", "cetrt/__init__.py",
+           '__version__ = "0.1.0"', '__version__ = "0.1.0"\nraise ImportError("the gauntlet canary")', (SCHEDULE,)),
+    # The 13 bugs of issue 15.
+    Mutant("head's greedy flag always False", "cetrt/families/common.py",
+           "greedy = torch.argmax(logits, dim=-1) == target_ids", "greedy = torch.argmax(logits, dim=-1) < 0",
+           (GREEDY,)),
+    Mutant("target delimiter empty", "cetrt/workload/hellaswag.py", 'TARGET_DELIMITER = " "', 'TARGET_DELIMITER = ""',
+           (LM_EVAL, "tests/runner/test_harness_parity.py::test_token_split_equals_the_harness_encode_pair[True]")),
+    Mutant("acc_norm divides by bytes", "cetrt/workload/tokens.py",
+           "lengths=tuple(float(len(choice)) for choice in choices(doc)),",
+           'lengths=tuple(float(len(choice.encode("utf-8"))) for choice in choices(doc)),',
+           ("tests/runner/test_harness_parity.py::test_pred_and_pred_norm_equal_the_harness_process_results",)),
+    Mutant("I/O binding silently off", "cetrt/backends/onnxruntime.py",
+           'if target.device == "cuda" or settings.io_binding:', 'if target.device == "cuda":',
+           ("tests/runner/test_cuda_path.py::test_io_binding_path_scores_like_the_plain_path[llama]",)),
+    Mutant("RMSNorm statistics in FP16", "cetrt/families/common.py",
+           "    x32 = x.float()\n    x32 = x32 * torch.rsqrt", "    x32 = x\n    x32 = x32 * torch.rsqrt",
+           (ISLANDS + "[llama-ReduceMean]",)),
+    Mutant("LayerNorm in FP16", "cetrt/families/common.py",
+           "nn.functional.layer_norm(x.float(), norm.normalized_shape, weight, bias, norm.eps).to(x.dtype)",
+           "nn.functional.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)",
+           (ISLANDS + "[opt-LayerNormalization]",)),
+    Mutant("spilled activations kept in memory", "runner/evaluate.py",
+           "activations = DiskActivations(meter, options.spill_dir)",
+           "activations = MemoryActivations(meter, activation_bytes_per_token(manifest.model, manifest.dtype, batches))",
+           (SPILL,)),
+    Mutant("meter under-counts streamed engines", "runner/executor.py",
+           "Prefetcher(engines_dir, sequence, depth, stats, on_start=meter.add)",
+           "Prefetcher(engines_dir, sequence, depth, stats, on_start=lambda n: None)", (SPILL,)),
+    Mutant("calib always picks the largest batch", "calib/schedule.py",
+           'chosen = min((c for c in compute if c["flop_per_s"] >= NEAR_BEST * best), key=lambda c: c["tokens_per_batch"])',
+           'chosen = max(compute, key=lambda c: c["tokens_per_batch"])', (SCHEDULE,)),
+    Mutant("ce-predict's total is compute only", "calib/predict.py",
+           "        total_s=total_s,\n    )", "        total_s=sum(s[2] for s in steps),\n    )", (BY_HAND,)),
+    Mutant("error: printed to stdout", "cetrt/cli.py",
+           'click.echo(f"error: {e}", err=True)', 'click.echo(f"error: {e}")', (STDERR,)),
+    # More, aimed at the new tests.
+    Mutant("attention softmax in FP16", "cetrt/families/common.py",
+           "torch.softmax(scores.float() + mask.unsqueeze(1), dim=-1).to(v.dtype)",
+           "torch.softmax(scores + mask.unsqueeze(1).to(scores.dtype), dim=-1)", (ISLANDS + "[llama-ReduceMean]",)),
+    Mutant("an ending is greedy if any token is", "runner/scoring.py",
+           "all_greedy = [bool(greedy[row.slot_ending == k].all())", "all_greedy = [bool(greedy[row.slot_ending == k].any())",
+           (GREEDY,)),
+    Mutant("no BOS on the requests", "cetrt/workload/tokens.py",
+           "((plain, True), (prefixed, False))", "((plain, False), (prefixed, False))", (LM_EVAL,)),
+    Mutant("meter never counts an open engine", "runner/executor.py",
+           "        self._meter.add(engine_bytes(block))\n        return session",
+           "        return session", (SPILL,)),
+    Mutant("spill files left behind", "runner/executor.py",
+           "    def close(self) -> None:\n        shutil.rmtree(self._dir, ignore_errors=True)",
+           "    def close(self) -> None:\n        pass", (SPILL,)),
+    Mutant("streamed engines never released", "runner/executor.py",
+           "        self._sessions.pop(block.spec.index).close()\n        self._meter.sub(engine_bytes(block))",
+           "        self._meter.sub(engine_bytes(block))", (RSS,)),
+    Mutant("reads hidden from one token too few", "calib/schedule.py",
+           'hide_tokens = int(read_s / chosen["s_per_token"]) + 1', 'hide_tokens = int(read_s / chosen["s_per_token"])',
+           (SCHEDULE,)),
+    Mutant("ce-predict ignores the read-ahead", "calib/predict.py",
+           "depth = plan.prefetch_depth if not plan.resident else (1 if RESIDENT_READS_AHEAD else 0)", "depth = 0",
+           (BY_HAND,)),
+)
