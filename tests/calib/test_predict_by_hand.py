@@ -1,8 +1,8 @@
 """ce-predict's total on a configuration small enough to time by hand: compute + engine load + exposed I/O.
 
 A 2-layer LLaMA of hidden size 8 (FP32 blocks of 320, 2,240, 2,240 and 352 bytes), one batch, made-up rates:
-storage 1,000 B/s and sha256 4,000 B/s (a byte takes 1.25 ms to read and check), a layer block computes the
-batch in 1 s, the head in 1 s, each block loads in 0.5 s. The timelines are written out below.
+storage 1,000 B/s and sha256 4,000 B/s (checked beside the reads: a byte takes max(1, 0.25) = 1 ms), a layer block
+computes the batch in 1 s, the head in 1 s, each block loads in 0.5 s. The timelines are written out below.
 """
 
 from __future__ import annotations
@@ -45,23 +45,26 @@ def test_the_blocks_are_the_sizes_the_hand_count_uses():
     assert weight_block_bytes(SPEC, "float32") == [320, 2240, 2240, 352]
 
 
-def test_resident_total_is_every_read_load_and_compute_in_turn():
-    # resident: each block read when first needed, nothing ahead. reads 0.4 + 2.8 + 2.8 + 0.44 = 6.44 s,
-    # loads 4 x 0.5 = 2 s, compute 0 (embed) + 1 + 1 + 1 (head: 4 slots x 0.25 s) = 3 s
+# One read ahead, resident or streamed (one chunk: the same timeline). Reads 0.32, 2.24, 2.24 and 0.352 s.
+#   embed  read 0.00-0.32 (waited 0.32), load 0.32-0.82, compute 0
+#   layer  read 0.82-3.06 (waited 2.24), load 3.06-3.56, compute 3.56-4.56   (its read starts once embed loaded)
+#   layer  read 3.56-5.80 (waited 1.24), load 5.80-6.30, compute 6.30-7.30
+#   head   read 6.30-6.652 (hidden),     load 7.30-7.80, compute 7.80-8.80
+EXPOSED, TOTAL = 0.32 + 2.24 + 1.24, 8.80
+
+
+def test_resident_total_reads_ahead_in_its_one_pass():
     timed = _predict(budget=2**30)
-    assert timed.plan.resident
+    assert timed.plan.resident and timed.plan.prefetch_depth == 1
     assert (timed.compute_s, timed.load_s) == pytest.approx((3.0, 2.0))
-    assert timed.exposed_io_s == pytest.approx(6.44)
-    assert timed.total_s == pytest.approx(11.44)
+    assert timed.exposed_io_s == pytest.approx(EXPOSED)
+    assert timed.total_s == pytest.approx(TOTAL)
 
 
 def test_streamed_total_hides_reads_behind_the_previous_block():
-    # two layer engines (4,480 B) and the batch's 6 x 76 B of activations: streamed, one read ahead.
-    #   embed  read 0.0-0.4 (waited 0.4), load 0.4-0.9, compute 0
-    #   layer  read 0.9-3.7 (waited 2.8), load 3.7-4.2, compute 4.2-5.2
-    #   layer  read 4.2-7.0 (waited 1.8), load 7.0-7.5, compute 7.5-8.5
-    #   head   read 7.5-7.94 (hidden),    load 8.5-9.0, compute 9.0-10.0
+    # two layer engines (4,480 B) and the batch's 6 x 76 B of activations: streamed, one read ahead
     timed = _predict(budget=4480 + 6 * 76)
     assert not timed.plan.resident and timed.plan.passes == 1 and timed.plan.prefetch_depth == 1
-    assert timed.exposed_io_s == pytest.approx(5.0)
-    assert timed.total_s == pytest.approx(10.0) == timed.compute_s + timed.load_s + timed.exposed_io_s
+    assert timed.exposed_io_s == pytest.approx(EXPOSED)
+    assert timed.total_s == pytest.approx(TOTAL) == timed.compute_s + timed.load_s + timed.exposed_io_s
+    assert timed.io_s == pytest.approx(sum(weight_block_bytes(SPEC, "float32")) / 1000.0)  # the slower of the two rates

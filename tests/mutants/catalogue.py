@@ -58,8 +58,8 @@ MUTANTS: tuple[Mutant, ...] = (
            "activations = MemoryActivations(meter, activation_bytes_per_token(manifest.model, manifest.dtype, batches))",
            (SPILL,)),
     Mutant("meter under-counts streamed engines", "runner/executor.py",
-           "Prefetcher(engines_dir, sequence, depth, stats, on_start=meter.add)",
-           "Prefetcher(engines_dir, sequence, depth, stats, on_start=lambda n: None)", (SPILL,)),
+           "Prefetcher(engines_dir, sequence, depth, stats, on_start=meter.add, plan=plan,",
+           "Prefetcher(engines_dir, sequence, depth, stats, on_start=lambda n: None, plan=plan,", (SPILL,)),
     Mutant("calib always picks the largest batch", "calib/schedule.py",
            'chosen = min((c for c in compute if c["flop_per_s"] >= NEAR_BEST * best), key=lambda c: c["tokens_per_batch"])',
            'chosen = max(compute, key=lambda c: c["tokens_per_batch"])', (SCHEDULE,)),
@@ -89,6 +89,6 @@ MUTANTS: tuple[Mutant, ...] = (
            'hide_tokens = int(read_s / chosen["s_per_token"]) + 1', 'hide_tokens = int(read_s / chosen["s_per_token"])',
            (SCHEDULE,)),
     Mutant("ce-predict ignores the read-ahead", "calib/predict.py",
-           "depth = plan.prefetch_depth if not plan.resident else (1 if RESIDENT_READS_AHEAD else 0)", "depth = 0",
+           "total_s, waited_s = pipeline_s(steps, plan.prefetch_depth)", "total_s, waited_s = pipeline_s(steps, 0)",
            (BY_HAND,)),
 )
