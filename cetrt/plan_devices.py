@@ -86,13 +86,14 @@ class DevicePlan:
         return sum(self.stage_costs) / (len(self.stage_costs) * max(self.stage_costs)) if max(self.stage_costs) else 1.0
 
     def describe(self) -> str:
-        gib = 2**30
+        gib = 2**30 if self.budget_bytes >= 2**30 else 2**20
+        unit = "GiB" if gib == 2**30 else "MiB"
         rows = [("devices", f"{self.devices}, a pipeline over the batches: contiguous stages, "
-                            f"{self.budget_bytes / gib:.2f} GiB budget each")]
+                            f"{self.budget_bytes / gib:.2f} {unit} budget each")]
         for k, ((start, stop), plan) in enumerate(zip(self.stages, self.plans)):
             engines = "resident" if plan.resident else f"streamed ({plan.passes} passes)"
-            rows.append((f"device {k}", f"blocks {start}-{stop - 1}: {plan.model_bytes / gib:.3f} GiB of engines, "
-                                        f"{engines}, peak {plan.peak_bytes / gib:.3f} GiB + "
+            rows.append((f"device {k}", f"blocks {start}-{stop - 1}: {plan.model_bytes / gib:.3f} {unit} of engines, "
+                                        f"{engines}, peak {plan.peak_bytes / gib:.3f} {unit} + "
                                         f"{plan.slack_bytes / gib:.3f} working"))
         flow = ("batches (every stage resident: a batch goes through a stage's blocks at once)" if self.resident
                 else "chunks (a stage streams: it runs a whole chunk through one block before the next)")

@@ -76,12 +76,12 @@ def test_resident_stages_score_every_item_as_one_device(engines, hellaswag_path,
 @pytest.mark.parametrize("devices", [2, 3])
 def test_streaming_stages_under_a_budget_score_every_item_as_one_device(engines, hellaswag_path, single, devices):
     budget = read_manifest(engines).engine_bytes * 3 // 10  # per device: below a stage's engines, so it streams
-    multi = run(engines, hellaswag_path, devices, str(budget))
+    multi = run(engines, hellaswag_path, devices, str(budget), chunk_tokens=512)
     info = multi.extra["streaming"]
     plans = info["plan"]["plans"]
     assert not all(p["resident"] for p in plans) and info["plan"]["bubble"] > 0
     assert all(p["chunks"] == plans[0]["chunks"] > 1 for p in plans)  # one chunk size for every stage
-    assert info["bytes_read"] == sum(p["bytes_to_read"] for p in plans)
+    assert info["bytes_read"] <= sum(p["bytes_to_read"] for p in plans)  # weights inputs: a stage loads only its types
     assert all(peak <= budget for peak in info["peak_held_bytes_per_device"])
     assert [i.scores for i in multi.items] == [i.scores for i in single.items]
 
@@ -102,7 +102,7 @@ def test_a_failing_stage_stops_every_stage_with_one_error_and_keeps_finished_chu
     monkeypatch.setattr(pipeline._Pipeline, "_run", fail_in_stage_one)
     partial = tmp_path / "partial.json"
     with pytest.raises(UserError, match="injected failure in stage 1") as error:
-        run(engines, hellaswag_path, 3, str(budget), partial_results=partial)
+        run(engines, hellaswag_path, 3, str(budget), chunk_tokens=512, partial_results=partial)
     assert str(error.value).count("injected failure") == 1 and "written to" in str(error.value)
     data = json.loads(partial.read_text())
     assert data["complete"] is False and 0 < data["n"] < N_DOCS
