@@ -33,6 +33,7 @@ from cetrt.calib.rates import STORAGE_PRESETS, DeviceFigures, Storage, calib_fro
 from cetrt.calib.workload import Workload, count_workload
 from cetrt.errors import UserError
 from cetrt.families import get_family
+from cetrt.plan_devices import DevicePlan, plan_devices
 from cetrt.plan import MemoryPlan, ModelSizes, available_memory, chunks, parse_size, plan_from_sizes
 from cetrt.spec import DEFAULT_WEIGHTS, ModelSpec, Target, dtype_bytes
 from cetrt.workload.packing import Batch
@@ -63,6 +64,7 @@ class TimedSchedule:
     io_s: float  # reading and checking every byte the plan reads, hidden or not
     exposed_io_s: float  # the part of it the run waits for
     total_s: float
+    device_plan: DevicePlan | None = None  # N devices: the stages, their plans and the bubble (plan is device 0's)
 
     def summary(self) -> dict:
         return {"tokens_per_batch": self.tokens_per_batch, "predicted_s": round(self.total_s, 2),
@@ -90,8 +92,11 @@ def pipeline_s(steps: list[tuple[float, float, float]], depth: int) -> tuple[flo
 
 
 def time_schedule(model: ModelSpec, dtype: str, batches: list[Batch], tokens_per_batch: int, device: DeviceFigures,
-                  storage: Storage, budget_bytes: int, prefetch_depth: int) -> TimedSchedule:
+                  storage: Storage, budget_bytes: int, prefetch_depth: int, devices: int = 1) -> TimedSchedule:
     blocks = weight_block_bytes(model, dtype)
+    if devices > 1:
+        return _time_stages(model, dtype, batches, tokens_per_batch, device, storage, budget_bytes, prefetch_depth,
+                            devices)
     plan = plan_from_sizes(ModelSizes(model, dtype, blocks), batches, budget_bytes, None, prefetch_depth)
     rate, rate_source = device.flop_per_s(tokens_per_batch)
     memory = None if device.measured_on_target else device.memory_bytes_per_s
@@ -120,14 +125,70 @@ def time_schedule(model: ModelSpec, dtype: str, batches: list[Batch], tokens_per
     )
 
 
+def _time_stages(model: ModelSpec, dtype: str, batches: list[Batch], tokens_per_batch: int, device: DeviceFigures,
+                 storage: Storage, budget_bytes: int, prefetch_depth: int, devices: int) -> TimedSchedule:
+    """N devices, a pipeline of contiguous stages (cetrt/plan_devices.py): each stage is timed as one device over
+    its own blocks (the storage shared: each stage reads at 1/N of it), the slowest sets the pace, and the
+    pipeline's fill and drain add N-1 units of its compute: total = slowest stage + its compute x (N-1) / M, so
+    the compute part is the slowest stage's / (1 - bubble) and reads are not inflated."""
+    blocks = weight_block_bytes(model, dtype)
+    plan = plan_devices(ModelSizes(model, dtype, blocks), batches, budget_bytes, devices, None, prefetch_depth)
+    shared = Storage(storage.name, storage.bytes_per_s / devices, storage.source)
+    timed = []
+    for (start, stop), stage_plan in zip(plan.stages, plan.plans):
+        stage_model = _StageModel(blocks[start:stop], start == 0, stop == len(blocks))
+        timed.append(stage_model.time(model, dtype, batches, device, shared, stage_plan))
+    slowest = max(timed, key=lambda t: t[0])
+    total = slowest[0] + slowest[2] * (devices - 1) / plan.units  # fill and drain: N-1 more units of its compute
+    rate, rate_source = device.flop_per_s(tokens_per_batch)
+    return TimedSchedule(
+        tokens_per_batch=tokens_per_batch, plan=plan.plans[0], flop=flop.run_flop(model, batches), flop_per_s=rate,
+        rate_source=f"{rate_source}; per device, {devices} devices", compute_s=sum(t[2] for t in timed),
+        load_s=sum(t[3] for t in timed), io_s=read_s(sum(p.bytes_to_read for p in plan.plans), storage, device),
+        exposed_io_s=slowest[1], total_s=total, device_plan=plan,
+    )
+
+
+@dataclass(frozen=True)
+class _StageModel:
+    blocks: list[int]  # weight bytes of the stage's blocks
+    has_embed: bool
+    has_head: bool
+
+    def time(self, model, dtype, batches, device, storage, plan) -> tuple[float, float, float, float]:
+        """(total, waited on storage, compute, load) of this stage alone, as `time_schedule` times one device."""
+        rate, _ = device.flop_per_s(max(b.shape[0] * b.shape[1] for b in batches))
+        memory = None if device.measured_on_target else device.memory_bytes_per_s
+
+        def seconds(flop_count: float, weight_bytes: int) -> float:
+            return max(flop_count / rate, weight_bytes / memory if memory else 0.0)
+
+        layer_bytes = model.layer_bytes(dtype)
+        layer_s = [seconds(flop.layer_block_flop(model, 1, b), layer_bytes) for b in batches]
+        head_s = [seconds(flop.head_flop(model, b), self.blocks[-1]) for b in batches]
+        steps = []
+        for number, chunk in enumerate(chunks(batches, plan.chunk_tokens)):
+            reading = not plan.resident or number == 0
+            layer, head = sum(layer_s[i] for i in chunk), sum(head_s[i] for i in chunk)
+            for k, size in enumerate(self.blocks):
+                embed = self.has_embed and k == 0
+                is_head = self.has_head and k == len(self.blocks) - 1
+                compute = 0.0 if embed else head if is_head else layer
+                steps.append((read_s(size, storage, device) if reading else 0.0,
+                              device.load_s_per_block if reading else 0.0, compute))
+        total, waited = pipeline_s(steps, plan.prefetch_depth)
+        return total, waited, sum(s[2] for s in steps), sum(s[1] for s in steps)
+
+
 def best_schedule(model: ModelSpec, dtype: str, work: Workload, device: DeviceFigures, storage: Storage,
-                  budget_bytes: int, prefetch_depth: int) -> tuple[TimedSchedule, list[TimedSchedule]]:
+                  budget_bytes: int, prefetch_depth: int, devices: int = 1) -> tuple[TimedSchedule, list[TimedSchedule]]:
     """The fastest of the workload's batch sizes that fit the budget (within 1%, the nearest to ce-run's
     default: a constant efficiency cannot see what small batches lose on a GPU), and every one that fits."""
     timed, refused = [], None
     for size, batches in work.batches.items():
         try:
-            timed.append(time_schedule(model, dtype, batches, size, device, storage, budget_bytes, prefetch_depth))
+            timed.append(time_schedule(model, dtype, batches, size, device, storage, budget_bytes, prefetch_depth,
+                                       devices))
         except UserError as error:  # this batch size does not fit the budget; another may
             refused = error
     if not timed:
@@ -179,6 +240,7 @@ class Prediction:
             "bytes_read": plan.bytes_to_read, "peak_memory_bytes": plan.peak_bytes,
             "working_memory_bytes": plan.slack_bytes, "budget_bytes": self.budget_bytes, "plan": plan.to_json(),
             "candidates": [c.summary() for c in self.candidates], "by_storage": self.by_storage,
+            "devices": s.device_plan.to_json() if s.device_plan is not None else None,
             "sources": self.sources,
         }
 
@@ -207,6 +269,11 @@ class Prediction:
                             f"+ {plan.slack_bytes / gib:.2f} working", "peak_memory"),
             ("TOTAL", _duration(s.total_s), "total"),
         ]
+        if s.device_plan is not None:
+            d = s.device_plan
+            split = ", ".join(f"{a}-{b - 1}" for a, b in d.stages)
+            rows.insert(-1, ("devices", f"{d.devices}: blocks {split}; bubble {d.bubble:.1%}, balance {d.balance:.0%}",
+                             "devices"))
         notes = list(dict.fromkeys(self.sources[key] for *_, key in rows))
         lines = [self.headline,
                  f"  model      {self.model}: {spec.architecture}, {spec.num_layers} layers, hidden "
@@ -243,13 +310,13 @@ def _duration(seconds: float) -> str:
 
 
 def predict(model_name: str, model: ModelSpec, dtype: str, work: Workload, device: DeviceFigures, storage: Storage,
-            budget_bytes: int, budget_source: str, prefetch_depth: int = 1) -> Prediction:
+            budget_bytes: int, budget_source: str, prefetch_depth: int = 1, devices: int = 1) -> Prediction:
     """The prediction for one storage, with the same schedule choice repeated for each storage preset."""
-    chosen, candidates = best_schedule(model, dtype, work, device, storage, budget_bytes, prefetch_depth)
+    chosen, candidates = best_schedule(model, dtype, work, device, storage, budget_bytes, prefetch_depth, devices)
     by_storage = {}
     for other in {**STORAGE_PRESETS, storage.name: storage}.values():
         best = chosen if other == storage else best_schedule(model, dtype, work, device, other, budget_bytes,
-                                                             prefetch_depth)[0]
+                                                             prefetch_depth, devices)[0]
         by_storage[other.name] = {"bytes_per_s": other.bytes_per_s, **best.summary()}
     floor_rate, floor_source = device.floor_rate()
     pick = (f"chosen: the fastest of {len(candidates)} sizes tried (within 1%, the nearest to ce-run's default "
@@ -276,12 +343,15 @@ def predict(model_name: str, model: ModelSpec, dtype: str, work: Workload, devic
         "peak_memory": "runner's planner: engines and activations held; one batch's working memory on top (estimate)",
         "budget": budget_source,
         "total": "sum: compute + engine load + exposed I/O; fixed costs (process start, tokenization, scoring) "
-                 "excluded",
+                 "excluded" + ("" if chosen.device_plan is None else "; over N devices: the slowest stage's total + "
+                               "its compute x (N-1)/M (the bubble), the storage shared by the stages"),
+        "devices": "cetrt/plan_devices.py: contiguous stages balancing compute per token, the budget per device, "
+                   "bubble (N-1)/(M+N-1)",
     }
     return Prediction(model=model_name, model_spec=model, dtype=dtype, target=device.target.name,
                       measured_on_target=device.measured_on_target, storage=storage, budget_bytes=budget_bytes,
-                      work=work, chosen=chosen, candidates=candidates, floor_s=chosen.flop / floor_rate,
-                      peak_flops=floor_rate, sources=sources, by_storage=by_storage)
+                      work=work, chosen=chosen, candidates=candidates, floor_s=chosen.flop / (floor_rate * devices),
+                      peak_flops=floor_rate * devices, sources=sources, by_storage=by_storage)
 
 
 @dataclass(frozen=True)
@@ -298,6 +368,7 @@ class PredictOptions:
     dtype: str | None = None  # None: the target's default
     prefetch_depth: int | None = None  # None: calib.json's schedule, else 1
     weights: str = DEFAULT_WEIGHTS  # the engines' layout: what loading a block costs
+    devices: int | None = None  # None: the target's (v100x4: 4); > 1: a pipeline of stages, the budget per device
 
 
 def predict_run(options: PredictOptions, tokenizer=None) -> Prediction:
@@ -315,5 +386,6 @@ def predict_run(options: PredictOptions, tokenizer=None) -> Prediction:
     sizes = (options.tokens_per_batch,) if options.tokens_per_batch else device.candidates()
     depth = int(options.prefetch_depth or device.schedule.get("prefetch_depth") or 1)
     work = count_workload(options.dataset, options.limit, options.tokenizer, sizes, spec.max_positions, tokenizer)
+    devices = options.devices or target.devices
     return predict(name, spec, options.dtype or target.default_dtype, work, device, storage, budget, budget_source,
-                   depth)
+                   depth, devices)

@@ -119,9 +119,12 @@ def build_command(onnx_dir, out_dir, backend, target, check, max_length, tokens_
               help="Where activations go when they must spill to disk (default: the system's temp dir).")
 @click.option("--threads", type=int, default=None, help="Intra-op threads for CPU backends (default: all cores).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--devices", type=click.IntRange(1), default=1, show_default=True,
+              help="Split the blocks into this many contiguous stages, one per device, as a pipeline over the "
+                   "batches; --memory-budget is then per device (on CPU every stage runs on the same CPU).")
 @user_errors
 def run_command(engines, dataset, limit, json_path, tokens_per_batch, memory_budget, chunk_tokens, prefetch_depth,
-                spill_dir, threads, quiet):
+                spill_dir, threads, quiet, devices):
     """Score HellaSwag with prebuilt engines and print acc and acc_norm."""
     from cetrt.formats.results import write_results
     from cetrt.runner.evaluate import RunOptions, evaluate
@@ -130,7 +133,8 @@ def run_command(engines, dataset, limit, json_path, tokens_per_batch, memory_bud
     partial = json_path.with_name(json_path.stem + ".partial.json") if json_path else None
     options = RunOptions(engines=engines, dataset=dataset, limit=limit, tokens_per_batch=tokens_per_batch,
                          memory_budget=memory_budget, chunk_tokens=chunk_tokens, prefetch_depth=prefetch_depth,
-                         spill_dir=spill_dir, threads=threads, partial_results=partial, progress=not quiet)
+                         spill_dir=spill_dir, threads=threads, partial_results=partial, progress=not quiet,
+                         devices=devices)
     results = evaluate(options, announce=click.echo)
     click.echo(summary_table(results))
     if json_path:
@@ -161,9 +165,11 @@ def run_command(engines, dataset, limit, json_path, tokens_per_batch, memory_bud
 @click.option("--weights", type=click.Choice(WEIGHTS_LAYOUTS), default=DEFAULT_WEIGHTS, show_default=True,
               help="The engines' layout (ce-build --weights): sets what loading a block costs.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write the prediction here.")
+@click.option("--devices", type=click.IntRange(1), default=None,
+              help="Devices as a pipeline of stages, the budget per device (default: the target's, v100x4: 4).")
 @user_errors
 def predict_command(model, target, dataset, limit, memory_budget, storage, calib_path, tokens_per_batch, tokenizer,
-                    dtype, prefetch_depth, weights, json_path):
+                    dtype, prefetch_depth, weights, json_path, devices):
     """Predict a whole HellaSwag run's time on a target, term by term, each with its source."""
     import json
 
@@ -172,7 +178,7 @@ def predict_command(model, target, dataset, limit, memory_budget, storage, calib
     prediction = predict_run(PredictOptions(
         model=model, target=target, dataset=dataset, limit=limit, memory_budget=memory_budget, storage=storage,
         calib=calib_path, tokens_per_batch=tokens_per_batch, tokenizer=tokenizer, dtype=dtype,
-        prefetch_depth=prefetch_depth, weights=weights))
+        prefetch_depth=prefetch_depth, weights=weights, devices=devices))
     click.echo(prediction.describe())
     if json_path:
         json_path.write_text(json.dumps(prediction.to_json(), indent=2) + "\n")

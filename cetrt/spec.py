@@ -151,6 +151,7 @@ class Target:
     peak_source: str = ""  # where the two figures above come from
     default_efficiency: float | None = None  # fraction of peak assumed for whole-run compute when not measured
     efficiency_source: str = ""
+    devices: int = 1  # identical devices of one machine; memory_bytes and the rates above are per device
 
     @classmethod
     def from_name(cls, name: str) -> "Target":
@@ -223,6 +224,18 @@ TARGETS: dict[str, Target] = {
                         "same rate), 3.35 TB/s HBM3; an FP16 8192^3 torch matmul measured 748 TFLOP/s on the GPU "
                         "machine (76% of it)",
             default_efficiency=0.27, efficiency_source="measured on an H100, not by calib.json: " + _H100_EFFICIENCY,
+        ),
+        Target(
+            name="v100x4", device="cuda", compute_capability="7.0", memory_bytes=30 * GiB,
+            workspace_bytes=2 * GiB, backends=("tensorrt", "onnxruntime"), default_dtype="float16",
+            note="4x NVIDIA V100 SXM2 32GB, the CE Challenge 2023 machine (372 s for LLaMA-30B); about 30 GiB usable "
+                 "per GPU (datasheet, not measured)",
+            peak_fp16_flops=125e12, memory_bandwidth_bytes_per_s=900e9,
+            peak_source="datasheet: NVIDIA Tesla V100 (SXM2 32GB), 125 TFLOP/s dense FP16 tensor per GPU (FP32 "
+                        "accumulate at the same rate), 900 GB/s HBM2; per device, 4 devices",
+            default_efficiency=0.27,
+            efficiency_source="assumption: not measured on a V100; the fraction of peak of " + _H100_EFFICIENCY,
+            devices=4,
         ),
     )
 }

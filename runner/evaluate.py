@@ -58,6 +58,7 @@ class RunOptions:
     io_binding: bool = False  # ORT with I/O binding on CPU too (the CUDA path's host logic)
     partial_results: Path | None = None
     progress: bool = True
+    devices: int = 1  # > 1: the blocks split into a pipeline of contiguous stages, one per device (runner/devices.py)
 
 
 def load_tokenizer(engines: Path, manifest: Manifest):
@@ -133,6 +134,10 @@ def evaluate(options: RunOptions, announce: Callable[[str], None] = lambda text:
     schedule = run_schedule(engines, manifest, options)
     rows = [pack(i, e) for i, e in enumerate(encoded)]
     batches = make_batches(rows, shape_plan(manifest, options, schedule.tokens_per_batch), manifest.model.max_positions)
+    if options.devices > 1:  # the budget is per device
+        from cetrt.runner.devices import evaluate_devices
+        return evaluate_devices(options, engines, manifest, backend, budget, encoded, batches, schedule, tokenize_s,
+                                start, announce)
     plan = plan_memory(manifest, batches, budget, options.chunk_tokens, schedule.prefetch_depth)
     announce(schedule.describe())
     announce(plan.describe())
