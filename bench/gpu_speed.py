@@ -33,6 +33,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from gpu_bench import drop_page_cache, matmul_tflops  # noqa: E402
+
 BIN = Path(sys.executable).parent
 COMMANDS: list[str] = []
 
@@ -58,29 +61,6 @@ def machine() -> dict:
     return {"gpu": gpu, "cpu_cores": os.cpu_count(), "platform": platform.platform(),
             "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
                          "providers": onnxruntime.get_available_providers(), "python": platform.python_version()}}
-
-
-def drop_page_cache() -> bool:
-    try:
-        subprocess.run(["sync"], check=True)
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
-        return True
-    except OSError:
-        return False
-
-
-def matmul_tflops(n: int = 8192, repeats: int = 20) -> float:
-    import torch
-
-    a, b = (torch.randn(n, n, device="cuda", dtype=torch.float16) for _ in range(2))
-    for _ in range(3):
-        a @ b
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    torch.cuda.synchronize()
-    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e12
 
 
 def ce(command: str, *args) -> list:

@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -41,6 +42,9 @@ from cetrt.spec import Target
 from cetrt.storage import DEFAULT_REQUEST_BYTES
 from cetrt.workload.shapes import ShapePlan
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from random_llama import materialize  # noqa: E402
+
 
 def hf_config(shape: str, layers: int | None, vocab_size: int):
     from transformers import LlamaConfig
@@ -50,17 +54,6 @@ def hf_config(shape: str, layers: int | None, vocab_size: int):
                        num_hidden_layers=layers or spec.num_layers, num_attention_heads=spec.num_heads,
                        num_key_value_heads=spec.num_kv_heads, max_position_embeddings=4096, rms_norm_eps=1e-6,
                        vocab_size=vocab_size, tie_word_embeddings=False, dtype="float16")
-
-
-def materialize(module: torch.nn.Module, seed: int) -> None:
-    generator = torch.Generator().manual_seed(seed)
-    module.to_empty(device="cpu")
-    with torch.no_grad():
-        for name, param in module.named_parameters():
-            if "norm" in name:
-                param.fill_(1.0)
-            else:
-                param.copy_(torch.randn(param.shape, generator=generator).mul_(0.02).to(param.dtype))
 
 
 def random_like(weights: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
@@ -109,7 +102,7 @@ def main() -> None:
             sources = {"embed": [model.model.embed_tokens], "layers": [model.model.layers[0]],
                        "head": [model.model.norm, model.lm_head]}[kind]
             for n, module in enumerate(sources):
-                materialize(module, 1000 + n)
+                materialize(module, torch.Generator().manual_seed(1000 + n))
             embed, layers, head = llama_blocks(model)
             module = {"embed": embed, "head": head}.get(kind) or layers(0, 1)
             path = Path(tmp) / f"{kind}.onnx"
