@@ -33,8 +33,8 @@ from cetrt.calib.rates import STORAGE_PRESETS, DeviceFigures, Storage, calib_fro
 from cetrt.calib.workload import Workload, count_workload
 from cetrt.errors import UserError
 from cetrt.families import get_family
-from cetrt.plan_devices import DevicePlan, plan_devices
 from cetrt.plan import MemoryPlan, ModelSizes, available_memory, chunks, parse_size, plan_from_sizes
+from cetrt.plan_devices import DevicePlan, plan_devices
 from cetrt.spec import DEFAULT_WEIGHTS, ModelSpec, Target, dtype_bytes
 from cetrt.workload.packing import Batch
 from cetrt.workload.shapes import ShapePlan

@@ -21,7 +21,14 @@ from cetrt.backends.base import LoadSettings
 from cetrt.errors import UserError
 from cetrt.plan import ModelSizes, activation_bytes_per_token, engine_bytes
 from cetrt.plan_devices import DevicePlan, plan_devices, stage_chunks
-from cetrt.runner.executor import DiskActivations, MemoryActivations, MemoryMeter, ResidentStore, StreamingStore, Timings
+from cetrt.runner.executor import (
+    DiskActivations,
+    MemoryActivations,
+    MemoryMeter,
+    ResidentStore,
+    StreamingStore,
+    Timings,
+)
 from cetrt.runner.loading import BlockLoader
 from cetrt.runner.memory import RssSampler
 from cetrt.runner.pipeline import Stage, identity_transfer, run_pipeline

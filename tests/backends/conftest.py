@@ -6,9 +6,9 @@ GPU is the Orin's; `fake_engines(arch, layout)` builds the tiny model's engines 
 
 from __future__ import annotations
 
+import fake_tensorrt
 import pytest
 
-import fake_tensorrt
 from cetrt.backends.tensorrt import TensorRTBackend
 from cetrt.build.engines import BuildOptions, build_engines
 from cetrt.gpu import Gpu

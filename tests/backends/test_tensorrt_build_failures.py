@@ -8,21 +8,22 @@ Also: the version features, and optimization profiles no larger than the batches
 
 from __future__ import annotations
 
+import fake_tensorrt
 import numpy as np
 import pytest
 import tensorrt_rtx
 
-import fake_tensorrt
-from conftest import PLAN
 from cetrt.backends.tensorrt import LAYERS_MESSAGE, capturing_logger
 from cetrt.backends.tensorrt_features import Features
 from cetrt.backends.tensorrt_timing_cache import TIMING_CACHE
 from cetrt.build.engines import BuildOptions, build_engines
 from cetrt.formats.manifest import read_manifest
+from cetrt.workload.hellaswag import Doc
 from cetrt.workload.packing import make_batches, pack
 from cetrt.workload.shapes import ShapePlan
 from cetrt.workload.tokens import EncodedDoc
-from cetrt.workload.hellaswag import Doc
+
+from conftest import PLAN
 
 
 def build(zoo, out):

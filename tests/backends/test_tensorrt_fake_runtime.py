@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import gc
 
+import fake_tensorrt
 import numpy as np
 import pytest
 import torch
 
-import fake_tensorrt
-from conftest import ORIN, PLAN, fake_backend
 from cetrt.backends.base import EngineSource
 from cetrt.backends.tensorrt_runtime import TensorRTSession
 from cetrt.errors import UserError
@@ -23,6 +22,8 @@ from cetrt.formats.manifest import read_manifest
 from cetrt.gpu import Gpu
 from cetrt.runner.evaluate import RunOptions, evaluate
 from cetrt.spec import ATTENTION_MASK, GREEDY, HIDDEN, HIDDEN_OUT, INPUT_IDS, LOGPROBS, POSITION_IDS
+
+from conftest import ORIN, PLAN, fake_backend
 
 N_DOCS = 10
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datasets
 import numpy as np
 import pytest
+from harness_task import hellaswag_task
 from lm_eval.api.metrics import mean_stderr as harness_mean_stderr
 from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks.hellaswag.utils import process_docs
@@ -18,8 +19,6 @@ from cetrt.formats.results import ItemResult
 from cetrt.runner.scoring import mean_stderr, metrics
 from cetrt.workload.hellaswag import choices, doc_from_record, load_docs, query
 from cetrt.workload.tokens import encode_docs
-
-from harness_task import hellaswag_task
 
 OFFICIAL = [
     {"ind": 4, "activity_label": "Removing ice from car", "ctx_a": "Then, the man writes over the snow covering the window of a car, and a woman wearing winter clothes smiles.",

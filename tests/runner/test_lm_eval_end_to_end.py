@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from harness_task import hellaswag_task
 
 from cetrt.runner.evaluate import RunOptions, evaluate
 
-from harness_task import hellaswag_task
 from tiny_models import ARCHS
 
 N_DOCS = 10

@@ -9,6 +9,7 @@ Python process the tests start (console scripts included). Without CETRT_SOURCE_
 import importlib.util
 import os
 import sys
+
 import tomllib
 
 _ROOT = os.environ.get("CETRT_SOURCE_ROOT")
