@@ -19,14 +19,14 @@ from cetrt.errors import UserError
 from cetrt.formats.blocks import read_blocks
 from cetrt.formats.calib import CalibRecord, export_digest, write_calib
 from cetrt.spec import Target
-from cetrt.workload.hellaswag import DEFAULT_DATASET
+from cetrt.workload.hellaswag import default_dataset
 
 
 @dataclass(frozen=True)
 class CalibOptions:
     onnx_dir: Path
     target: str = "cpu"
-    dataset: str = DEFAULT_DATASET
+    dataset: str | None = None  # None: the one default (cetrt.workload.hellaswag.default_dataset)
     precision_items: int = DEFAULT_ITEMS
     schedule_items: int = 400
     progress: bool = True
