@@ -71,7 +71,8 @@ def export_command(model, out_dir, layers_per_block, dtype):
     """Export a LLaMA or OPT model to per-block ONNX files and blocks.json."""
     from cetrt.export.pipeline import ExportOptions, export_model
 
-    exported = export_model(ExportOptions(model=model, out_dir=out_dir, layers_per_block=layers_per_block, dtype=dtype))
+    exported = export_model(ExportOptions(model=model, out_dir=out_dir, layers_per_block=layers_per_block, dtype=dtype),
+                            announce=click.echo)
     click.echo(f"exported {len(exported.blocks)} blocks of {exported.model_id} ({dtype}) to {out_dir}")
 
 
@@ -123,7 +124,7 @@ def build_command(onnx_dir, out_dir, backend, target, check, max_length, tokens_
     plan = ShapePlan(tokens_per_batch=tokens_per_batch, max_length=max_length) if tokens_per_batch else None
     manifest = build_engines(BuildOptions(onnx_dir=onnx_dir, out_dir=out_dir, backend=backend, target=target,
                                           check=check, shape_plan=plan, max_length=max_length, optimization_level=optimization_level,
-                                          weights=weights))
+                                          weights=weights), announce=click.echo)
     engines = len(manifest.engine_types) if manifest.engine_types else len(manifest.blocks)
     click.echo(f"built {engines} {backend} engines for {len(manifest.blocks)} blocks ({target}, weights {weights}) in {out_dir} "
                f"({manifest.engine_bytes / 2**20:.1f} MiB)")
