@@ -27,7 +27,7 @@ from cetrt.build.block_types import build_types
 from cetrt.build.resume import BuildCache
 from cetrt.errors import UserError
 from cetrt.files import FileRecord, sha256_file
-from cetrt.formats.blocks import TOKENIZER_DIR, read_blocks
+from cetrt.formats.blocks import BLOCKS_FILE, TOKENIZER_DIR, read_blocks
 from cetrt.formats.calib import CALIB_FILE, export_digest, read_calib_for, resolve
 from cetrt.formats.manifest import MANIFEST_FILE, EngineBlock, Manifest, read_manifest, write_manifest
 from cetrt.outputs import check_output_dir, writing
@@ -73,6 +73,7 @@ def build_inputs(options: BuildOptions, exported, backend, target: Target, plan:
     calib = Path(options.onnx_dir) / CALIB_FILE
     return {"model_hash": exported.model_hash, "export_digest": export_digest(exported.blocks),
             "tokenizer": [f.sha256 for f in exported.tokenizer_files],
+            "blocks_sha256": sha256_file(Path(options.onnx_dir) / BLOCKS_FILE),
             "calib_sha256": sha256_file(calib) if calib.is_file() else None,
             "backend": backend.name, "backend_version": backend.version(), "target": target.name,
             "check": options.check, "weights": options.weights, "shape_plan": plan.to_json(),
