@@ -159,8 +159,8 @@ def _evaluate(options: RunOptions, announce: Callable[[str], None], stop: StopOn
                            item_name=lambda i: f"item ind={docs[i].ind!r} (document {i + 1} of {dataset})")
     journal = None
     if options.journal is not None:
-        key = {"manifest_sha256": manifest_digest(engines), "dataset": str(dataset),
-               "dataset_digest": digest(docs), "limit": options.limit,
+        key = {"manifest_sha256": manifest_digest(engines), "dataset": str(dataset), "limit": options.limit,
+               "dataset_digest": digest(docs),
                "batches_digest": digest((b.shape, [r.item for r in b.rows]) for b in batches)}
         journal = RunJournal.open(options.journal, key, announce)
     done: dict[int, dict] = dict(journal.finished) if journal else {}
