@@ -30,7 +30,7 @@ from cetrt.files import FileRecord, sha256_file
 from cetrt.formats.blocks import BLOCKS_FILE, TOKENIZER_DIR, read_blocks
 from cetrt.formats.calib import CALIB_FILE, export_digest, read_calib_for, resolve
 from cetrt.formats.manifest import MANIFEST_FILE, EngineBlock, Manifest, read_manifest, write_manifest
-from cetrt.outputs import check_output_dir, writing
+from cetrt.outputs import check_output_dir, full_disk_is_why, writing
 from cetrt.reuse import changed, versions
 from cetrt.islands import named_nodes, save_model, with_fp32_islands
 from cetrt.spec import DEFAULT_WEIGHTS, WEIGHTS_LAYOUTS, Target
@@ -118,8 +118,14 @@ def build_engines(options: BuildOptions, announce=lambda text: None) -> Manifest
     announce(f"build: building ({why})")
     needed = 2 * sum(f.bytes for f in exported.all_files) + (16 << 20)  # engines (+ islands copies) at most ~2x
     check_output_dir(out, "the engines", needed=needed, create=True)
-    with writing(out, needed):
-        return _build(options, exported, target, backend, calib, plan, settings, inputs, announce)
+    try:
+        with writing(out, needed):
+            return _build(options, exported, target, backend, calib, plan, settings, inputs, announce)
+    except UserError:
+        raise
+    except Exception as error:  # a backend may report a failed write as its own error: say so if the disk is full
+        full_disk_is_why(out, needed, error)
+        raise
 
 
 def _build(options: BuildOptions, exported, target: Target, backend, calib, plan: ShapePlan, settings: BuildSettings,

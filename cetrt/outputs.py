@@ -99,6 +99,18 @@ def writing(path: Path, needed: int = 0) -> Iterator[None]:
         raise
 
 
+def full_disk_is_why(directory: Path, needed: int, error: BaseException, margin: int = 1 << 20) -> None:
+    """For libraries that report a failed write as their own exception (ONNX Runtime's InvalidProtobuf, say):
+    if the disk under `directory` is (nearly) full, raise the disk-full line instead; else return."""
+    try:
+        free = free_bytes(directory)
+    except OSError:
+        return
+    if free < margin:
+        raise UserError(f"{directory}: disk full while writing (needs about {_mib(needed)}, {_mib(free)} free; "
+                        f"{type(error).__name__}); free some space or write elsewhere") from None
+
+
 def write_atomic(path: Path, data: bytes | str) -> None:
     """Write through `<path>.tmp`, fsync, rename: a reader sees the old file or the whole new one, never half;
     a failure leaves no temporary file behind."""

@@ -115,3 +115,20 @@ def test_a_full_disk_during_the_build_is_one_line_with_the_bytes(zoo, tmp_path, 
     out = fails_cleanly(build_command, ["--onnx", zoo.onnx("llama"), "--out", tmp_path / "engines"], "disk full")
     assert str(tmp_path / "engines") in out and "MiB" in out
     assert not (tmp_path / "engines" / "manifest.json").exists()
+
+
+def test_a_backend_that_reports_a_full_disk_as_its_own_error_still_gets_the_disk_full_line(zoo, tmp_path, monkeypatch):
+    """ONNX Runtime reports a save on a full disk as InvalidProtobuf (seen on a 2 MB tmpfs): the build checks the
+    disk when a backend fails, and names it."""
+    from cetrt.backends.onnxruntime import OnnxRuntimeBackend
+
+    class InvalidProtobuf(Exception):
+        pass
+
+    def fails(*args, **kwargs):
+        monkeypatch.setattr(outputs, "free_bytes", lambda directory: 0)  # the disk filled while building
+        raise InvalidProtobuf("failed to save")
+
+    monkeypatch.setattr(OnnxRuntimeBackend, "build", fails)
+    out = fails_cleanly(build_command, ["--onnx", zoo.onnx("llama"), "--out", tmp_path / "engines"], "disk full")
+    assert "InvalidProtobuf" in out and "0.0 MiB free" in out
