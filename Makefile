@@ -17,8 +17,10 @@ MAX_LENGTH ?= 512
 # CHECK=1: parse and build for TARGET without its GPU (tensorrt-rtx on any machine); engines are not for running.
 CHECK ?=
 NAME ?= $(basename $(notdir $(patsubst %/,%,$(MODEL))))
-ONNX ?= artifacts/onnx/$(NAME)
-OUT ?= engines/$(NAME)
+# Outputs are keyed by what they depend on, so no setting's files are ever read as another's (each stage also
+# records its inputs and redoes its work when they change; nothing reads a setting from these names).
+ONNX ?= artifacts/onnx/$(NAME)/$(DTYPE)-$(LAYERS_PER_BLOCK)lpb
+OUT ?= engines/$(NAME)/$(BACKEND)-$(TARGET)-$(DTYPE)-$(LAYERS_PER_BLOCK)lpb-$(WEIGHTS)$(if $(CHECK),-check)
 DATASET ?= ../shared/data/hellaswag/hellaswag_val.jsonl
 LIMIT ?= 200
 
@@ -50,6 +52,7 @@ engines: setup
 	$(BIN)/ce-build --onnx $(ONNX) --out $(OUT) --backend $(BACKEND) --target $(TARGET) \
 		--max-length $(MAX_LENGTH) --weights $(WEIGHTS) $(if $(CHECK),--check)
 
+# An interrupted run leaves results.journal.jsonl: `make run` again resumes from it.
 run: engines
 	$(BIN)/ce-run --engines $(OUT) --dataset $(DATASET) --limit $(LIMIT) --json results.json
 
@@ -76,4 +79,4 @@ bench-rtx: setup-test
 	$(BIN)/python bench/rtx_build_check.py --out bench/results/rtx_build_smollm2.json
 
 clean:
-	rm -rf artifacts engines results.json .setuptools-build
+	rm -rf artifacts engines results.json results.journal.jsonl results.partial.json .setuptools-build

@@ -2,8 +2,11 @@
 
 Reads only the export directory (checking every ONNX file's sha256 as it goes) and its calib.json, builds each
 block with the chosen backend for the chosen target (calib's FP32 islands applied to a copy of the graph),
-copies the tokenizer, and writes manifest.json last, so a failed build never leaves a manifest that describes
-missing or stale engines.
+copies the tokenizer (checking each file's sha256), and writes manifest.json last, so a failed build never
+leaves a manifest that describes missing or stale engines. A build whose inputs (export, calib.json, backend and
+its version, target, options) are unchanged and whose files verify is skipped; a killed build resumes from
+build-journal.json (build/resume.py), building only the engines it had not finished. The disk is checked for
+the engines' size first; a full disk is one line naming the directory and the bytes.
 Usage: `build_engines(BuildOptions(onnx_dir=Path("artifacts/onnx/m"), out_dir=Path("engines/m")))`.
 """
 
@@ -21,12 +24,15 @@ from tqdm import tqdm
 from cetrt.backends import get_backend
 from cetrt.backends.base import BuildSettings
 from cetrt.build.block_types import build_types
+from cetrt.build.resume import BuildCache
 from cetrt.errors import UserError
-from cetrt.files import FileRecord
-from cetrt.formats.blocks import TOKENIZER_DIR, read_blocks
+from cetrt.files import FileRecord, sha256_file
+from cetrt.formats.blocks import BLOCKS_FILE, TOKENIZER_DIR, read_blocks
 from cetrt.formats.calib import CALIB_FILE, export_digest, read_calib_for, resolve
-from cetrt.formats.manifest import MANIFEST_FILE, EngineBlock, Manifest, write_manifest
+from cetrt.formats.manifest import MANIFEST_FILE, EngineBlock, Manifest, read_manifest, write_manifest
 from cetrt.islands import named_nodes, save_model, with_fp32_islands
+from cetrt.outputs import check_output_dir, full_disk_is_why, writing
+from cetrt.reuse import changed, versions
 from cetrt.spec import DEFAULT_WEIGHTS, WEIGHTS_LAYOUTS, Target
 from cetrt.storage import DEFAULT_REQUEST_BYTES
 from cetrt.workload.shapes import ShapePlan
@@ -63,7 +69,35 @@ def with_islands(onnx_dir: Path, block, nodes: list[str], tmp: Path) -> Path:
     return save_model(model, tmp / path.name, external=len(block.files) > 1)[0]
 
 
-def build_engines(options: BuildOptions) -> Manifest:
+def build_inputs(options: BuildOptions, exported, backend, target: Target, plan: ShapePlan) -> dict:
+    """What a build depends on: equal inputs and verified files, the build is skipped."""
+    calib = Path(options.onnx_dir) / CALIB_FILE
+    return {"model_hash": exported.model_hash, "export_digest": export_digest(exported.blocks),
+            "tokenizer": [f.sha256 for f in exported.tokenizer_files],
+            "blocks_sha256": sha256_file(Path(options.onnx_dir) / BLOCKS_FILE),
+            "calib_sha256": sha256_file(calib) if calib.is_file() else None,
+            "backend": backend.name, "backend_version": backend.version(), "target": target.name,
+            "check": options.check, "weights": options.weights, "shape_plan": plan.to_json(),
+            "optimization_level": options.optimization_level, "versions": versions("onnx")}
+
+
+def reusable_build(out: Path, inputs: dict) -> tuple[Manifest | None, str]:
+    """The engines in `out` if they were built from `inputs` and every file verifies; else None and why."""
+    if not (out / MANIFEST_FILE).is_file():
+        return None, "no engines there yet"
+    try:
+        manifest = read_manifest(out)
+        why = changed(manifest.inputs, inputs)
+        if why is not None:
+            return None, why
+        for record in manifest.all_files:
+            record.check_digest(out, None, "")
+    except UserError as e:
+        return None, f"the engines there do not verify ({e})"
+    return manifest, "unchanged inputs, every file verified"
+
+
+def build_engines(options: BuildOptions, announce=lambda text: None) -> Manifest:
     exported = read_blocks(options.onnx_dir)
     target = Target.from_name(options.target)
     check_target(target, options.backend, options.check)
@@ -75,17 +109,41 @@ def build_engines(options: BuildOptions) -> Manifest:
         max_length=options.max_length)
     settings = BuildSettings(check=options.check, shape_plan=plan, optimization_level=options.optimization_level)
     out = Path(options.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST_FILE).unlink(missing_ok=True)
     if options.weights not in WEIGHTS_LAYOUTS:
         raise UserError(f"--weights {options.weights!r}: choose one of {list(WEIGHTS_LAYOUTS)}")
+    inputs = build_inputs(options, exported, backend, target, plan)
+    existing, why = reusable_build(out, inputs)
+    if existing is not None:
+        announce(f"build: {out} is up to date ({why}); nothing to build")
+        return existing
+    announce(f"build: building ({why})")
+    needed = 2 * sum(f.bytes for f in exported.all_files) + (16 << 20)  # engines (+ islands copies) at most ~2x
+    check_output_dir(out, "the engines", needed=needed, create=True)
+    try:
+        with writing(out, needed):
+            return _build(options, exported, target, backend, calib, plan, settings, inputs, announce)
+    except UserError:
+        raise
+    except Exception as error:  # a backend may report a failed write as its own error: say so if the disk is full
+        full_disk_is_why(out, needed, error)
+        raise
+
+
+def _build(options: BuildOptions, exported, target: Target, backend, calib, plan: ShapePlan, settings: BuildSettings,
+           inputs: dict, announce) -> Manifest:
+    out = Path(options.out_dir)
+    digest = inputs["export_digest"]
+    (out / MANIFEST_FILE).unlink(missing_ok=True)
     onnx_dir = Path(options.onnx_dir)
     fix = "re-run the export (`make engines` or `ce-export`)"
     for block in exported.blocks:
         for record in block.files:
             record.check_digest(onnx_dir, None, fix)
+    cache = BuildCache(out, inputs, announce)
+    keep = cache.keep()
     for stale in [*out.glob("block_*"), *out.glob("type_*")]:
-        stale.unlink()  # a layout switch must not leave the other layout's files behind
+        if stale not in keep:
+            stale.unlink()  # a layout switch must not leave the other layout's files behind
     progress = functools.partial(tqdm, desc=f"build ({backend.name}, {target.name}, weights {options.weights})",
                                  unit="block")
     engine_types: list = []
@@ -96,26 +154,34 @@ def build_engines(options: BuildOptions) -> Manifest:
 
         if options.weights == "inputs":
             def build_one(graph_path: Path, name: str, spec):
-                return backend.build(graph_path, out / f"{name}{backend.engine_suffix}", spec, target, settings)
+                return cache.build(name, graph_path, lambda: backend.build(
+                    graph_path, out / f"{name}{backend.engine_suffix}", spec, target, settings))
 
             blocks, engine_types = build_types(exported, graph_of, out, build_one, progress)
         else:
             blocks = []
             for block in progress(exported.blocks):
                 engine_path = out / f"block_{block.spec.index:03d}{backend.engine_suffix}"
-                result = backend.build(graph_of(block), engine_path, block.spec, target, settings)
+                graph = graph_of(block)
+                result = cache.build(engine_path.stem, graph, lambda: backend.build(graph, engine_path, block.spec, target,
+                                                                                     settings))
                 files = tuple(FileRecord.of(out, f, DEFAULT_REQUEST_BYTES) for f in result.files)
                 blocks.append(EngineBlock(spec=block.spec, files=files, build_seconds=result.seconds,
                                           details=result.details))
     tokenizer_out = out / TOKENIZER_DIR
     shutil.rmtree(tokenizer_out, ignore_errors=True)
     for record in exported.tokenizer_files:
+        record.check_digest(onnx_dir, None, fix)
         dest = out / record.path
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(onnx_dir / record.path, dest)
     (out / CALIB_FILE).unlink(missing_ok=True)
+    calib_file = None
     if calib is not None:  # the calibration of exactly these blocks travels with their engines
         shutil.copyfile(onnx_dir / CALIB_FILE, out / CALIB_FILE)
+        calib_file = FileRecord.of(out, out / CALIB_FILE)
+        if calib_file.sha256 != inputs["calib_sha256"]:
+            raise UserError(f"{onnx_dir / CALIB_FILE}: changed during the build; run the build again")
     manifest = Manifest(
         model_id=exported.model_id,
         model_hash=exported.model_hash,
@@ -136,6 +202,11 @@ def build_engines(options: BuildOptions) -> Manifest:
             **({"shape_plan": plan.to_json(), "optimization_level": options.optimization_level}
                if backend.fixed_shapes else {}),
         },
+        calib_file=calib_file,
+        inputs=inputs,
     )
     write_manifest(out, manifest)
+    cache.finish()
+    if cache.reused:
+        announce(f"build: {len(cache.reused)} engine(s) of the interrupted build reused after their sha256 verified")
     return manifest

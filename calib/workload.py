@@ -12,16 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cetrt.calib.presets import OTHER_TOKENIZERS_NOTE, load_counting_tokenizer
-from cetrt.workload.hellaswag import DEFAULT_DATASET, load_docs
+from cetrt.workload.hellaswag import default_dataset, load_docs
 from cetrt.workload.packing import Batch, make_batches, pack_docs
 from cetrt.workload.shapes import ShapePlan
 
-# The reduced validation set beside the repository (../shared), when it is there: offline, unlike the hub id.
-SHARED_HELLASWAG = Path(__file__).resolve().parents[2] / "shared" / "data" / "hellaswag" / "hellaswag_val.jsonl"
-
-
-def default_dataset() -> str:
-    return str(SHARED_HELLASWAG) if SHARED_HELLASWAG.is_file() else DEFAULT_DATASET
+__all__ = ["Workload", "count_workload", "default_dataset"]  # default_dataset: the core's one default
 
 
 @dataclass(frozen=True)

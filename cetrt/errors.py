@@ -15,3 +15,11 @@ class MissingDependency(UserError):
 
     def __init__(self, module: str, install: str, purpose: str):
         super().__init__(f"{purpose} needs the Python module '{module}', which is not installed: {install}")
+
+
+class Interrupted(UserError):
+    """The run was stopped by a signal after saving what finished; the CLI exits 128 + the signal number."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from cetrt.errors import UserError
+from cetrt.outputs import write_atomic, writing
 
 _CHUNK = 8 << 20
 
@@ -88,18 +88,19 @@ class FileRecord:
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON through a temporary file and a rename, so a failed run never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    """Write JSON through a temporary file and a rename, so a failed run never leaves half a file (nor the
+    temporary one); a full disk or a read-only place is one `UserError` naming the path."""
+    text = json.dumps(data, indent=2) + "\n"
+    with writing(path, len(text)):
+        write_atomic(Path(path), text)
 
 
 def read_json(path: Path, what: str, fix: str) -> dict:
     if not path.is_file():
         raise UserError(f"{path}: no {what} here; {fix}")
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: not valid JSON ({e}); {fix}") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a JSON object; {fix}")

@@ -11,24 +11,14 @@ Usage: `plan = plan_memory(manifest, batches, budget_bytes=parse_size("8GiB"))`;
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Iterator
 
 from cetrt.errors import UserError
 from cetrt.formats.manifest import EngineBlock, Manifest
+from cetrt.options import parse_size  # noqa: F401  (re-exported: plan.parse_size)
 from cetrt.spec import ModelSpec, dtype_bytes
 from cetrt.workload.packing import Batch
-
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
-
-
-def parse_size(text: str) -> int:
-    """'8GiB', '512MB', '1.5GiB', '1000000' -> bytes."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?I?B?)\s*", text.upper())
-    if not match or match.group(2) not in _UNITS:
-        raise UserError(f"--memory-budget {text!r}: give a size such as 8GiB, 512MiB or 2GB, or 'auto'")
-    return int(float(match.group(1)) * _UNITS[match.group(2)])
 
 
 def available_memory() -> int:
@@ -123,12 +113,25 @@ def count_chunks(batches: list[Batch], chunk_tokens: int) -> int:
     return sum(1 for _ in chunks(batches, chunk_tokens))
 
 
+# A run with a journal writes each finished chunk to it; resident chunks are kept to about this many seconds.
+JOURNAL_INTERVAL_S = 30.0
+# Without a measured rate: about 30 s of SmolLM2-135M FP32 on 2 CPU cores (faster machines just journal more often).
+JOURNAL_DEFAULT_TOKENS = 24_576
+
+
+def journal_chunk_tokens(seconds_per_token: float | None) -> int:
+    """The resident chunk that takes about JOURNAL_INTERVAL_S at the measured rate (calib.json), else the default."""
+    if not seconds_per_token or seconds_per_token <= 0:
+        return JOURNAL_DEFAULT_TOKENS
+    return max(1, int(JOURNAL_INTERVAL_S / seconds_per_token))
+
+
 def plan_memory(manifest: Manifest, batches: list[Batch], budget_bytes: int, chunk_tokens: int | None = None,
-                prefetch_depth: int = 1) -> MemoryPlan:
+                prefetch_depth: int = 1, resident_cap: int | None = None) -> MemoryPlan:
     """The plan for an engines directory: its blocks' streamed bytes and its always-resident engine types."""
     return plan_from_sizes(ModelSizes(manifest.model, manifest.dtype, [engine_bytes(b) for b in manifest.blocks],
                                       manifest.shared_engine_bytes),
-                           batches, budget_bytes, chunk_tokens, prefetch_depth)
+                           batches, budget_bytes, chunk_tokens, prefetch_depth, resident_cap)
 
 
 @dataclass(frozen=True)
@@ -143,8 +146,11 @@ class ModelSizes:
 
 
 def plan_from_sizes(sizes: ModelSizes, batches: list[Batch], budget_bytes: int, chunk_tokens: int | None = None,
-                    prefetch_depth: int = 1) -> MemoryPlan:
-    """Choose residency, chunk size and activation tier for `budget_bytes`; `chunk_tokens` caps the chunk."""
+                    prefetch_depth: int = 1, resident_cap: int | None = None) -> MemoryPlan:
+    """Choose residency, chunk size and activation tier for `budget_bytes`; `chunk_tokens` caps the chunk.
+
+    `resident_cap` caps the chunk only when every engine stays resident, where a chunk costs no read: a run with
+    a journal uses it so that finished work reaches the disk every JOURNAL_INTERVAL_S or so."""
     streamed = sum(sizes.block_bytes)
     model = streamed + sizes.resident_bytes
     per_token = activation_bytes_per_token(sizes.model, sizes.dtype, batches)
@@ -167,7 +173,7 @@ def plan_from_sizes(sizes: ModelSizes, batches: list[Batch], budget_bytes: int, 
 
     room_resident = budget_bytes - model
     if room_resident >= largest_batch * per_token:
-        return chunked(True, model, "memory", room_resident // per_token)
+        return chunked(True, model, "memory", min(room_resident // per_token, resident_cap or all_tokens))
     streaming_engines = sizes.resident_bytes + (1 + prefetch_depth) * largest_block
     room_streaming = budget_bytes - streaming_engines
     if room_streaming >= largest_batch * per_token:

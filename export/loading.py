@@ -41,8 +41,9 @@ def _read_config(source: ModelSource) -> Any:
         raise UserError(f"{source.directory}: cannot read the model's config ({str(e)[:300]}); {HINT}") from None
 
 
-def load_model(name_or_path: str, dtype: str = "float32") -> LoadedModel:
-    """Load weights and tokenizer; the family is found from the config before any weight is read."""
+def load_model(name_or_path: str, dtype: str = "float32", known_hash: str | None = None) -> LoadedModel:
+    """Load weights and tokenizer; the family is found from the config before any weight is read.
+    `known_hash`: the model hash the caller computed already (hashing a large model takes a while)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -55,5 +56,10 @@ def load_model(name_or_path: str, dtype: str = "float32") -> LoadedModel:
     model = AutoModelForCausalLM.from_pretrained(
         source.directory, gguf_file=source.gguf_file, dtype=load_dtype, attn_implementation="eager"
     ).eval().to(torch_dtype)
-    tokenizer = AutoTokenizer.from_pretrained(source.directory, gguf_file=source.gguf_file)
-    return LoadedModel(source=source, model=model, tokenizer=tokenizer, spec=spec, model_hash=model_hash(source))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.directory, gguf_file=source.gguf_file)
+    except Exception as e:  # tokenizers raises bare Exceptions for a tokenizer.json it cannot build
+        raise UserError(f"{source.directory}: cannot load the model's tokenizer ({type(e).__name__}: "
+                        f"{str(e)[:200]}); fix or replace its tokenizer files") from None
+    return LoadedModel(source=source, model=model, tokenizer=tokenizer, spec=spec,
+                       model_hash=known_hash or model_hash(source))

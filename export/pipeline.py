@@ -2,6 +2,9 @@
 
 Blocks: `embed`, `layers[i:j]` of `layers_per_block` decoder layers each, `head`. Their interfaces (names,
 dtypes, dynamic dims B, L, S) are fixed here, once, and written to blocks.json for the later stages.
+An export whose inputs (model hash, options, versions) are unchanged and whose files all verify is reused, not
+redone. Redoing it removes the old blocks.json first and the calib.json of the old export (it belongs to that
+export). The disk is checked for the export's size before any block is written; a full disk is one line.
 Usage: `export_model(ExportOptions(model="smollm2-135m", out_dir=Path("artifacts/onnx/smollm2-135m")))`.
 """
 
@@ -19,7 +22,19 @@ from cetrt.export.onnx_export import EXTERNAL_DATA_BYTES, OPSET, export_block
 from cetrt.families import get_family
 from cetrt.families.base import Family
 from cetrt.files import FileRecord
-from cetrt.formats.blocks import BLOCKS_FILE, TOKENIZER_DIR, ExportedBlock, ExportedModel, write_blocks
+from cetrt.formats.blocks import (
+    BLOCKS_FILE,
+    TOKENIZER_DIR,
+    ExportedBlock,
+    ExportedModel,
+    read_blocks,
+    verify_export,
+    write_blocks,
+)
+from cetrt.formats.calib import CALIB_FILE
+from cetrt.outputs import check_output_dir, writing
+from cetrt.reuse import changed, versions
+from cetrt.sources import model_hash, resolve_source
 from cetrt.spec import (
     ATTENTION_MASK,
     DTYPES,
@@ -33,6 +48,7 @@ from cetrt.spec import (
     TARGET_IDS,
     BlockSpec,
     TensorSpec,
+    dtype_bytes,
 )
 
 _EXAMPLE_B, _EXAMPLE_L, _EXAMPLE_S = 2, 7, 5
@@ -86,14 +102,49 @@ def example_inputs(hidden: int, dtype: torch.dtype, vocab: int) -> dict[str, tor
     }
 
 
+def export_inputs(hash_: str, options: ExportOptions) -> dict:
+    """What an export depends on: equal inputs, equal files (the export is deterministic for a given model)."""
+    return {"model_hash": hash_, "dtype": options.dtype, "layers_per_block": options.layers_per_block,
+            "external_data_bytes": options.external_data_bytes, "opset": OPSET,
+            "versions": versions("torch", "transformers", "onnx")}
+
+
+def reusable_export(out: Path, inputs: dict) -> tuple[ExportedModel | None, str]:
+    """The export already in `out` if it was made from `inputs` and every file verifies; else None and why."""
+    if not (out / BLOCKS_FILE).is_file():
+        return None, "no export there yet"
+    try:
+        exported = read_blocks(out)
+        why = changed(exported.inputs, inputs)
+        if why is None:
+            verify_export(out, exported)
+            return exported, "unchanged inputs, every file verified"
+        return None, why
+    except UserError as e:
+        return None, f"the export there does not verify ({e})"
+
+
+def _export_bytes(loaded: LoadedModel, dtype: str) -> int:
+    """What the export will write: every parameter at the export precision (plus a little for the graphs)."""
+    params = sum(p.numel() for p in loaded.model.parameters())
+    return int(params * dtype_bytes(dtype) * 1.05) + (16 << 20)
+
+
 def export_loaded(loaded: LoadedModel, options: ExportOptions) -> ExportedModel:
     if options.dtype not in DTYPES:
         raise UserError(f"--dtype {options.dtype!r}: choose one of {list(DTYPES)}")
     if options.layers_per_block < 1:
         raise UserError(f"--layers-per-block {options.layers_per_block}: must be at least 1")
     out = Path(options.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    needed = _export_bytes(loaded, options.dtype)
+    check_output_dir(out, "the export", needed=needed, create=True)
     (out / BLOCKS_FILE).unlink(missing_ok=True)  # a stale blocks.json must never describe new files
+    (out / CALIB_FILE).unlink(missing_ok=True)  # the calibration of the old export is not this export's
+    with writing(out, needed):
+        return _export_into(out, loaded, options)
+
+
+def _export_into(out: Path, loaded: LoadedModel, options: ExportOptions) -> ExportedModel:
     torch_dtype = {"float16": torch.float16, "float32": torch.float32}[options.dtype]
     loaded.model.to(torch_dtype)  # in place: load_model already gives this dtype, so normally a no-op
     spec = loaded.spec
@@ -117,11 +168,20 @@ def export_loaded(loaded: LoadedModel, options: ExportOptions) -> ExportedModel:
         opset=OPSET,
         tokenizer_files=tuple(FileRecord.of(out, p) for p in sorted(tokenizer_dir.rglob("*")) if p.is_file()),
         blocks=tuple(blocks),
+        inputs=export_inputs(loaded.model_hash, options),
     )
     write_blocks(out, exported)
     return exported
 
 
-def export_model(options: ExportOptions) -> ExportedModel:
-    """Load the model in the export precision and write every block."""
-    return export_loaded(load_model(options.model, dtype=options.dtype), options)
+def export_model(options: ExportOptions, announce=lambda text: None) -> ExportedModel:
+    """Reuse the export in `out_dir` if its inputs are unchanged and its files verify; else load the model in the
+    export precision and write every block."""
+    source = resolve_source(options.model)
+    hash_ = model_hash(source)
+    existing, why = reusable_export(Path(options.out_dir), export_inputs(hash_, options))
+    if existing is not None:
+        announce(f"export: {options.out_dir} is up to date ({why}); nothing to do")
+        return existing
+    announce(f"export: exporting ({why})")
+    return export_loaded(load_model(options.model, dtype=options.dtype, known_hash=hash_), options)

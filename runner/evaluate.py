@@ -2,8 +2,10 @@
 
 Steps, each timed: open the manifest, load documents, tokenize the harness's way, pack and batch, plan memory
 for the budget, run the blocks layer-major (engines resident or streamed), score. Latency is everything but
-tokenization. If the run fails part way, the items of the chunks that finished are written to the
-`partial_results` path before the error propagates.
+tokenization. With a `journal` path, every finished chunk's items are appended to the run journal
+(runner/journal.py) and a rerun with the same arguments resumes from it; SIGINT and SIGTERM stop the run at the
+next batch (runner/interrupt.py). If the run fails or is stopped part way, the items that finished are also
+written to the `partial_results` path, and the one-line error names both.
 Usage: `results = evaluate(RunOptions(engines=Path("engines/smollm2-135m"), dataset="...jsonl", limit=200))`.
 """
 
@@ -19,11 +21,20 @@ from tqdm import tqdm
 
 from cetrt.backends import get_backend
 from cetrt.backends.base import LoadSettings
-from cetrt.errors import UserError
+from cetrt.errors import Interrupted, UserError
+from cetrt.files import sha256_file
 from cetrt.formats.calib import read_calib_for, resolve
-from cetrt.formats.manifest import Manifest, read_manifest
+from cetrt.formats.manifest import MANIFEST_FILE, Manifest, read_manifest
 from cetrt.formats.results import RunResults, write_results
-from cetrt.plan import activation_bytes_per_token, available_memory, chunks, parse_size, plan_memory
+from cetrt.outputs import check_output_file
+from cetrt.plan import (
+    activation_bytes_per_token,
+    available_memory,
+    chunks,
+    journal_chunk_tokens,
+    parse_size,
+    plan_memory,
+)
 from cetrt.runner.executor import (
     DiskActivations,
     MemoryActivations,
@@ -33,11 +44,13 @@ from cetrt.runner.executor import (
     Timings,
     run_layer_major,
 )
+from cetrt.runner.interrupt import StopOnSignal, StopRequested
+from cetrt.runner.journal import RunJournal, digest
 from cetrt.runner.loading import BlockLoader
 from cetrt.runner.memory import RssSampler
 from cetrt.runner.scoring import item_results, metrics
 from cetrt.storage import DEFAULT_REQUESTS_IN_FLIGHT, ReadPlan, ReadStats
-from cetrt.workload.hellaswag import DEFAULT_DATASET, load_docs
+from cetrt.workload.hellaswag import default_dataset, load_docs
 from cetrt.workload.packing import make_batches, pack
 from cetrt.workload.shapes import ShapePlan
 from cetrt.workload.tokens import encode_docs, offline_tokenizer
@@ -46,7 +59,7 @@ from cetrt.workload.tokens import encode_docs, offline_tokenizer
 @dataclass(frozen=True)
 class RunOptions:
     engines: Path
-    dataset: str = DEFAULT_DATASET
+    dataset: str | None = None  # None: the one default (cetrt.workload.hellaswag.default_dataset)
     limit: int | None = None
     tokens_per_batch: int | None = None  # None: calib.json's schedule beside the engines, else 4096
     length_multiple: int = 32
@@ -57,12 +70,23 @@ class RunOptions:
     threads: int | None = None
     io_binding: bool = False  # ORT with I/O binding on CPU too (the CUDA path's host logic)
     partial_results: Path | None = None
+    journal: Path | None = None  # the run journal: finished chunks on disk, and what a rerun resumes from
     progress: bool = True
     devices: int = 1  # > 1: the blocks split into a pipeline of contiguous stages, one per device (runner/devices.py)
 
 
+# What one item takes in results.json and in the journal (its scores, lengths, flags as JSON), with room to spare.
+ITEM_BYTES = 1024
+
+
 def load_tokenizer(engines: Path, manifest: Manifest):
-    return offline_tokenizer(engines / Path(manifest.tokenizer_files[0].path).parent)
+    """The engines' tokenizer (its files were checked against the manifest's sha256 by `open_engines`)."""
+    fix = "it changed after the build; rebuild the engines with `make engines`"
+    directory = engines / Path(manifest.tokenizer_files[0].path).parent
+    try:
+        return offline_tokenizer(directory)
+    except Exception as e:  # tokenizers and transformers raise many types for a file they cannot use
+        raise UserError(f"{directory}: cannot load the tokenizer ({type(e).__name__}: {str(e)[:200]}); {fix}") from None
 
 
 @dataclass(frozen=True)
@@ -112,6 +136,7 @@ def open_engines(options: RunOptions):
     if manifest.build_options.get("check"):
         raise UserError(f"{engines}: built with --check (parse and build only, for {manifest.target.name} without its "
                         "GPU); these engines are not for running. Build on the target device with `make engines`")
+    manifest.check_side_files(engines)
     backend = get_backend(manifest.backend)
     if backend.version() != manifest.backend_version:
         raise UserError(
@@ -122,10 +147,20 @@ def open_engines(options: RunOptions):
 
 
 def evaluate(options: RunOptions, announce: Callable[[str], None] = lambda text: None) -> RunResults:
+    with StopOnSignal() as stop:
+        return _evaluate(options, announce, stop)
+
+
+def _evaluate(options: RunOptions, announce: Callable[[str], None], stop: StopOnSignal) -> RunResults:
     start = time.perf_counter()
     engines, manifest, backend = open_engines(options)
     budget = budget_bytes(manifest, options.memory_budget)
-    docs = load_docs(options.dataset, options.limit)
+    dataset = options.dataset or default_dataset()
+    options = dataclasses.replace(options, dataset=dataset)
+    docs = load_docs(dataset, options.limit)
+    for path, what in ((options.journal, "the run journal"), (options.partial_results, "the partial results")):
+        if path is not None:  # before any work: a run must not finish with nowhere to put its results
+            check_output_file(path, what, needed=2 * ITEM_BYTES * len(docs))
 
     tokenize_start = time.perf_counter()
     encoded = encode_docs(load_tokenizer(engines, manifest), docs)
@@ -133,47 +168,84 @@ def evaluate(options: RunOptions, announce: Callable[[str], None] = lambda text:
 
     schedule = run_schedule(engines, manifest, options)
     rows = [pack(i, e) for i, e in enumerate(encoded)]
-    batches = make_batches(rows, shape_plan(manifest, options, schedule.tokens_per_batch), manifest.model.max_positions)
-    if options.devices > 1:  # the budget is per device
+    batches = make_batches(rows, shape_plan(manifest, options, schedule.tokens_per_batch), manifest.model.max_positions,
+                           item_name=lambda i: f"item ind={docs[i].ind!r} (document {i + 1} of {dataset})")
+    if options.devices > 1:  # the budget is per device; no run journal on this path yet
         from cetrt.runner.devices import evaluate_devices
         return evaluate_devices(options, engines, manifest, backend, budget, encoded, batches, schedule, tokenize_s,
                                 start, announce)
-    plan = plan_memory(manifest, batches, budget, options.chunk_tokens, schedule.prefetch_depth)
+    journal = None
+    if options.journal is not None:
+        key = {"manifest_sha256": manifest_digest(engines), "dataset": str(dataset), "limit": options.limit,
+               "dataset_digest": digest(docs),
+               "batches_digest": digest((b.shape, [r.item for r in b.rows]) for b in batches)}
+        journal = RunJournal.open(options.journal, key, announce)
+    done: dict[int, dict] = dict(journal.finished) if journal else {}
+    remaining = [i for i in range(len(batches)) if i not in done]
+    todo = [batches[i] for i in remaining]
     announce(schedule.describe())
-    announce(plan.describe())
-    chunk_list = list(chunks(batches, plan.chunk_tokens))
-
     timings, stats, meter = Timings(), ReadStats(), MemoryMeter()
-    load = BlockLoader(engines, manifest, backend, LoadSettings(threads=options.threads, io_binding=options.io_binding),
-                       stats, meter)
-    reads, allocate = ReadPlan(requests_in_flight=schedule.requests_in_flight), backend.host_buffers(manifest.target)
-    if plan.resident:
-        store = ResidentStore(engines, manifest.blocks, plan.prefetch_depth, load, timings, stats, meter, reads,
-                              allocate)
-    else:
-        sequence = [block for _ in chunk_list for block in manifest.blocks]
-        store = StreamingStore(engines, sequence, plan.prefetch_depth, load, timings, stats, meter, reads, allocate)
-    if plan.activations == "memory":
-        activations = MemoryActivations(meter, activation_bytes_per_token(manifest.model, manifest.dtype, batches))
-    else:
-        activations = DiskActivations(meter, options.spill_dir)
     outputs: list = [None] * len(batches)
     finished: list[int] = []
-    steps = len(batches) * len(manifest.blocks)
-    with tqdm(total=steps, desc="scoring", unit="step", disable=not options.progress) as bar, RssSampler() as rss:
-        try:
-            run_layer_major(manifest.blocks, store, batches, chunk_list, activations, timings, outputs, bar.update,
-                            finished.extend, cache_inputs=plan.activations == "memory")
-        except UserError as error:
-            saved = _save_partial(options, manifest, encoded, [batches[i] for i in finished], [outputs[i] for i in finished])
-            raise UserError(f"{error}{saved}") from None
-        finally:
-            store.close()
-            load.close()
-            activations.close()
+    plan = None
+    if todo:
+        cap = journal_chunk_tokens(calib_seconds_per_token(engines, manifest)) if journal else None
+        plan = plan_memory(manifest, todo, budget, options.chunk_tokens, schedule.prefetch_depth, resident_cap=cap)
+        announce(plan.describe())
+        if journal:
+            announce(f"  journal      {options.journal}: {kill_cost(plan)}")
+        chunk_list = [[remaining[j] for j in chunk] for chunk in chunks(todo, plan.chunk_tokens)]
+
+        def chunk_done(chunk: list[int]) -> None:
+            finished.extend(chunk)
+            if journal:
+                journal.record(chunk, [_items_of(encoded, batches[i], outputs[i]) for i in chunk])
+
+        def step(n: int) -> None:
+            bar.update(n)
+            stop.check()
+
+        load = BlockLoader(engines, manifest, backend, LoadSettings(threads=options.threads, io_binding=options.io_binding),
+                           stats, meter)
+        reads, allocate = ReadPlan(requests_in_flight=schedule.requests_in_flight), backend.host_buffers(manifest.target)
+        if plan.resident:
+            store = ResidentStore(engines, manifest.blocks, plan.prefetch_depth, load, timings, stats, meter, reads,
+                                  allocate)
+        else:
+            sequence = [block for _ in chunk_list for block in manifest.blocks]
+            store = StreamingStore(engines, sequence, plan.prefetch_depth, load, timings, stats, meter, reads,
+                                   allocate)
+        if plan.activations == "memory":
+            activations = MemoryActivations(meter, activation_bytes_per_token(manifest.model, manifest.dtype, todo))
+        else:
+            activations = DiskActivations(meter, options.spill_dir)
+        steps = len(todo) * len(manifest.blocks)
+        with tqdm(total=steps, desc="scoring", unit="step", disable=not options.progress) as bar, RssSampler() as rss:
+            try:
+                stop.check()
+                run_layer_major(manifest.blocks, store, batches, chunk_list, activations, timings, outputs, step,
+                                chunk_done, cache_inputs=plan.activations == "memory")
+            except (UserError, StopRequested) as error:
+                kept = _merged_items(done, encoded, batches, finished, outputs)
+                saved = _save_partial(options, manifest, kept, [batches[i] for i in sorted(set(done) | set(finished))])
+                where = f"; the journal {options.journal} keeps them: run the same command again to resume" if journal else ""
+                if isinstance(error, StopRequested):
+                    raise Interrupted(f"stopped by {error} after {len(kept)} of {len(docs)} items{saved}{where}"
+                                      + ("" if journal else " (give --json to keep finished items)"),
+                                      error.exit_code) from None
+                raise UserError(f"{error}{saved}{where}") from None
+            finally:
+                store.close()
+                load.close()
+                activations.close()
+        peak_rss = rss.peak_increase
+    else:
+        announce(f"  resume       every batch is in {options.journal}: nothing left to run")
+        peak_rss = 0
+    items = _merged_items(done, encoded, batches, finished, outputs)
     total_s = time.perf_counter() - start
     streaming = {
-        "plan": plan.to_json(),
+        "plan": plan.to_json() if plan else None,
         "schedule": dataclasses.asdict(schedule),
         "bytes_read": stats.bytes_read,
         "read_s": round(stats.read_s, 4),
@@ -184,10 +256,55 @@ def evaluate(options: RunOptions, announce: Callable[[str], None] = lambda text:
         "overlap": round(1 - stats.blocked_s / max(total_s - tokenize_s, 1e-9), 4),
         "direct_io": stats.direct,
         "peak_held_bytes": meter.peak,
-        "peak_rss_increase_bytes": rss.peak_increase,
+        "peak_rss_increase_bytes": peak_rss,
     }
-    return make_results(manifest, options, item_results(encoded, batches, outputs), batches, timings,
-                        tokenize_s=tokenize_s, total_s=total_s, extra={"streaming": streaming})
+    extra = {"streaming": streaming}
+    if done:
+        extra["resumed"] = {"journal": str(options.journal), "items": sum(len(v) for v in done.values()),
+                            "batches": len(done)}
+    return make_results(manifest, options, items, batches, timings, tokenize_s=tokenize_s, total_s=total_s,
+                        extra=extra)
+
+
+def manifest_digest(engines: Path) -> str:
+    """The manifest's sha256: what ties a run journal to these engines (every engine file's sha256 is in it)."""
+    return sha256_file(Path(engines) / MANIFEST_FILE)
+
+
+def calib_seconds_per_token(engines: Path, manifest: Manifest) -> float | None:
+    """Measured seconds per padded token through the whole model, from calib.json beside the engines, if any."""
+    calib = read_calib_for(engines, manifest.model_hash, manifest.build_options.get("export_digest", ""))
+    compute = calib.measured.get("compute") if calib else None
+    if not compute:
+        return None
+    layers_per_block = max(1, int(calib.measured.get("layers_per_block", 1)))
+    per_token = min(c["s_per_token"] for c in compute)  # the fastest size: chunks may take longer, never shorter
+    return per_token * manifest.model.num_layers / layers_per_block
+
+
+def kill_cost(plan) -> str:
+    """What an interruption can cost: the chunk in flight (and, when streaming, its pass over the weights)."""
+    if plan.resident:
+        return (f"chunks of up to {plan.chunk_tokens:,} padded tokens reach it as they finish (engines resident: "
+                "small chunks cost no extra read); a kill loses at most the chunk in flight")
+    return (f"each chunk reaches it as it finishes; a kill loses at most the chunk in flight: up to "
+            f"{plan.chunk_tokens:,} padded tokens and its pass over the weights "
+            f"({plan.bytes_to_read / max(plan.passes, 1) / 2**30:.2f} GiB read)")
+
+
+def _items_of(encoded, batch, output) -> dict:
+    """One batch's items by document index."""
+    return dict(zip(sorted(row.item for row in batch.rows), item_results(encoded, [batch], [output])))
+
+
+def _merged_items(done: dict, encoded, batches, finished: list[int], outputs) -> list:
+    """Items of the batches resumed from the journal and of those run now, in the documents' order."""
+    by_index = {}
+    for items in done.values():
+        by_index.update(items)
+    for i in finished:
+        by_index.update(_items_of(encoded, batches[i], outputs[i]))
+    return [by_index[i] for i in sorted(by_index)]
 
 
 def make_results(manifest: Manifest, options: RunOptions, items, batches, timings: Timings, tokenize_s: float,
@@ -213,11 +330,13 @@ def make_results(manifest: Manifest, options: RunOptions, items, batches, timing
     )
 
 
-def _save_partial(options: RunOptions, manifest: Manifest, encoded, done_batches, done_outputs) -> str:
-    """Nothing of a failed run is lost: the finished chunks' items go to `partial_results`, if given."""
-    if not options.partial_results or not done_batches:
+def _save_partial(options: RunOptions, manifest: Manifest, items: list, done_batches: list) -> str:
+    """Nothing of a failed run is lost: the finished items go to `partial_results`, if given."""
+    if not options.partial_results or not items:
         return ""
-    items = item_results(encoded, done_batches, done_outputs)
-    write_results(options.partial_results, make_results(manifest, options, items, done_batches, Timings(), 0.0, 0.0,
-                                                        extra={"complete": False}))
+    try:
+        write_results(options.partial_results, make_results(manifest, options, items, done_batches, Timings(), 0.0, 0.0,
+                                                            extra={"complete": False}))
+    except UserError as e:
+        return f"; saving the {len(items)} finished items failed ({e})"
     return f"; the {len(items)} items of the finished chunks were written to {options.partial_results}"

@@ -2,13 +2,15 @@
 
 An export directory holds `block_NNN.onnx` (plus `block_NNN.onnx.data` when weights go to external data),
 `tokenizer/`, and `blocks.json`, which names the model, its shape, the precision, and per block its interface
-and files with sizes and sha256. The build stage reads only this.
+and files with sizes and sha256, and `inputs`: what the export depended on (model hash, options, versions), so
+an export whose inputs are unchanged and whose files verify is reused instead of redone. The build stage reads
+only this.
 Usage: `write_blocks(out_dir, exported)`; `exported = read_blocks(out_dir)`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cetrt.errors import UserError
@@ -40,6 +42,11 @@ class ExportedModel:
     opset: int
     tokenizer_files: tuple[FileRecord, ...]
     blocks: tuple[ExportedBlock, ...]
+    inputs: dict = field(default_factory=dict)  # model hash, options and versions the export was made from
+
+    @property
+    def all_files(self) -> tuple[FileRecord, ...]:
+        return self.tokenizer_files + tuple(f for b in self.blocks for f in b.files)
 
     def to_json(self) -> dict:
         return {
@@ -52,6 +59,7 @@ class ExportedModel:
             "opset": self.opset,
             "tokenizer_files": [f.to_json() for f in self.tokenizer_files],
             "blocks": [{**b.spec.to_json(), "files": [f.to_json() for f in b.files]} for b in self.blocks],
+            "inputs": self.inputs,
         }
 
 
@@ -78,9 +86,16 @@ def read_blocks(export_dir: Path) -> ExportedModel:
                 ExportedBlock(spec=BlockSpec.from_json(b), files=tuple(FileRecord.from_json(f) for f in b["files"]))
                 for b in data["blocks"]
             ),
+            inputs=dict(data.get("inputs") or {}),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{path}: malformed ({type(e).__name__}: {e}); {_FIX}") from None
-    for record in exported.tokenizer_files + tuple(f for b in exported.blocks for f in b.files):
+    for record in exported.all_files:
         record.check_size(export_dir, _FIX)
     return exported
+
+
+def verify_export(export_dir: Path, exported: ExportedModel) -> None:
+    """Every file blocks.json names against its sha256 (reads them all: for a reuse decision, not every open)."""
+    for record in exported.all_files:
+        record.check_digest(Path(export_dir), None, _FIX)

@@ -44,6 +44,7 @@ class CalibRecord:
     measured: dict  # storage, load, compute; or {"target", "skipped": why} where this machine could not measure
     schedule: dict  # tokens_per_batch, prefetch_depth, each with its reason; or {"note"} when nothing was measured
     seconds: dict = field(default_factory=dict)
+    inputs: dict = field(default_factory=dict)  # export digest, target, dataset, options, versions: unchanged, reused
 
     def islands(self) -> dict[int, list[str]]:
         """Node names to compute in FP32, by block index: what the build applies to the exported graphs."""
@@ -63,7 +64,7 @@ class CalibRecord:
         return {"format": CALIB_FORMAT, "version": CALIB_VERSION, "model_id": self.model_id,
                 "model_hash": self.model_hash, "export_digest": self.export_digest, "dtype": self.dtype,
                 "dataset": self.dataset, "precision": self.precision, "measured": self.measured,
-                "schedule": self.schedule, "seconds": self.seconds}
+                "schedule": self.schedule, "seconds": self.seconds, "inputs": self.inputs}
 
     @classmethod
     def from_json(cls, data: dict, path: Path) -> "CalibRecord":
@@ -72,7 +73,7 @@ class CalibRecord:
                          export_digest=str(data["export_digest"]), dtype=str(data["dtype"]),
                          dataset=str(data["dataset"]), precision=dict(data["precision"]),
                          measured=dict(data["measured"]), schedule=dict(data["schedule"]),
-                         seconds=dict(data.get("seconds", {})))
+                         seconds=dict(data.get("seconds", {})), inputs=dict(data.get("inputs") or {}))
             record.islands()
         except (KeyError, TypeError, ValueError) as e:
             raise UserError(f"{path}: malformed calib.json ({type(e).__name__}: {e}); {_FIX}") from None

@@ -4,7 +4,9 @@ An engines directory holds one engine per block, `tokenizer/`, and `manifest.jso
 shape), precision, backend and its version, target, build options, and per block its interface, files
 (bytes, sha256), build time and backend details. Built with weights as inputs, it holds instead one engine
 per block type (`engine_types`, resident for the whole run) and per block a weights file with its index. Opening the directory checks format and sizes; each engine's
-sha256 is checked on the bytes as the runner reads them for loading (cetrt.storage).
+sha256 is checked on the bytes as the runner reads them for loading (cetrt.storage); the tokenizer files and
+calib.json (`calib_file`) are small and checked by `check_side_files` before they are read. `inputs` records
+what the build depended on (export digest, calib.json, backend and options): an unchanged build is skipped.
 Usage: `write_manifest(out_dir, manifest)`; `manifest = read_manifest(engines_dir)`.
 """
 
@@ -92,6 +94,18 @@ class Manifest:
     blocks: tuple[EngineBlock, ...]
     build_options: dict = field(default_factory=dict)
     engine_types: tuple[EngineType, ...] = ()
+    calib_file: FileRecord | None = None  # calib.json beside the engines, if the build copied one
+    inputs: dict = field(default_factory=dict)  # what the build depended on: unchanged inputs, build skipped
+
+    def check_side_files(self, engines_dir: Path) -> None:
+        """The small files read whole at open (tokenizer, calib.json) against their recorded sha256."""
+        for record in self.tokenizer_files + ((self.calib_file,) if self.calib_file else ()):
+            record.check_digest(Path(engines_dir), None, "it changed after the build; " + _FIX)
+
+    @property
+    def all_files(self) -> tuple[FileRecord, ...]:
+        engine_files = tuple(f for b in self.blocks for f in b.files) + tuple(f for t in self.engine_types for f in t.files)
+        return self.tokenizer_files + engine_files + ((self.calib_file,) if self.calib_file else ())
 
     @property
     def weights_layout(self) -> str:
@@ -124,6 +138,8 @@ class Manifest:
             "tokenizer_files": [f.to_json() for f in self.tokenizer_files],
             "blocks": [b.to_json() for b in self.blocks],
             "engine_types": [t.to_json() for t in self.engine_types],
+            "calib_file": self.calib_file.to_json() if self.calib_file else None,
+            "inputs": self.inputs,
         }
 
 
@@ -152,13 +168,14 @@ def read_manifest(engines_dir: Path) -> Manifest:
             blocks=tuple(EngineBlock.from_json(b) for b in data["blocks"]),
             build_options=dict(data.get("build_options", {})),
             engine_types=tuple(EngineType.from_json(t) for t in data.get("engine_types", [])),
+            calib_file=FileRecord.from_json(data["calib_file"]) if data.get("calib_file") else None,
+            inputs=dict(data.get("inputs") or {}),
         )
         unknown = {b.engine_type for b in manifest.blocks if b.engine_type} - {t.name for t in manifest.engine_types}
         if unknown:
             raise ValueError(f"blocks name engine types {sorted(unknown)} that the manifest does not list")
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{path}: malformed ({type(e).__name__}: {e}); {_FIX}") from None
-    engine_files = tuple(f for b in manifest.blocks for f in b.files) + tuple(f for t in manifest.engine_types for f in t.files)
-    for record in manifest.tokenizer_files + engine_files:
+    for record in manifest.all_files:
         record.check_size(engines_dir, _FIX)
     return manifest

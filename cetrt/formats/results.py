@@ -1,16 +1,20 @@
 """results.json: the one writer of a run's results (per item and the metrics), read by benchmarks and tests.
 
+Written atomically; if the named place fails (disk full, removed directory), the results go to a fallback
+file that the one-line error names, so a finished run is never lost. `ItemResult.from_json` reads an item
+back exactly (the run journal keeps items in this form).
 Usage: `write_results(path, results)`; `RunResults.to_json()`.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from cetrt.files import write_json_atomic
+from cetrt.outputs import write_with_fallback
 
 RESULTS_FORMAT = "cetrt-results"
 RESULTS_VERSION = 1
@@ -18,7 +22,7 @@ RESULTS_VERSION = 1
 
 @dataclass(frozen=True)
 class ItemResult:
-    ind: int
+    ind: int | str  # as the dataset gives it
     label: int
     scores: tuple[float, ...]
     lengths: tuple[float, ...]
@@ -37,6 +41,11 @@ class ItemResult:
             "ind": self.ind, "label": self.label, "scores": list(self.scores), "lengths": list(self.lengths),
             "pred": self.pred, "pred_norm": self.pred_norm, "greedy": list(self.greedy),
         }
+
+    @classmethod
+    def from_json(cls, data: dict) -> "ItemResult":
+        return cls(ind=data["ind"], label=int(data["label"]), scores=tuple(float(x) for x in data["scores"]),
+                   lengths=tuple(float(x) for x in data["lengths"]), greedy=tuple(bool(x) for x in data["greedy"]))
 
 
 @dataclass
@@ -94,4 +103,5 @@ class RunResults:
 
 
 def write_results(path: Path, results: RunResults) -> None:
-    write_json_atomic(Path(path), results.to_json())
+    text = json.dumps(results.to_json(), indent=2) + "\n"
+    write_with_fallback(Path(path), text, f"results of {len(results.items)} items")

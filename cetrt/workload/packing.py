@@ -117,20 +117,25 @@ class Batch:
         }
 
 
-def make_batches(rows: list[PackedRow], plan: ShapePlan, max_positions: int | None = None) -> list[Batch]:
-    """Sort rows by length and cut them into batches of at most `plan.tokens_per_batch` padded tokens."""
+def make_batches(rows: list[PackedRow], plan: ShapePlan, max_positions: int | None = None,
+                 item_name=lambda i: f"item {i}") -> list[Batch]:
+    """Sort rows by length and cut them into batches of at most `plan.tokens_per_batch` padded tokens.
+
+    An item the model or the engines cannot take is refused by name: `item_name(row.item)` says which."""
     if max_positions is not None:
         too_long = [r for r in rows if r.positions.max(initial=0) >= max_positions]
         if too_long:
             raise UserError(
-                f"{len(too_long)} item(s) need position {int(too_long[0].positions.max())}, but the model has "
-                f"{max_positions} positions; these items cannot be scored by this model"
+                f"{item_name(too_long[0].item)} needs position {int(too_long[0].positions.max())}, but the model has "
+                f"{max_positions} positions ({len(too_long)} item(s) too long); this model cannot score them: "
+                "remove them from the dataset or use a model with more positions"
             )
     ordered = sorted(rows, key=lambda r: r.length)
     if plan.max_length is not None and ordered and plan.padded_length(ordered[-1].length) > plan.max_length:
+        longest = ordered[-1]
         raise UserError(
-            f"the longest packed row has {ordered[-1].length} tokens, but these engines accept rows of at most "
-            f"{plan.max_length}; rebuild them with MAX_LENGTH={plan.padded_length(ordered[-1].length)} or more"
+            f"{item_name(longest.item)} packs to {longest.length} tokens, but these engines accept rows of at most "
+            f"{plan.max_length}; rebuild them with MAX_LENGTH={plan.padded_length(longest.length)} or more"
         )
     batches: list[Batch] = []
     start = 0
