@@ -6,7 +6,10 @@ hidden states never leave the device between blocks, every allocation goes throu
 (no cudaMalloc/cudaFree, which synchronise, per run), and nothing waits on the host until the head's outputs are
 read. Uploads run on the copy stream from page-locked memory; the compute stream waits for them with an
 event, so block i+1's weights travel while block i computes; the host buffer is kept until its copy is done.
-On the CPU the same calls are plain tensors and no streams.
+On the CPU the same calls are plain tensors and no streams. ONNX Runtime 1.31.1 given our compute stream as its
+`user_compute_stream` failed in `cudaFreeHost` (CUDA error 800) on the H200 machine, so by default it keeps its
+own stream and synchronises at the end of each run, and uploads are waited for before the run that reads them;
+`CETRT_SHARED_STREAM=1` shares the stream (for another ORT version), `CETRT_PINNED=0` reads into plain memory.
 Usage: `device = Device.for_target("cuda")`; `t = device.upload(array)`; `device.host_buffer(n)` for the
 reader.
 """
