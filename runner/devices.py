@@ -45,7 +45,7 @@ def cuda_transfer(value, device: int):
 
 def evaluate_devices(options, engines, manifest, backend, budget: int, encoded, batches, schedule, tokenize_s: float,
                      start: float, announce):
-    from cetrt.runner.evaluate import _save_partial, make_results
+    from cetrt.runner.evaluate import _merged_items, _save_partial, make_results
 
     sizes = ModelSizes(manifest.model, manifest.dtype, [engine_bytes(b) for b in manifest.blocks],
                        manifest.shared_engine_bytes)
@@ -84,8 +84,8 @@ def evaluate_devices(options, engines, manifest, backend, budget: int, encoded, 
                              cache_inputs=all(p.activations == "memory" for p in plan.plans),
                              transfer=cuda_transfer if cuda else identity_transfer)
             except UserError as error:
-                saved = _save_partial(options, manifest, encoded, [batches[i] for i in finished],
-                                      [outputs[i] for i in finished])
+                saved = _save_partial(options, manifest, _merged_items({}, encoded, batches, finished, outputs),
+                                      [batches[i] for i in finished])
                 raise UserError(f"{error}{saved}") from None
     finally:
         for stage in stages:
@@ -107,11 +107,6 @@ def evaluate_devices(options, engines, manifest, backend, budget: int, encoded, 
         "compute_s_per_device": [round(s.timings.compute_s, 4) for s in stages],
         "peak_rss_increase_bytes": rss.peak_increase,
     }
-    return make_results(manifest, options, _items(encoded, batches, outputs), batches, timings, tokenize_s=tokenize_s,
-                        total_s=total_s, extra={"streaming": streaming})
-
-
-def _items(encoded, batches, outputs):
-    from cetrt.runner.scoring import item_results
-
-    return item_results(encoded, batches, outputs)
+    items = _merged_items({}, encoded, batches, list(range(len(batches))), outputs)
+    return make_results(manifest, options, items, batches, timings, tokenize_s=tokenize_s, total_s=total_s,
+                        extra={"streaming": streaming})

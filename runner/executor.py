@@ -183,6 +183,20 @@ class HeadOutput:
     greedy: np.ndarray  # [B, S] bool
 
 
+def batch_inputs(session: Session, block: EngineBlock, batch: Batch, cache: dict, i: int, keep: bool) -> dict:
+    """Batch i's inputs that `block` takes (ids, positions, mask, scored slots), on the session's device. With
+    `keep`, the host arrays are built once and each input uploaded once per chunk, by the first block that takes
+    it, then reused by every later block (another engine's session may hold a different set of inputs)."""
+    entry = cache.get(i) or {"host": batch.arrays(), "device": {}}
+    if keep:
+        cache[i] = entry
+    device = entry["device"]
+    for name in block.spec.input_names:
+        if name != HIDDEN and name not in device:
+            device[name] = session.upload(name, entry["host"][name])
+    return device
+
+
 def run_layer_major(blocks: tuple[EngineBlock, ...], store, batches: list[Batch], chunk_list: list[list[int]],
                     activations, timings: Timings, results: list, progress: Callable[[int], None] = lambda n: None,
                     on_chunk_done: Callable[[list[int]], None] = lambda chunk: None, cache_inputs: bool = True) -> None:
@@ -201,11 +215,7 @@ def run_layer_major(blocks: tuple[EngineBlock, ...], store, batches: list[Batch]
             start = time.perf_counter()
             heads = {}
             for i in chunk:
-                inputs = cache.get(i)
-                if inputs is None:
-                    inputs = {name: session.upload(name, array) for name, array in batches[i].arrays().items()}
-                    if cache_inputs:
-                        cache[i] = inputs
+                inputs = batch_inputs(session, block, batches[i], cache, i, cache_inputs)
                 feeds = {name: activations.get(i) if name == HIDDEN else inputs[name] for name in block.spec.input_names}
                 out = session.run(feeds)
                 if block.spec.kind == "head":

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from cetrt.formats.manifest import EngineBlock
-from cetrt.runner.executor import HeadOutput, Timings
+from cetrt.runner.executor import HeadOutput, Timings, batch_inputs
 from cetrt.spec import GREEDY, HIDDEN, HIDDEN_OUT, LOGPROBS
 from cetrt.workload.packing import Batch
 
@@ -99,13 +99,8 @@ class _Pipeline:
                 self.errors.append(error)
             self.stop.set()
 
-    def _inputs(self, session, cache: dict, i: int) -> dict:
-        inputs = cache.get(i)
-        if inputs is None:
-            inputs = {name: session.upload(name, array) for name, array in self.batches[i].arrays().items()}
-            if self.cache_inputs:
-                cache[i] = inputs
-        return inputs
+    def _inputs(self, session, block: EngineBlock, cache: dict, i: int) -> dict:
+        return batch_inputs(session, block, self.batches[i], cache, i, self.cache_inputs)
 
     def _receive(self, stage: Stage, i: int):
         index, value = self._get(self.queues[stage.index - 1])
@@ -116,7 +111,7 @@ class _Pipeline:
         """Batch i through one block; returns its hidden state out (None after the head)."""
         if self.stop.is_set():
             raise _Stopped
-        inputs = self._inputs(session, cache, i)
+        inputs = self._inputs(session, block, cache, i)
         feeds = {name: hidden if name == HIDDEN else inputs[name] for name in block.spec.input_names}
         out = session.run(feeds)
         self._progress()
