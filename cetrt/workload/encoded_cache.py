@@ -1,9 +1,10 @@
 """A cache of tokenized documents, keyed by the documents' text and the tokenizer, so a second run (or calib
 after export) does not tokenize the dataset again.
 
-The key is a sha256 over this module's format version, the tokenizer's full serialization (its Rust backend's
-JSON, which holds the vocabulary, merges, normalizer and post-processor) with its BOS/EOS ids, and every field
-of every document. A hit returns exactly what `encode_docs` computed; a missing, unreadable or mismatched entry
+The key is a sha256 over this module's format version, the source of the code that builds the requests and
+tokenizes them (so a changed cetrt never reuses an older cetrt's encoding), the tokenizer's full serialization
+(its Rust backend's JSON, which holds the vocabulary, merges, normalizer and post-processor) with its BOS/EOS
+ids, and every field of every document. A hit returns exactly what `encode_docs` computed; a missing, unreadable or mismatched entry
 is recomputed and rewritten (the cache is never a reason to fail). Entries are written beside and renamed, so a
 killed run leaves no half entry. `CETRT_CACHE_DIR` moves it; `CETRT_NO_CACHE=1` turns it off.
 Usage: `encoded = cached(tokenizer, docs, lambda: encode_docs(tokenizer, docs))`.
@@ -11,6 +12,7 @@ Usage: `encoded = cached(tokenizer, docs, lambda: encode_docs(tokenizer, docs))`
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -34,11 +36,21 @@ def _tokenizer_identity(tokenizer) -> str | None:
     return json.dumps([backend.to_str(), tokenizer.bos_token_id, tokenizer.eos_token_id])
 
 
+@functools.lru_cache(maxsize=1)
+def _code_identity() -> bytes:
+    """The workload modules' source: the requests' text (hellaswag), their tokenization (tokens), this cache."""
+    digest = hashlib.sha256()
+    for name in ("hellaswag.py", "tokens.py", "encoded_cache.py"):
+        digest.update((Path(__file__).parent / name).read_bytes())
+    return digest.digest()
+
+
 def cache_key(tokenizer, docs) -> str | None:
     identity = _tokenizer_identity(tokenizer)
     if identity is None:
         return None
     digest = hashlib.sha256(_FORMAT.encode())
+    digest.update(_code_identity())
     digest.update(hashlib.sha256(identity.encode()).digest())
     for doc in docs:
         digest.update(json.dumps([doc.ind, doc.activity_label, doc.ctx_a, doc.ctx_b, doc.endings, doc.label]).encode())
