@@ -118,3 +118,18 @@ def make_overflow_model(directory: Path, tokenizer=None, scale: float = 2.0**16)
             param.copy_(param.half().float())
     model.save_pretrained(directory)
     return directory
+
+
+def export_deep_llama(root: Path, tokenizer, layers: int) -> Path:
+    """A tiny LLaMA of `layers` decoder layers exported in FP32, one layer a block: many blocks, for streaming and
+    device-split tests. Returns the export directory."""
+    from transformers import LlamaConfig
+
+    from cetrt.export.pipeline import ExportOptions, export_model
+
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         bos_token_id=0, eos_token_id=1, pad_token_id=2, tie_word_embeddings=False)
+    model = make_tiny_model(root / "model", "llama", tokenizer, config=config)
+    export_model(ExportOptions(model=str(model), out_dir=root / "onnx", dtype="float32", layers_per_block=1))
+    return root / "onnx"

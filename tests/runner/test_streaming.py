@@ -13,11 +13,10 @@ import pytest
 from cetrt import storage
 from cetrt.build.engines import BuildOptions, build_engines
 from cetrt.errors import UserError
-from cetrt.export.pipeline import ExportOptions, export_model
 from cetrt.formats.manifest import read_manifest
 from cetrt.runner.evaluate import RunOptions, evaluate
 
-from tiny_models import make_tiny_model
+from tiny_models import export_deep_llama
 
 N_DOCS = 24
 TOKENS_PER_BATCH = 128
@@ -27,15 +26,7 @@ N_BLOCKS = N_LAYERS + 2
 
 @pytest.fixture(scope="module")
 def deep_export(tmp_path_factory, tokenizer):
-    from transformers import LlamaConfig
-
-    root = tmp_path_factory.mktemp("deep")
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=N_LAYERS,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                         bos_token_id=0, eos_token_id=1, pad_token_id=2, tie_word_embeddings=False)
-    model = make_tiny_model(root / "model", "llama", tokenizer, config=config)
-    export_model(ExportOptions(model=str(model), out_dir=root / "onnx", dtype="float32", layers_per_block=1))
-    return root / "onnx"
+    return export_deep_llama(tmp_path_factory.mktemp("deep"), tokenizer, N_LAYERS)
 
 
 @pytest.fixture(scope="module", params=["inside", "inputs"])
