@@ -84,15 +84,8 @@ def calibrate(options: CalibOptions, announce=lambda text: None) -> CalibRecord:
         announce(f"calib: not measured here ({error}); the schedule stays at the defaults")
         measured = {"target": target.name, "skipped": str(error)}
         schedule = {"note": f"defaults: nothing measured ({error})"}
-    record = CalibRecord(
-        model_id=exported.model_id,
-        model_hash=exported.model_hash,
-        export_digest=export_digest(exported.blocks),
-        dtype=exported.dtype,
-        dataset=str(options.dataset),
-        precision=precision,
-        measured=measured,
-        schedule=schedule,
+    record = CalibRecord.for_export(
+        exported, options.dataset, precision, measured, schedule,
         seconds={"precision": round(precision_s, 2), "total": round(time.perf_counter() - start, 2)},
         inputs=inputs,
     )

@@ -67,6 +67,14 @@ class CalibRecord:
                 "schedule": self.schedule, "seconds": self.seconds, "inputs": self.inputs}
 
     @classmethod
+    def for_export(cls, exported, dataset: str, precision: dict, measured: dict, schedule: dict,
+                   **rest) -> "CalibRecord":
+        """A record tied to `exported` (an ExportedModel): its model, hash, precision and blocks' digest."""
+        return cls(model_id=exported.model_id, model_hash=exported.model_hash,
+                   export_digest=export_digest(exported.blocks), dtype=exported.dtype, dataset=str(dataset),
+                   precision=precision, measured=measured, schedule=schedule, **rest)
+
+    @classmethod
     def from_json(cls, data: dict, path: Path) -> "CalibRecord":
         try:
             record = cls(model_id=str(data["model_id"]), model_hash=str(data["model_hash"]),

@@ -20,7 +20,7 @@ from cetrt.errors import UserError
 from cetrt.export.pipeline import ExportOptions, export_model
 from cetrt.files import FileRecord
 from cetrt.formats.blocks import read_blocks, write_blocks
-from cetrt.formats.calib import CALIB_FILE, CalibRecord, export_digest, write_calib
+from cetrt.formats.calib import CALIB_FILE, CalibRecord, write_calib
 from cetrt.formats.manifest import read_manifest
 from cetrt.islands import ISLANDS_KEY, float32_twin, islands_of, save_model, with_fp32_islands
 from cetrt.runner.evaluate import RunOptions, evaluate
@@ -198,8 +198,5 @@ def test_drift_beyond_a_strict_threshold_gets_islands_until_it_passes(zoo, hella
 
 def _record(export_dir, section) -> CalibRecord:
     """calib.json for `section` as the calib stage writes it, nothing measured."""
-    exported = read_blocks(export_dir)
-    return CalibRecord(model_id=exported.model_id, model_hash=exported.model_hash,
-                       export_digest=export_digest(exported.blocks), dtype=exported.dtype, dataset="test",
-                       precision=section, measured={"target": "cpu", "skipped": "not measured in this test"},
-                       schedule={})
+    return CalibRecord.for_export(read_blocks(export_dir), "test", section,
+                                  {"target": "cpu", "skipped": "not measured in this test"}, {})

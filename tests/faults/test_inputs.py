@@ -52,15 +52,13 @@ def _calibrated_engines(zoo, tmp_path):
 
     from cetrt.build.engines import BuildOptions, build_engines
     from cetrt.formats.blocks import read_blocks
-    from cetrt.formats.calib import CalibRecord, export_digest, write_calib
+    from cetrt.formats.calib import CalibRecord, write_calib
 
     onnx_dir = tmp_path / "onnx"
     shutil.copytree(zoo.onnx("llama"), onnx_dir)
     exported = read_blocks(onnx_dir)
-    write_calib(onnx_dir, CalibRecord(
-        model_id=exported.model_id, model_hash=exported.model_hash, export_digest=export_digest(exported.blocks),
-        dtype=exported.dtype, dataset="test", precision={"islands": []}, measured={"target": "cpu", "skipped": "test"},
-        schedule={"note": "defaults", "tokens_per_batch": 512}))
+    write_calib(onnx_dir, CalibRecord.for_export(exported, "test", {"islands": []},
+                                                 {"target": "cpu", "skipped": "test"}, {"note": "defaults", "tokens_per_batch": 512}))
     build_engines(BuildOptions(onnx_dir=onnx_dir, out_dir=tmp_path / "engines"))
     return tmp_path / "engines"
 

@@ -83,15 +83,13 @@ def test_a_killed_build_resumes_with_the_engines_it_finished(zoo, tmp_path, monk
 def test_an_export_redone_in_the_same_folder_drops_the_old_calibration(zoo, tmp_path):
     """Issue 14: an FP16 export into the FP32 export's folder kept its calib.json, and the build refused it."""
     from cetrt.formats.blocks import read_blocks
-    from cetrt.formats.calib import CalibRecord, export_digest, write_calib
+    from cetrt.formats.calib import CalibRecord, write_calib
 
     onnx_dir = tmp_path / "onnx"
     shutil.copytree(zoo.onnx("llama"), onnx_dir)
     exported = read_blocks(onnx_dir)
-    write_calib(onnx_dir, CalibRecord(
-        model_id=exported.model_id, model_hash=exported.model_hash, export_digest=export_digest(exported.blocks),
-        dtype=exported.dtype, dataset="test", precision={"islands": []}, measured={"target": "cpu", "skipped": "test"},
-        schedule={"note": "defaults"}))
+    write_calib(onnx_dir, CalibRecord.for_export(exported, "test", {"islands": []},
+                                                 {"target": "cpu", "skipped": "test"}, {"note": "defaults"}))
     export_model(ExportOptions(model=str(zoo.model("llama")), out_dir=onnx_dir, dtype="float16", layers_per_block=2))
     assert not (onnx_dir / "calib.json").exists()
     manifest = build_engines(BuildOptions(onnx_dir=onnx_dir, out_dir=tmp_path / "engines"))
