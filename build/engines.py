@@ -49,6 +49,7 @@ class BuildOptions:
     max_length: int = 512
     optimization_level: int = 3
     weights: str = DEFAULT_WEIGHTS  # "inputs": one engine per block type + a weights file per block; "inside"
+    layers_per_engine: int | None = None  # layers merged into one engine (None: calib.json's choice, else 1)
 
 
 def check_target(target: Target, backend: str, check: bool) -> None:
@@ -69,7 +70,18 @@ def with_islands(onnx_dir: Path, block, nodes: list[str], tmp: Path) -> Path:
     return save_model(model, tmp / path.name, external=len(block.files) > 1)[0]
 
 
-def build_inputs(options: BuildOptions, exported, backend, target: Target, plan: ShapePlan) -> dict:
+def merged_layers(options: BuildOptions, calib) -> int:
+    """Layers per engine: as given, else calib.json's choice (weights as inputs only: merging chains weight-free
+    graphs; engines with weights inside keep one block each)."""
+    chosen = resolve(options.layers_per_engine, calib, "layers_per_engine", 1)
+    if options.weights != "inputs":
+        if chosen.source == "given" and chosen.value != 1:
+            raise UserError(f"--layers-per-engine {chosen.value}: merging layers needs --weights inputs")
+        return 1
+    return int(chosen.value)
+
+
+def build_inputs(options: BuildOptions, exported, backend, target: Target, plan: ShapePlan, merged: int) -> dict:
     """What a build depends on: equal inputs and verified files, the build is skipped."""
     calib = Path(options.onnx_dir) / CALIB_FILE
     return {"model_hash": exported.model_hash, "export_digest": export_digest(exported.blocks),
@@ -78,7 +90,7 @@ def build_inputs(options: BuildOptions, exported, backend, target: Target, plan:
             "calib_sha256": sha256_file(calib) if calib.is_file() else None,
             "backend": backend.name, "backend_version": backend.version(), "target": target.name,
             "check": options.check, "weights": options.weights, "shape_plan": plan.to_json(),
-            "optimization_level": options.optimization_level, "versions": versions("onnx")}
+            "optimization_level": options.optimization_level, "layers_per_engine": merged, "versions": versions("onnx")}
 
 
 def reusable_build(out: Path, inputs: dict) -> tuple[Manifest | None, str]:
@@ -111,7 +123,8 @@ def build_engines(options: BuildOptions, announce=lambda text: None) -> Manifest
     out = Path(options.out_dir)
     if options.weights not in WEIGHTS_LAYOUTS:
         raise UserError(f"--weights {options.weights!r}: choose one of {list(WEIGHTS_LAYOUTS)}")
-    inputs = build_inputs(options, exported, backend, target, plan)
+    merged = merged_layers(options, calib)
+    inputs = build_inputs(options, exported, backend, target, plan, merged)
     existing, why = reusable_build(out, inputs)
     if existing is not None:
         announce(f"build: {out} is up to date ({why}); nothing to build")
@@ -157,7 +170,8 @@ def _build(options: BuildOptions, exported, target: Target, backend, calib, plan
                 return cache.build(name, graph_path, lambda: backend.build(
                     graph_path, out / f"{name}{backend.engine_suffix}", spec, target, settings))
 
-            blocks, engine_types = build_types(exported, graph_of, out, build_one, progress)
+            blocks, engine_types = build_types(exported, graph_of, out, build_one, progress,
+                                               inputs["layers_per_engine"])
         else:
             blocks = []
             for block in progress(exported.blocks):
@@ -195,6 +209,7 @@ def _build(options: BuildOptions, exported, target: Target, backend, calib, plan
         engine_types=tuple(engine_types),
         build_options={
             "weights": options.weights,
+            "layers_per_engine": inputs["layers_per_engine"],
             "fp32_islands": {str(index): nodes for index, nodes in sorted(islands.items())},
             "export_digest": digest,
             "opset": exported.opset,

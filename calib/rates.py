@@ -113,12 +113,24 @@ class DeviceFigures:
         return best, "no datasheet peak for this target: the best rate measured on it (calib.json)"
 
 
+def merged_rate(row: dict, merge: dict | None, layers_per_engine: int) -> float:
+    """A measured rate (one layer block a call) as engines of `layers_per_engine` layers compute: each call's
+    fixed cost (calib's merge measurement) is paid once per engine instead of once per layer block."""
+    rate = float(row["flop_per_s"])
+    if not merge or layers_per_engine <= merge["layers_per_block"]:
+        return rate
+    call_s = float(row["s_per_token"]) * int(row["tokens_per_batch"])
+    saved = merge["call_s"] * (1 - merge["layers_per_block"] / layers_per_engine)
+    return rate * call_s / max(call_s - saved, call_s / 10)
+
+
 def device_figures(target: Target, calib: CalibRecord | None, weights: str = DEFAULT_WEIGHTS) -> DeviceFigures:
     """`weights` is the engines' layout: its per-block load is a session (inside) or a weights bind (inputs)."""
     measured = calib.measured if calib is not None else {}
     on_target = measured.get("target") == target.name
-    rates = tuple(sorted((int(c["tokens_per_batch"]), float(c["flop_per_s"])) for c in measured.get("compute", [])
-                         if c.get("flop_per_s"))) if on_target else ()
+    merged = int((calib.schedule.get("layers_per_engine") or 1) if calib is not None else 1)
+    rates = tuple(sorted((int(c["tokens_per_batch"]), merged_rate(c, measured.get("merge"), merged))
+                         for c in measured.get("compute", []) if c.get("flop_per_s"))) if on_target else ()
     if not rates and target.peak_fp16_flops is None:
         elsewhere = f" (the calib.json given was measured on {measured.get('target')!r})" if measured else ""
         raise UserError(f"target {target.name!r} has no datasheet compute figure{elsewhere}: run the calibration on "

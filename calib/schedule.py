@@ -9,8 +9,12 @@ before they are built, and full TensorRT is not here: calib.json says which back
   binding a block's weights to a shared engine type (weights as inputs);
 - compute time of a layer block and of the head at several batch sizes, on real packed batches of the
   dataset, each batch's second run (a shared engine type sees each batch shape again in every layer, so
-  first-run costs amortize).
-Chosen: tokens per batch (the smallest reaching 95% of the best measured throughput), the requests in flight
+  first-run costs amortize);
+- the fixed cost of an engine call: one layer and two layers merged into one engine (cetrt.merging), weights
+  bound as the runner binds them, on the same batches: 2 x t(1) - t(2) is what a call costs beyond its layers.
+Chosen: tokens per batch (the smallest reaching 95% of the best measured throughput), the layers merged per
+engine (the fewest that bring the call cost under 5% of the compute, within 1/16 of the device's memory), the
+requests in flight
 (the fewest within 5% of the best read rate), the read-ahead depth, and the chunk size above which one read
 ahead hides a block's read behind its compute.
 Usage: `measured = measure(export_dir, exported, target, dataset)`; `schedule = choose_schedule(measured)`.
@@ -19,6 +23,7 @@ Usage: `measured = measure(export_dir, exported, target, dataset)`; `schedule = 
 from __future__ import annotations
 
 import hashlib
+import math
 import platform
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +36,8 @@ from cetrt.backends.base import EngineSource, LoadSettings, WeightsBound
 from cetrt.calib.flop import layer_block_flop
 from cetrt.formats.blocks import TOKENIZER_DIR, ExportedModel
 from cetrt.formats.weights import split_block
-from cetrt.gpu import current_gpu
+from cetrt.gpu import current_gpu, device_memory_bytes
+from cetrt.merging import merge_layers
 from cetrt.spec import HIDDEN, Target
 from cetrt.storage import DEFAULT_REQUEST_BYTES, DEFAULT_REQUESTS_IN_FLIGHT, ReadPlan, ReadPool, ReadStats, read_file
 from cetrt.workload.hellaswag import load_docs
@@ -45,6 +51,9 @@ TOKENS_PER_SIZE = 16384  # padded tokens timed per batch size, after one warm-up
 STORAGE_BYTES = 2 << 30  # read at most this much to measure bandwidth (over all the request depths)
 REQUESTS_IN_FLIGHT = (1, 2, 4, 8)
 NEAR_BEST = 0.95
+MERGE_TOKENS = 4096  # batch size at which the per-call cost is measured
+CALL_SHARE = 0.05  # merge layers until the per-call cost is at most this share of an engine's compute
+MERGE_MEMORY_SHARE = 1 / 16  # a merged engine's weights at most this share of the device's memory
 
 
 def measure(export_dir: Path, exported: ExportedModel, target: Target, dataset: str, items: int = 400,
@@ -69,6 +78,8 @@ def measure(export_dir: Path, exported: ExportedModel, target: Target, dataset: 
     head_session = backend.load(EngineSource(path=export_dir / head.onnx_file.path), target, LoadSettings())
     compute = _compute({"layers": (session, block), "head": (head_session, head)}, exported, export_dir, dataset,
                        items, sizes)
+    progress("the fixed cost of an engine call")
+    merge = _call_cost(backend, target, export_dir, layers, exported, dataset, items)
     gpu = current_gpu() if target.device == "cuda" else None
     return {
         "target": target.name,
@@ -83,7 +94,61 @@ def measure(export_dir: Path, exported: ExportedModel, target: Target, dataset: 
         "compute": compute,
         "compute_block": block.spec.name,
         "layers_per_block": block.spec.last_layer - block.spec.first_layer,
+        "merge": merge,
     }
+
+
+def _call_cost(backend, target: Target, export_dir: Path, layers, exported: ExportedModel, dataset: str,
+               items: int) -> dict | None:
+    """One layer block and the first two merged (cetrt.merging), weights bound as the runner binds them, timed on
+    the same packed batches: what one call costs beyond its layers, and what a layer costs. None for a model of
+    one layer block."""
+    if len(layers) < 2:
+        return None
+    splits = [split_block(export_dir / block.onnx_file.path) for block in layers[:2]]
+    rows = pack_docs(offline_tokenizer(export_dir / TOKENIZER_DIR), load_docs(dataset, items))
+    batches = make_batches(rows, ShapePlan(tokens_per_batch=MERGE_TOKENS), exported.model.max_positions)
+    batches = (batches[len(batches) // 2:] + batches[: len(batches) // 2])[:4]
+    dtype = np.float16 if exported.dtype == "float16" else np.float32
+    rng = np.random.default_rng(0)
+    seconds = []
+    for split in (splits[0], merge_layers(splits)):
+        graph = split.graph.SerializeToString()
+        engine = backend.load(EngineSource(path=export_dir / layers[0].onnx_file.path, read=lambda g=graph: g),
+                              target, LoadSettings())
+        session = WeightsBound(engine, split.weights)
+        feeds = []
+        for batch in batches:
+            inputs = batch.arrays()
+            inputs[HIDDEN] = rng.standard_normal((*batch.shape, exported.model.hidden_size)).astype(dtype)
+            feeds.append(inputs)
+        seconds.append(min(sum(_steady_run(session, layers[0], f) for f in feeds) for _ in range(2)) / len(feeds))
+        session.close()
+    one, two = seconds
+    per_layer = (two - one) / (layers[0].spec.last_layer - layers[0].spec.first_layer)
+    return {"tokens_per_batch": MERGE_TOKENS, "batches": len(batches), "one_block_s": round(one, 6),
+            "two_blocks_merged_s": round(two, 6), "call_s": round(max(0.0, 2 * one - two), 6),
+            "layer_s": round(max(per_layer, 1e-9), 6),
+            "block_bytes": max(sum(f.bytes for f in b.files) for b in layers),
+            "layers_per_block": layers[0].spec.last_layer - layers[0].spec.first_layer,
+            "device_memory_bytes": device_memory_bytes(target.device)}
+
+
+def layers_per_engine(merge: dict | None, num_layers: int) -> dict:
+    """The fewest layers per engine that bring the measured call cost under CALL_SHARE of an engine's compute,
+    within MERGE_MEMORY_SHARE of the device's memory and the model's layers; with the reason."""
+    if not merge:
+        return {}
+    per_block = merge["layers_per_block"]
+    wanted = max(1, math.ceil(merge["call_s"] / (CALL_SHARE * merge["layer_s"])))
+    cap = max(per_block, int(merge["device_memory_bytes"] * MERGE_MEMORY_SHARE // merge["block_bytes"]) * per_block)
+    chosen = max(per_block, min(wanted, cap, num_layers))
+    return {"layers_per_engine": chosen,
+            "layers_per_engine_reason": (
+                f"an engine call costs {merge['call_s'] * 1e3:.2f} ms beyond its layers and a layer "
+                f"{merge['layer_s'] * 1e3:.2f} ms at {merge['tokens_per_batch']:,} tokens: {wanted} layer(s) bring the "
+                f"call under {CALL_SHARE:.0%}" + (f", capped at {chosen} (1/16 of the device's memory, or the model's "
+                                                   "layers)" if chosen < wanted else ""))}
 
 
 def _storage_bandwidth(export_dir: Path, layers) -> dict:
@@ -186,7 +251,7 @@ def _requests_in_flight(storage: dict) -> dict:
                                          f"measured rate ({chosen['bytes_per_s'] / 1e9:.2f} of {best / 1e9:.2f} GB/s)"}
 
 
-def choose_schedule(measured: dict, largest_block_bytes: int) -> dict:
+def choose_schedule(measured: dict, largest_block_bytes: int, num_layers: int = 1) -> dict:
     """Tokens per batch, read-ahead depth, and the chunk size that hides reads, with the reason for each."""
     compute = measured["compute"]
     best = max(c["flop_per_s"] for c in compute)
@@ -195,6 +260,7 @@ def choose_schedule(measured: dict, largest_block_bytes: int) -> dict:
     hide_tokens = int(read_s / chosen["s_per_token"]) + 1
     return {
         **_requests_in_flight(measured["storage"]),
+        **layers_per_engine(measured.get("merge"), num_layers),
         "tokens_per_batch": chosen["tokens_per_batch"],
         "tokens_per_batch_reason": (
             f"the smallest measured batch reaching {NEAR_BEST:.0%} of the best throughput "

@@ -79,7 +79,7 @@ def calibrate(options: CalibOptions, announce=lambda text: None) -> CalibRecord:
     try:
         measured = measure(onnx_dir, exported, target, options.dataset, items=options.schedule_items,
                            progress=lambda step: announce(f"calib: measuring {step}"))
-        schedule = choose_schedule(measured, largest)
+        schedule = choose_schedule(measured, largest, exported.model.num_layers)
     except UserError as error:  # e.g. no ONNX Runtime provider for the target's device on this machine
         announce(f"calib: not measured here ({error}); the schedule stays at the defaults")
         measured = {"target": target.name, "skipped": str(error)}

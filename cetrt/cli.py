@@ -115,8 +115,12 @@ def calib_command(onnx_dir, target, dataset, items, quiet):
 @click.option("--weights", type=click.Choice(WEIGHTS_LAYOUTS), default=DEFAULT_WEIGHTS, show_default=True,
               help="inputs: one engine per block type, each block's weights in a file streamed into the engine's "
                    "weight inputs; inside: one engine per block with its weights.")
+@click.option("--layers-per-engine", type=POSITIVE, default=None,
+              help="Decoder layers merged into one engine (weights inputs): fewer engine calls per batch "
+                   "(default: calib.json's choice from the measured per-call cost, else 1).")
 @user_errors
-def build_command(onnx_dir, out_dir, backend, target, check, max_length, tokens_per_batch, optimization_level, weights):
+def build_command(onnx_dir, out_dir, backend, target, check, max_length, tokens_per_batch, optimization_level, weights,
+                  layers_per_engine):
     """Build one engine per exported block, and manifest.json."""
     from cetrt.build.engines import BuildOptions, build_engines
     from cetrt.workload.shapes import ShapePlan
@@ -124,7 +128,7 @@ def build_command(onnx_dir, out_dir, backend, target, check, max_length, tokens_
     plan = ShapePlan(tokens_per_batch=tokens_per_batch, max_length=max_length) if tokens_per_batch else None
     manifest = build_engines(BuildOptions(onnx_dir=onnx_dir, out_dir=out_dir, backend=backend, target=target,
                                           check=check, shape_plan=plan, max_length=max_length, optimization_level=optimization_level,
-                                          weights=weights), announce=click.echo)
+                                          weights=weights, layers_per_engine=layers_per_engine), announce=click.echo)
     engines = len(manifest.engine_types) if manifest.engine_types else len(manifest.blocks)
     click.echo(f"built {engines} {backend} engines for {len(manifest.blocks)} blocks ({target}, weights {weights}) in {out_dir} "
                f"({manifest.engine_bytes / 2**20:.1f} MiB)")

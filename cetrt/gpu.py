@@ -27,3 +27,11 @@ def current_gpu() -> Gpu | None:
     major, minor = torch.cuda.get_device_capability(0)
     props = torch.cuda.get_device_properties(0)
     return Gpu(name=props.name, compute_capability=f"{major}.{minor}", memory_bytes=props.total_memory)
+
+
+def device_memory_bytes(device: str) -> int:
+    """The memory engines and activations share on `device`: the GPU's, else the machine's RAM."""
+    from cetrt.options import machine_memory
+
+    gpu = current_gpu() if device == "cuda" else None
+    return gpu.memory_bytes if gpu else (machine_memory() or 8 << 30)

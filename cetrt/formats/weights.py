@@ -91,10 +91,10 @@ def split_block(onnx_path: Path) -> SplitBlock:
     for name, array in weights.items():
         elem = onnx.helper.np_dtype_to_tensor_dtype(array.dtype)
         model.graph.input.append(onnx.helper.make_tensor_value_info(name, elem, list(array.shape)))
-    return SplitBlock(graph=model, weights=weights, signature=_signature(model))
+    return SplitBlock(graph=model, weights=weights, signature=signature(model))
 
 
-def _signature(model: onnx.ModelProto) -> str:
+def signature(model: onnx.ModelProto) -> str:
     """A digest of the weight-free graph, names and doc strings of nodes left out (they may carry layer numbers)."""
     copy = onnx.ModelProto()
     copy.CopyFrom(model)

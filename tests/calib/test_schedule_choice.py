@@ -35,3 +35,35 @@ def test_reads_hide_from_the_chunk_size_computed_by_hand():
     assert schedule["hide_reads_from_chunk_tokens"] == 513
     slower = choose_schedule(_measured({1024: 1e9}, bytes_per_s=2.0**28), largest_block_bytes=2**20)
     assert slower["hide_reads_from_chunk_tokens"] == 2049
+
+
+def _merge(call_s: float, layer_s: float, block_bytes: int = 2**20, memory: int = 2**40) -> dict:
+    return {"tokens_per_batch": 4096, "call_s": call_s, "layer_s": layer_s, "block_bytes": block_bytes,
+            "layers_per_block": 1, "device_memory_bytes": memory}
+
+
+@pytest.mark.parametrize("merge, layers, expected", [
+    (_merge(1.3e-3, 5e-3), 32, 6),  # 1.3 ms a call, 5 ms a layer: 6 layers put the call under 5% (5.2 -> 6)
+    (_merge(1.3e-3, 10e-3), 60, 3),  # a 30B layer at twice the time: 3
+    (_merge(0.0, 10e-3), 60, 1),  # no measurable call cost: no merging
+    (_merge(2e-3, 1e-3), 30, 30),  # launch-bound small model: all its layers, no more
+    (_merge(2e-3, 1e-3, block_bytes=2**30, memory=2**35), 30, 2),  # 1/16 of 32 GiB holds 2 layers of 1 GiB
+])
+def test_layers_per_engine_from_the_measured_call_cost(merge, layers, expected):
+    schedule = choose_schedule({**_measured({1024: 1e9}), "merge": merge}, largest_block_bytes=2**20,
+                               num_layers=layers)
+    assert schedule["layers_per_engine"] == expected
+    assert "ms" in schedule["layers_per_engine_reason"]
+
+
+def test_no_merge_measurement_leaves_the_default():
+    assert "layers_per_engine" not in choose_schedule(_measured({1024: 1e9}), largest_block_bytes=2**20)
+
+
+def test_merged_rate_pays_the_call_once_per_engine():
+    from cetrt.calib.rates import merged_rate
+
+    row = {"tokens_per_batch": 4096, "flop_per_s": 1e12, "s_per_token": 6e-3 / 4096}  # 6 ms a call, 1 ms of it fixed
+    merge = _merge(1e-3, 5e-3)
+    assert merged_rate(row, merge, 1) == 1e12
+    assert merged_rate(row, merge, 4) == pytest.approx(1e12 * 6 / (6 - 0.75))  # 3/4 of the call saved per layer
