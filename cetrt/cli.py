@@ -96,6 +96,8 @@ def calib_command(onnx_dir, target, dataset, items, quiet):
     schedule = record.schedule
     chosen = (f"{schedule['tokens_per_batch']:,} tokens per batch ({schedule['tokens_per_batch_reason']})"
               if "tokens_per_batch" in schedule else schedule["note"])
+    if "layers_per_engine" in schedule:
+        chosen += f"; {schedule['layers_per_engine']} layer(s) per engine ({schedule['layers_per_engine_reason']})"
     click.echo(f"calibrated {onnx_dir}: {len(islands)} FP32 island(s); {chosen}; wrote {onnx_dir / 'calib.json'}")
 
 

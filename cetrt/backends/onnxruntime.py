@@ -97,19 +97,28 @@ class BoundSession(OnnxRuntimeSession):
         self._device = device
         self._inputs = [(i.name, i.shape, _NUMPY[i.type]) for i in session.get_inputs()]
         self._output_specs = [(o.name, o.shape, _NUMPY[o.type]) for o in session.get_outputs()]
+        self._binding = session.io_binding()
+        self._bound: dict[str, tuple] = {}  # input name -> (address, shape) bound now
         self._run_options = ort.RunOptions()
         if device.kind == "cuda" and device.shared_stream:  # else ONNX Runtime's own stream, synchronised per run
             self._run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
 
     def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
         """Outputs go to buffers the runner owns, not the session's arena: in layer-major order a chunk's
-        outputs outlive the block that made them, and per-session arenas would each grow to a chunk."""
-        binding = self._session.io_binding()
+        outputs outlive the block that made them, and per-session arenas would each grow to a chunk.
+        The binding persists between runs and an input is bound again only where its address or shape changed:
+        a block's weights and a chunk's batch inputs are bound once, not once per run (a binding is only an
+        address, so an input at the address and shape already bound is bound as it is)."""
+        binding = self._binding
         dims: dict[str, int] = {}
         for name, shape, dtype in self._inputs:
             tensor = self._device.upload(feeds[name])
-            binding.bind_input(name, self._device.kind, 0, dtype, list(tensor.shape), tensor.data_ptr())
+            where = (tensor.data_ptr(), tuple(tensor.shape))
+            if self._bound.get(name) != where:
+                binding.bind_input(name, self._device.kind, 0, dtype, list(tensor.shape), tensor.data_ptr())
+                self._bound[name] = where
             dims.update({d: n for d, n in zip(shape, tensor.shape) if isinstance(d, str)})
+        binding.clear_binding_outputs()
         outputs = {}
         for name, shape, dtype in self._output_specs:
             outputs[name] = self._device.empty([dims[d] if isinstance(d, str) else d for d in shape], dtype)
