@@ -23,9 +23,11 @@ def fuse_linears(*layers: nn.Linear) -> nn.Linear:
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """LLaMA's RMSNorm with its statistics in FP32, in Hugging Face's order (cast back, then scale)."""
+    """LLaMA's RMSNorm with its statistics in FP32, in Hugging Face's order (cast back, then scale). Divided by
+    the square root rather than times rsqrt: the form ONNX Runtime's optimizer fuses into one
+    SimplifiedLayerNormalization kernel (standard ops either way, for TensorRT)."""
     x32 = x.float()
-    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    x32 = x32 / torch.sqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
     return weight * x32.to(x.dtype)
 
 
