@@ -130,7 +130,7 @@ def main() -> None:
     per_block = args.layers_per_block
     check_layers_per_block(spec.num_layers, per_block)
     specs = block_specs(family, spec.num_layers, per_block, spec.hidden_size, "float16")
-    distinct = args.distinct_files or len(specs) - 2
+    distinct = min(args.distinct_files or len(specs) - 2, len(specs) - 2)  # never more files than layer blocks
     model_id = (f"random-{args.shape}-{spec.num_layers}L" + (f", {per_block} layers per block" if per_block > 1 else "")
                 + (f" ({distinct} distinct layer weight files, each read as its block's own)" if args.distinct_files
                    else ""))
