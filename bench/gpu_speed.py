@@ -271,15 +271,24 @@ def matrix_rate(target: str) -> float | None:
     return round(matmul_tflops(), 1) if target == "cuda" else None
 
 
+def resident_budget(weights: int) -> str:
+    """1.5x the weights (room for the chunk's activations), capped at 90% of this machine's memory (ce-run refuses
+    a budget over MemTotal); the cuda target's default, 64 GiB, is below the 30B shape's weights."""
+    from cetrt.options import machine_memory
+
+    total = machine_memory()
+    return str(int(min(1.5 * weights, 0.9 * total if total else 1.5 * weights)))
+
+
 def step_llama30b(args, divisor: int | None = None) -> dict:
-    """`ce-run` end to end from cold storage, resident (explicit budget: the cuda target's default 64 GiB is below
-    the 30B shape's weights) or at 1/`divisor` of the weights."""
+    """`ce-run` end to end from cold storage, resident (an explicit budget, resident_budget) or at 1/`divisor` of
+    the weights."""
     from cetrt.formats.manifest import read_manifest
 
     engines = engines_30b(args)
     manifest = read_manifest(engines)
     weights = manifest.engine_bytes
-    budget = str(weights // divisor) if divisor else args.resident_budget
+    budget = str(weights // divisor) if divisor else args.resident_budget or resident_budget(weights)
     name = f"30b_{divisor}" if divisor else "30b_resident"
     rate = matrix_rate(args.target)
     result = cetrt_run(engines, args.dataset, args.work / f"{name}.json", args.limit, budget=budget)
@@ -387,7 +396,8 @@ def main() -> None:
     parser.add_argument("--layers-per-block", type=int, default=1, help="prep30b: decoder layers per layer block")
     parser.add_argument("--distinct-files", type=int, default=0, help="prep30b: layer weight files (0: 12 layers' worth)")
     parser.add_argument("--calib-items", type=int, default=400, help="prep30b: items the calibration batches come from")
-    parser.add_argument("--resident-budget", default="120GiB", help="llama30b: the resident run's memory budget")
+    parser.add_argument("--resident-budget", default=None, help="llama30b: the resident run's memory budget "
+                        "(default: 1.5x the weights, at most 90%% of this machine's memory)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
