@@ -1,15 +1,18 @@
-"""The two GPU results of issues 12 and 16, from the step files bench/gpu_speed.py wrote on the device.
+"""The GPU results of issues 12, 16 and 17, from the step files bench/gpu_speed.py wrote on the device.
 
-Reads bench/results/gpu_steps/{smollm2,llama7b}.json (committed as they came back) and writes
+`7b` (the default) reads bench/results/gpu_steps/{smollm2,llama7b}.json (committed as they came back) and writes
 bench/results/gpu_end_to_end_7b.json and bench/results/gpu_engines.json with the keys the issues name, every
 figure taken from the step files, plus the useful FLOP of the 7B run, counted here: packed tokens through the
 layers, attention over the pairs the packed mask allows, the head at the scored slots (SmolLM2's tokenizer, the
-one the random 7B engines carry).
-Usage: python bench/gpu_combine.py
+one the random 7B engines carry). `llama30b` reads {prep30b,llama30b,llama30b_third,harness30b}.json and writes
+gpu_llama30b.json (bench/gpu_combine_30b.py): the issue's keys, ce-predict against each run term by term, and
+the scaling to all items by token count where a run covered fewer.
+Usage: python bench/gpu_combine.py [7b|llama30b] [--steps bench/results/gpu_steps] [--results bench/results]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -20,16 +23,16 @@ RESULTS = ROOT / "bench" / "results"
 DATASET = ROOT.parent / "shared" / "data" / "hellaswag" / "hellaswag_val.jsonl"
 
 
-def useful_flop(limit: int) -> tuple[float, int]:
-    """Forward FLOP of the work itself for LLaMA-7B's shape with SmolLM2's vocabulary, and the packed tokens."""
+def useful_flop(limit: int | None, spec=None, vocab: int = 49152, dataset: Path = DATASET) -> tuple[float, int]:
+    """Forward FLOP of the work itself for a shape (default LLaMA-7B's) with SmolLM2's vocabulary, and the packed
+    tokens."""
     from cetrt.calib.presets import load_counting_tokenizer
     from cetrt.families import presets
     from cetrt.workload.hellaswag import load_docs
     from cetrt.workload.tokens import encode_docs
 
-    spec = presets()["llama-7b"]
-    vocab = 49152
-    encoded = encode_docs(load_counting_tokenizer(None)[0], load_docs(DATASET, limit))
+    spec = spec or presets()["llama-7b"]
+    encoded = encode_docs(load_counting_tokenizer(None)[0], load_docs(dataset, limit))
     tokens = sum(len(e.context) + sum(len(c) - 1 for c in e.continuations) for e in encoded)
     pairs = sum(len(e.context) * (len(e.context) + 1) // 2
                 + sum((len(c) - 1) * len(e.context) + (len(c) - 1) * len(c) // 2 for c in e.continuations)
@@ -49,9 +52,9 @@ def run_summary(run: dict) -> dict:
             "acc": results["acc"], "acc_norm": results["acc_norm"], "page_cache_dropped": run["page_cache_dropped"]}
 
 
-def main() -> None:
-    small = json.loads((STEPS / "smollm2.json").read_text())
-    big = json.loads((STEPS / "llama7b.json").read_text())
+def combine_7b(steps: Path, results: Path) -> None:
+    small = json.loads((steps / "smollm2.json").read_text())
+    big = json.loads((steps / "llama7b.json").read_text())
     probe = max(p["gb_per_s"] for p in big["probe"])
     runs = {name: run_summary(run) for name, run in big["runs"].items()}
     resident = runs["resident"]
@@ -92,7 +95,7 @@ def main() -> None:
         },
         "machine": big["machine"], "commands": big["commands"], "step_command": big["command"],
     }
-    (RESULTS / "gpu_end_to_end_7b.json").write_text(json.dumps(end_to_end, indent=2) + "\n")
+    (results / "gpu_end_to_end_7b.json").write_text(json.dumps(end_to_end, indent=2) + "\n")
 
     flop, tokens = useful_flop(2000)
     rate = big["matmul_tflops"]
@@ -129,9 +132,24 @@ def main() -> None:
         "step_commands": [small["command"], big["command"]],
         "combined_by": " ".join(["python", *sys.argv]),
     }
-    (RESULTS / "gpu_engines.json").write_text(json.dumps(engines, indent=2, default=float) + "\n")
+    (results / "gpu_engines.json").write_text(json.dumps(engines, indent=2, default=float) + "\n")
     print(json.dumps({k: v for k, v in engines.items() if isinstance(v, (int, float))}, indent=1))
     print(json.dumps(end_to_end["ratios"], indent=1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("which", nargs="?", default="7b", choices=("7b", "llama30b"))
+    parser.add_argument("--steps", type=Path, default=STEPS, help="where the step files are")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where the results go")
+    parser.add_argument("--dataset", type=Path, default=DATASET, help="the dataset the runs scored (for counting)")
+    args = parser.parse_args()
+    if args.which == "7b":
+        combine_7b(args.steps, args.results)
+    else:
+        from gpu_combine_30b import combine_30b
+
+        combine_30b(args.steps, args.results, args.dataset)
 
 
 if __name__ == "__main__":

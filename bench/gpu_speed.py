@@ -12,6 +12,14 @@ both counted the same way, in one call per step; every run a separate process ti
   llama7b   items 0-1999: a plain O_DIRECT probe of the disk; `ce-run` from cold storage resident and at 1/3 and 1/6
             of the weights; the harness method loading the same-size weights from cold disk, then again resident;
             the FP16 matrix rate; useful FLOP; a profile of one batch.
+  prep30b   issue 17: a LLaMA-30B-shaped random model as engines (bench/random_engines.py: --layers-per-block N,
+            K distinct layer weight files so it fits the disk) and its calib.json, measured here by the calibration
+            stage on one exported block of each kind (for ce-run's schedule and ce-predict's rates).
+  llama30b  `ce-run` from cold storage, resident (--limit: items, default all); llama30b_third: the same under a
+            memory budget of 1/3 of the weights (a separate call); harness30b: the harness method on a random
+            LlamaForCausalLM of the same shape built on the GPU, weights resident (--limit, default 500 items), its
+            tokens and seconds (gpu_combine.py scales them to all items by token count). Each records the matrix rate.
+  The 30B steps take --shape/--layers/--target, so `--shape smollm2-135m --layers 2 --target cpu` tests them here.
 Each step writes <step>.json under --out (machine, versions, commands); `combine` (here, not on the device)
 writes bench/results/gpu_engines.json and bench/results/gpu_end_to_end_7b.json from them.
 Usage: python3 bench/gpu_speed.py smollm2 --dataset .devdata/hellaswag_val.jsonl --work /tmp/gpu --out $OUT
@@ -54,8 +62,11 @@ def run(args: list, env: dict | None = None, check: bool = True) -> tuple[float,
 def machine() -> dict:
     import torch
 
-    gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-                         capture_output=True, text=True).stdout.strip()
+    try:
+        gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True).stdout.strip()
+    except FileNotFoundError:  # no NVIDIA driver: the 30B steps tested on a CPU machine
+        gpu = None
     import onnxruntime
 
     return {"gpu": gpu, "cpu_cores": os.cpu_count(), "platform": platform.platform(),
@@ -214,6 +225,126 @@ def step_llama7b(args) -> dict:
             "profile": json.loads((work / "7b_profile.json").read_text())}
 
 
+def engines_30b(args) -> Path:
+    return args.work / "engines" / "llama30b"
+
+
+def distinct_files(args) -> int:
+    """Layer weight files to write: about 12 layers' worth (12.8 GB at the 30B shape), at least one."""
+    return args.distinct_files or max(1, 12 // args.layers_per_block)
+
+
+def step_prep30b(args) -> dict:
+    """Random engines of the shape with N layers per block, K distinct layer files, and calib.json beside them."""
+    from cetrt.families import presets
+
+    spec = presets()[args.shape]
+    layers = args.layers or spec.num_layers
+    files = distinct_files(args)
+    vocab = 49152  # SmolLM2's tokenizer sets the vocabulary (random_engines.py)
+    expected = (files * args.layers_per_block * spec.layer_bytes("float16")
+                + 2 * vocab * spec.hidden_size * 2)  # + embed and head
+    free = shutil.disk_usage(args.work).free
+    scratch = args.layers_per_block * spec.layer_bytes("float16") + 2 * vocab * spec.hidden_size * 2  # the export
+    if free < expected + scratch + (2 << 30):
+        raise SystemExit(f"{args.work}: {free / 1e9:.1f} GB free, the engines need {expected / 1e9:.1f} GB and the "
+                         f"export on the way {scratch / 1e9:.1f} GB: free the disk or lower --distinct-files")
+    command = [sys.executable, ROOT / "bench" / "random_engines.py", "--out", engines_30b(args), "--shape", args.shape,
+               "--target", args.target, "--layers-per-block", str(args.layers_per_block),
+               "--distinct-files", str(files), "--calib-dataset", args.dataset, "--calib-items", str(args.calib_items)]
+    command += ["--layers", str(layers)] if args.layers else []
+    seconds, made = run(command)
+    engines = engines_30b(args)
+    on_disk = sum(f.stat().st_size for f in engines.rglob("*") if f.is_file())
+    from cetrt.formats.manifest import read_manifest
+
+    files = read_manifest(engines).build_options["distinct_layer_files"]  # never more than the layer blocks
+    return {"random_engines_s": round(seconds, 1), "random_engines": made.stdout[-1500:],
+            "shape": args.shape, "layers": layers, "layers_per_block": args.layers_per_block,
+            "distinct_layer_files": files, "expected_weight_bytes_on_disk": expected, "engines_bytes_on_disk": on_disk,
+            "disk_free_after_bytes": shutil.disk_usage(args.work).free,
+            "calib": json.loads((engines / "calib.json").read_text())}
+
+
+def matrix_rate(target: str) -> float | None:
+    """The FP16 matmul rate (TFLOP/s) on a CUDA target; None on the CPU (nothing to compare with)."""
+    return round(matmul_tflops(), 1) if target == "cuda" else None
+
+
+def resident_budget(weights: int) -> str:
+    """1.5x the weights (room for the chunk's activations), capped at 90% of this machine's memory (ce-run refuses
+    a budget over MemTotal); the cuda target's default, 64 GiB, is below the 30B shape's weights."""
+    from cetrt.options import machine_memory
+
+    total = machine_memory()
+    return str(int(min(1.5 * weights, 0.9 * total if total else 1.5 * weights)))
+
+
+def step_llama30b(args, divisor: int | None = None) -> dict:
+    """`ce-run` end to end from cold storage, resident (an explicit budget, resident_budget) or at 1/`divisor` of
+    the weights."""
+    from cetrt.formats.manifest import read_manifest
+
+    engines = engines_30b(args)
+    manifest = read_manifest(engines)
+    weights = manifest.engine_bytes
+    budget = str(weights // divisor) if divisor else args.resident_budget or resident_budget(weights)
+    name = f"30b_{divisor}" if divisor else "30b_resident"
+    rate = matrix_rate(args.target)
+    (args.work / f"{name}.journal.jsonl").unlink(missing_ok=True)  # a timed run starts over, never resumes
+    result = cetrt_run(engines, args.dataset, args.work / f"{name}.json", args.limit, budget=budget)
+    return {"weights_bytes": weights, "budget": budget, "budget_fraction": f"1/{divisor}" if divisor else "resident",
+            "model_id": manifest.model_id, "model_spec": manifest.model.to_json(),
+            "layers_per_block": manifest.build_options.get("layers_per_block", 1),
+            "distinct_layer_files": manifest.build_options.get("distinct_layer_files"),
+            "items_run": result["results"]["n"], "run": result, "matmul_tflops": rate,
+            "calib": json.loads((engines / "calib.json").read_text()) if (engines / "calib.json").is_file() else None}
+
+
+def step_llama30b_third(args) -> dict:
+    return step_llama30b(args, divisor=args.budget_divisor)
+
+
+def step_harness30b(args) -> dict:
+    """The harness method (bench/hf_baseline.py) on a random LlamaForCausalLM of the shape built on the device in
+    FP16, weights resident: its scoring seconds and the tokens it ran (the tokenizer the engines carry)."""
+    import torch
+    from hf_baseline import accuracy, harness_style_scores
+    from random_engines import hf_config
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from cetrt.workload.hellaswag import load_docs
+    from cetrt.workload.tokens import encode_docs
+
+    limit = args.limit or 500
+    device = "cuda" if args.target == "cuda" else "cpu"
+    tokenizer = AutoTokenizer.from_pretrained(engines_30b(args) / "tokenizer")
+    config = hf_config(args.shape, args.layers, len(tokenizer))
+    config._attn_implementation = "eager"  # as bench/hf_harness.py loads it
+    rate = matrix_rate(args.target)
+    start = time.perf_counter()
+    torch.set_default_dtype(torch.float16)  # built in FP16 on the device: a 30B model in FP32 would not fit
+    try:
+        with torch.device(device):
+            model = LlamaForCausalLM(config).eval()
+    finally:
+        torch.set_default_dtype(torch.float32)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    build_s = time.perf_counter() - start
+    start = time.perf_counter()
+    encoded = encode_docs(tokenizer, load_docs(args.dataset, limit))
+    tokenize_s = time.perf_counter() - start
+    rounds = []
+    for _ in range(2):  # the second round: every batch shape seen once already
+        scores, stats = harness_style_scores(model, encoded, batch_size=64, device=device)
+        rounds.append({**stats, **accuracy(encoded, scores)})
+    return {"shape": args.shape, "layers": config.num_hidden_layers, "vocab": len(tokenizer), "items_run": len(encoded),
+            "dtype": "float16", "device": device, "build_on_device_s": round(build_s, 1),
+            "tokenize_s": round(tokenize_s, 2), "rounds": rounds, "matmul_tflops": rate,
+            "parameters": sum(p.numel() for p in model.parameters())}
+
+
 def step_smoke(args) -> dict:
     """The CUDA path on a tiny random LLaMA before any long run: cuda engines score like CPU engines, resident and
     streamed under a budget (fails fast, with the traceback, if they do not)."""
@@ -248,7 +379,9 @@ def step_smoke(args) -> dict:
     return result
 
 
-STEPS = {"smoke": step_smoke, "smollm2": step_smollm2, "prep7b": step_prep7b, "llama7b": step_llama7b}
+STEPS = {"smoke": step_smoke, "smollm2": step_smollm2, "prep7b": step_prep7b, "llama7b": step_llama7b,
+         "prep30b": step_prep30b, "llama30b": step_llama30b, "llama30b_third": step_llama30b_third,
+         "harness30b": step_harness30b}
 
 
 def main() -> None:
@@ -257,7 +390,17 @@ def main() -> None:
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--work", type=Path, default=Path("/tmp/gpu"))
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--limit", type=int, default=None, help="items (default all; harness30b: 500)")
+    parser.add_argument("--shape", default="llama-30b", help="30B steps: a LLaMA preset")
+    parser.add_argument("--layers", type=int, default=None, help="30B steps: decoder layers (default: the shape's)")
+    parser.add_argument("--target", default="cuda", help="30B steps: cuda, or cpu to test them here")
+    parser.add_argument("--layers-per-block", type=int, default=1, help="prep30b: decoder layers per layer block")
+    parser.add_argument("--distinct-files", type=int, default=0, help="prep30b: layer weight files (0: 12 layers' worth)")
+    parser.add_argument("--calib-items", type=int, default=400, help="prep30b: items the calibration batches come from")
+    parser.add_argument("--resident-budget", default=None, help="llama30b: the resident run's memory budget "
+                        "(default: 1.5x the weights, at most 90%% of this machine's memory)")
+    parser.add_argument("--budget-divisor", type=int, default=3, help="llama30b_third: the budget is the weights / this "
+                        "(a tiny shape's head alone is more than 1/3 of it: 2 there)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -2,13 +2,20 @@
 directory: three engine types exported and built once, and every layer block's weights file drawn at random.
 
 Tracing and exporting every block of a 7B or 30B model takes minutes a block; a random model's blocks differ only
-in their weights, so only embed, one decoder layer and the head are exported (cetrt's own block modules and
-exporter) and built (cetrt's backend), and each layer block gets a weights file in the same layout with new
-random matrices (norm vectors stay ones). `--distinct-files K` writes only K layer weight files and points the
-blocks at them in turn, so a 30B model fits a small disk while every block's bytes are still read from storage,
-O_DIRECT, on every pass: the manifest and its model id say so. The manifest is the build stage's own record,
-with per-chunk digests, so `ce-run` takes the directory like any build.
+in their weights, so only embed, one layer block (`--layers-per-block N` decoder layers, default 1) and the head
+are exported (cetrt's own block modules and exporter) and built (cetrt's backend), and each layer block gets a
+weights file in the same layout with new random matrices (norm vectors stay ones). N must divide the layer count:
+every layer block is then one engine type (a shorter last block would need a type of its own; refused instead).
+`--distinct-files K` writes only K layer weight files and points the blocks at them in turn, so a 30B model fits
+a small disk while every block's bytes are still read from storage, O_DIRECT, on every pass: the manifest and its
+model id say so. The manifest is the build stage's own record, with per-chunk digests, so `ce-run` takes the
+directory like any build.
+`--calib-dataset D` also runs the calibration stage (cetrt.calib.stage.calibrate, no precision check: the weights
+are random) on the three exported blocks, as `ce-calib` does on an export (storage read with O_DIRECT, engine load
+and weights bind, compute of the layer block and the head at several batch sizes on this machine), and puts its
+calib.json beside the engines, tied to their manifest: `ce-run` takes its schedule, `ce-predict --calib` its rates.
 Usage: python bench/random_engines.py --out /tmp/e --shape llama-7b --target cuda [--layers 32] [--distinct-files 4]
+       [--layers-per-block 1] [--calib-dataset .devdata/hellaswag_val.jsonl]
 """
 
 from __future__ import annotations
@@ -30,12 +37,13 @@ from tqdm import tqdm
 
 from cetrt.backends import get_backend
 from cetrt.backends.base import BuildSettings
-from cetrt.export.onnx_export import export_block
+from cetrt.export.onnx_export import OPSET, export_block
 from cetrt.export.pipeline import block_specs, example_inputs
 from cetrt.families import get_family, presets
 from cetrt.families.llama import llama_blocks
 from cetrt.files import FileRecord
-from cetrt.formats.blocks import TOKENIZER_DIR
+from cetrt.formats.blocks import TOKENIZER_DIR, ExportedBlock, ExportedModel, write_blocks
+from cetrt.formats.calib import CALIB_FILE, write_calib
 from cetrt.formats.manifest import EngineBlock, EngineType, Manifest, write_manifest
 from cetrt.formats.weights import split_block, write_weight_file
 from cetrt.spec import Target
@@ -63,6 +71,34 @@ def random_like(weights: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarr
             for name, a in weights.items()}
 
 
+def check_layers_per_block(layers: int, per_block: int) -> None:
+    if per_block < 1 or layers % per_block:
+        divisors = ", ".join(str(n) for n in range(1, layers + 1) if layers % n == 0)
+        raise SystemExit(f"--layers-per-block {per_block}: must divide the model's {layers} layers (one engine type "
+                         f"for every layer block); give one of {divisors}")
+
+
+def calibrate_here(tmp: Path, exported_files: dict, specs: dict, spec, tokenizer, target: str, dataset: str,
+                   items: int, model_id: str, model_hash: str):
+    """The calibration stage on an export of one block of each kind (the ONNX files as exported, weights inside),
+    its record then tied to the engines' manifest (model hash, export digest "random")."""
+    from cetrt.calib.stage import CalibOptions, calibrate
+
+    tokenizer.save_pretrained(tmp / TOKENIZER_DIR)
+    blocks = tuple(ExportedBlock(spec=dataclasses.replace(specs[kind], index=n),
+                                 files=tuple(FileRecord.of(tmp, f) for f in exported_files[kind]))
+                   for n, kind in enumerate(("embed", "layers", "head")))
+    write_blocks(tmp, ExportedModel(
+        model_id=model_id, model_hash=model_hash, model=spec, dtype="float16", opset=OPSET,
+        tokenizer_files=tuple(FileRecord.of(tmp, p) for p in sorted((tmp / TOKENIZER_DIR).rglob("*")) if p.is_file()),
+        blocks=blocks))
+    record = calibrate(CalibOptions(onnx_dir=tmp, target=target, dataset=dataset, precision_items=0,
+                                    schedule_items=items, progress=False), announce=print)
+    note = ("measured by bench/random_engines.py on an export of one block of each kind of this random model "
+            "(embed, layers, head; weights inside), as ce-calib measures an export")
+    return dataclasses.replace(record, export_digest="random", inputs={**record.inputs, "note": note})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -71,7 +107,10 @@ def main() -> None:
     parser.add_argument("--target", default="cuda")
     parser.add_argument("--backend", default="onnxruntime")
     parser.add_argument("--distinct-files", type=int, default=0, help="layer weight files to write (0: one each)")
+    parser.add_argument("--layers-per-block", type=int, default=1, help="decoder layers per layer block (divides them)")
     parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--calib-dataset", default=None, help="also calibrate on this machine (calib.json beside)")
+    parser.add_argument("--calib-items", type=int, default=400, help="items the calibration's batches come from")
     args = parser.parse_args()
     start = time.perf_counter()
 
@@ -88,25 +127,34 @@ def main() -> None:
     model.model.rotary_emb = LlamaRotaryEmbedding(config=config)
     spec = get_family("llama").spec_from_config(config)
     family = get_family("llama")
-    specs = block_specs(family, spec.num_layers, 1, spec.hidden_size, "float16")
+    per_block = args.layers_per_block
+    check_layers_per_block(spec.num_layers, per_block)
+    specs = block_specs(family, spec.num_layers, per_block, spec.hidden_size, "float16")
+    distinct = min(args.distinct_files or len(specs) - 2, len(specs) - 2)  # never more files than layer blocks
+    model_id = (f"random-{args.shape}-{spec.num_layers}L" + (f", {per_block} layers per block" if per_block > 1 else "")
+                + (f" ({distinct} distinct layer weight files, each read as its block's own)" if args.distinct_files
+                   else ""))
+    identity = json.dumps({"shape": args.shape, "layers": spec.num_layers, "files": distinct}
+                          | ({"layers_per_block": per_block} if per_block > 1 else {}), sort_keys=True)
+    model_hash = hashlib.sha256(identity.encode()).hexdigest()
     target, backend = Target.from_name(args.target), get_backend(args.backend)
     settings = BuildSettings(shape_plan=ShapePlan(max_length=args.max_length))
     out = args.out
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     templates = {}  # kind -> (engine type name, split weights, weight specs)
-    engine_types = []
+    engine_types, exported_files, calib = [], {}, None
     with tempfile.TemporaryDirectory(prefix="random-engines-") as tmp:
         examples = example_inputs(spec.hidden_size, torch.float16, spec.vocab_size)
         for kind, block in (("embed", specs[0]), ("layers", specs[1]), ("head", specs[-1])):
-            sources = {"embed": [model.model.embed_tokens], "layers": [model.model.layers[0]],
+            sources = {"embed": [model.model.embed_tokens], "layers": list(model.model.layers[:per_block]),
                        "head": [model.model.norm, model.lm_head]}[kind]
             for n, module in enumerate(sources):
                 materialize(module, torch.Generator().manual_seed(1000 + n))
             embed, layers, head = llama_blocks(model)
-            module = {"embed": embed, "head": head}.get(kind) or layers(0, 1)
+            module = {"embed": embed, "head": head}.get(kind) or layers(0, per_block)
             path = Path(tmp) / f"{kind}.onnx"
-            export_block(module.eval(), examples, block, path)
+            exported_files[kind] = export_block(module.eval(), examples, block, path)
             split = split_block(path)
             name = f"type_{len(templates):02d}"
             graph = Path(tmp) / f"{name}.onnx"
@@ -116,7 +164,11 @@ def main() -> None:
             templates[kind] = (name, split.weights, split.weight_specs, built)
             for module in sources:
                 module.to("meta")
-        files = args.distinct_files or spec.num_layers
+        if args.calib_dataset:
+            calib = calibrate_here(Path(tmp), exported_files, {"embed": specs[0], "layers": specs[1],
+                                                               "head": specs[-1]}, spec, tokenizer, args.target,
+                                   args.calib_dataset, args.calib_items, model_id, model_hash)
+        files = distinct
         blocks, members, written = [], {kind: [] for kind in templates}, {}
         for block in tqdm(specs, desc="weights files", unit="block"):
             kind = block.kind
@@ -140,20 +192,20 @@ def main() -> None:
                                        weight_inputs=weight_specs, blocks=tuple(members[kind]),
                                        build_seconds=built.seconds, details=built.details))
     tokenizer.save_pretrained(out / TOKENIZER_DIR)
-    distinct = args.distinct_files or spec.num_layers
-    model_id = (f"random-{args.shape}-{spec.num_layers}L" + (f" ({distinct} distinct layer weight files, each read as "
-                                                            "its block's own)" if args.distinct_files else ""))
-    identity = json.dumps({"shape": args.shape, "layers": spec.num_layers, "files": distinct}, sort_keys=True)
+    if calib is not None:
+        write_calib(out, calib)
     write_manifest(out, Manifest(
-        model_id=model_id, model_hash=hashlib.sha256(identity.encode()).hexdigest(), model=spec, dtype="float16",
+        model_id=model_id, model_hash=model_hash, model=spec, dtype="float16",
         backend=backend.name, backend_version=backend.version(), target=target,
         tokenizer_files=tuple(FileRecord.of(out, p) for p in sorted((out / TOKENIZER_DIR).rglob("*")) if p.is_file()),
         blocks=tuple(blocks), engine_types=tuple(engine_types),
         build_options={"weights": "inputs", "export_digest": "random", "random_weights": True,
-                       "distinct_layer_files": distinct},
+                       "distinct_layer_files": distinct, "layers_per_block": per_block},
+        calib_file=FileRecord.of(out, out / CALIB_FILE) if calib is not None else None,
     ))
     print(json.dumps({"out": str(out), "model_id": model_id, "seconds": round(time.perf_counter() - start, 1),
-                      "bytes": sum(f.stat().st_size for f in out.iterdir() if f.is_file())}))
+                      "bytes": sum(f.stat().st_size for f in out.iterdir() if f.is_file()),
+                      "calib": str(out / CALIB_FILE) if calib is not None else None}))
 
 
 if __name__ == "__main__":
