@@ -156,7 +156,7 @@ def combine_30b(steps: Path, results: Path, dataset: Path) -> None:
         "runs": runs, "prediction_vs_measured": predictions,
         "harness": {k: harness[k] for k in ("shape", "layers", "vocab", "items_run", "dtype", "build_on_device_s",
                                             "tokenize_s", "rounds", "parameters")},
-        "engines": {k: prep[k] for k in ("shape", "layers", "layers_per_block", "distinct_layer_files",
+        "engines": {k: prep[k] for k in ("shape", "layers", "layers_per_engine", "layers_per_engine_source", "distinct_layer_files",
                                          "engines_bytes_on_disk", "random_engines_s")},
         "calib": {"measured": prep["calib"]["measured"], "schedule": prep["calib"]["schedule"]},
         "definitions": {

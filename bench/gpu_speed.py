@@ -12,9 +12,10 @@ both counted the same way, in one call per step; every run a separate process ti
   llama7b   items 0-1999: a plain O_DIRECT probe of the disk; `ce-run` from cold storage resident and at 1/3 and 1/6
             of the weights; the harness method loading the same-size weights from cold disk, then again resident;
             the FP16 matrix rate; useful FLOP; a profile of one batch.
-  prep30b   issue 17: a LLaMA-30B-shaped random model as engines (bench/random_engines.py: --layers-per-block N,
-            K distinct layer weight files so it fits the disk) and its calib.json, measured here by the calibration
-            stage on one exported block of each kind (for ce-run's schedule and ce-predict's rates).
+  prep30b   issue 17: a LLaMA-30B-shaped random model as engines (bench/random_engines.py: N layers per engine as
+            calib chose it from the per-call cost measured here, unless --layers-per-engine; about 12 layers of
+            distinct weight files so it fits the disk) and its calib.json, measured here by the calibration stage
+            (for ce-run's schedule and ce-predict's rates).
   llama30b  `ce-run` from cold storage, resident (--limit: items, default all); llama30b_third: the same under a
             memory budget of 1/3 of the weights (a separate call); harness30b: the harness method on a random
             LlamaForCausalLM of the same shape built on the GPU, weights resident (--limit, default 500 items), its
@@ -229,39 +230,39 @@ def engines_30b(args) -> Path:
     return args.work / "engines" / "llama30b"
 
 
-def distinct_files(args) -> int:
-    """Layer weight files to write: about 12 layers' worth (12.8 GB at the 30B shape), at least one."""
-    return args.distinct_files or max(1, 12 // args.layers_per_block)
+DISTINCT_LAYERS = 12  # layers' worth of distinct layer weight files (12.8 GB at the 30B shape)
 
 
 def step_prep30b(args) -> dict:
-    """Random engines of the shape with N layers per block, K distinct layer files, and calib.json beside them."""
+    """Random engines of the shape (N layers per engine: calib's choice unless given), about DISTINCT_LAYERS layers
+    of distinct weight files, and calib.json beside them."""
     from cetrt.families import presets
 
     spec = presets()[args.shape]
     layers = args.layers or spec.num_layers
-    files = distinct_files(args)
     vocab = 49152  # SmolLM2's tokenizer sets the vocabulary (random_engines.py)
-    expected = (files * args.layers_per_block * spec.layer_bytes("float16")
-                + 2 * vocab * spec.hidden_size * 2)  # + embed and head
+    most = max(DISTINCT_LAYERS, args.layers_per_engine or 0, layers // 2)  # files never hold fewer than N layers
+    expected = min(most, layers) * spec.layer_bytes("float16") + 2 * vocab * spec.hidden_size * 2  # + embed, head
     free = shutil.disk_usage(args.work).free
-    scratch = args.layers_per_block * spec.layer_bytes("float16") + 2 * vocab * spec.hidden_size * 2  # the export
+    scratch = spec.layer_bytes("float16") + 2 * vocab * spec.hidden_size * 2  # the export on the way
     if free < expected + scratch + (2 << 30):
-        raise SystemExit(f"{args.work}: {free / 1e9:.1f} GB free, the engines need {expected / 1e9:.1f} GB and the "
-                         f"export on the way {scratch / 1e9:.1f} GB: free the disk or lower --distinct-files")
+        raise SystemExit(f"{args.work}: {free / 1e9:.1f} GB free, the engines need up to {expected / 1e9:.1f} GB and "
+                         f"the export on the way {scratch / 1e9:.1f} GB: free the disk")
     command = [sys.executable, ROOT / "bench" / "random_engines.py", "--out", engines_30b(args), "--shape", args.shape,
-               "--target", args.target, "--layers-per-block", str(args.layers_per_block),
-               "--distinct-files", str(files), "--calib-dataset", args.dataset, "--calib-items", str(args.calib_items)]
+               "--target", args.target, "--distinct-layers", str(DISTINCT_LAYERS), "--calib-dataset", args.dataset,
+               "--calib-items", str(args.calib_items)]
+    command += ["--layers-per-engine", str(args.layers_per_engine)] if args.layers_per_engine else []
     command += ["--layers", str(layers)] if args.layers else []
     seconds, made = run(command)
     engines = engines_30b(args)
     on_disk = sum(f.stat().st_size for f in engines.rglob("*") if f.is_file())
     from cetrt.formats.manifest import read_manifest
 
-    files = read_manifest(engines).build_options["distinct_layer_files"]  # never more than the layer blocks
+    options = read_manifest(engines).build_options
     return {"random_engines_s": round(seconds, 1), "random_engines": made.stdout[-1500:],
-            "shape": args.shape, "layers": layers, "layers_per_block": args.layers_per_block,
-            "distinct_layer_files": files, "expected_weight_bytes_on_disk": expected, "engines_bytes_on_disk": on_disk,
+            "shape": args.shape, "layers": layers, "layers_per_engine": options["layers_per_engine"],
+            "layers_per_engine_source": options["layers_per_engine_source"],
+            "distinct_layer_files": options["distinct_layer_files"], "expected_weight_bytes_on_disk": expected, "engines_bytes_on_disk": on_disk,
             "disk_free_after_bytes": shutil.disk_usage(args.work).free,
             "calib": json.loads((engines / "calib.json").read_text())}
 
@@ -295,7 +296,7 @@ def step_llama30b(args, divisor: int | None = None) -> dict:
     result = cetrt_run(engines, args.dataset, args.work / f"{name}.json", args.limit, budget=budget)
     return {"weights_bytes": weights, "budget": budget, "budget_fraction": f"1/{divisor}" if divisor else "resident",
             "model_id": manifest.model_id, "model_spec": manifest.model.to_json(),
-            "layers_per_block": manifest.build_options.get("layers_per_block", 1),
+            "layers_per_engine": manifest.build_options.get("layers_per_engine", 1),
             "distinct_layer_files": manifest.build_options.get("distinct_layer_files"),
             "items_run": result["results"]["n"], "run": result, "matmul_tflops": rate,
             "calib": json.loads((engines / "calib.json").read_text()) if (engines / "calib.json").is_file() else None}
@@ -370,12 +371,17 @@ def step_smoke(args) -> dict:
     budget = str(read_manifest(work / "cuda").engine_bytes // 2 + (1 << 20))
     streamed = evaluate(RunOptions(engines=work / "cuda", dataset=args.dataset, limit=24, progress=False,
                                    memory_budget=budget, tokens_per_batch=512))
-    cpu, cuda, stream = (np.array([i.scores for i in r.items]) for r in (scores["cpu"], scores["cuda"], streamed))
+    build_engines(BuildOptions(onnx_dir=work / "onnx", out_dir=work / "cuda-merged", target="cuda", layers_per_engine=2))
+    merged = evaluate(RunOptions(engines=work / "cuda-merged", dataset=args.dataset, limit=24, progress=False))
+    cpu, cuda, stream, fused = (np.array([i.scores for i in r.items])
+                                for r in (scores["cpu"], scores["cuda"], streamed, merged))
     result = {"max_diff_cuda_vs_cpu": float(np.abs(cuda - cpu).max()),
               "max_diff_streamed_vs_resident": float(np.abs(stream - cuda).max()),
+              "max_diff_merged_vs_one_layer_engines": float(np.abs(fused - cuda).max()),
               "streamed_plan": streamed.extra["streaming"]["plan"]}
     print(json.dumps(result), flush=True)
     assert result["max_diff_cuda_vs_cpu"] < 0.1 and result["max_diff_streamed_vs_resident"] < 1e-3, result
+    assert result["max_diff_merged_vs_one_layer_engines"] < 1e-2, result
     return result
 
 
@@ -394,8 +400,8 @@ def main() -> None:
     parser.add_argument("--shape", default="llama-30b", help="30B steps: a LLaMA preset")
     parser.add_argument("--layers", type=int, default=None, help="30B steps: decoder layers (default: the shape's)")
     parser.add_argument("--target", default="cuda", help="30B steps: cuda, or cpu to test them here")
-    parser.add_argument("--layers-per-block", type=int, default=1, help="prep30b: decoder layers per layer block")
-    parser.add_argument("--distinct-files", type=int, default=0, help="prep30b: layer weight files (0: 12 layers' worth)")
+    parser.add_argument("--layers-per-engine", type=int, default=None,
+                        help="prep30b: decoder layers per engine (default: calib's choice)")
     parser.add_argument("--calib-items", type=int, default=400, help="prep30b: items the calibration batches come from")
     parser.add_argument("--resident-budget", default=None, help="llama30b: the resident run's memory budget "
                         "(default: 1.5x the weights, at most 90%% of this machine's memory)")

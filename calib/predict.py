@@ -42,11 +42,19 @@ from cetrt.workload.shapes import ShapePlan
 RUN_TOKENS_PER_BATCH = ShapePlan().tokens_per_batch  # ce-run's default batch size
 
 
-def weight_block_bytes(model: ModelSpec, dtype: str) -> list[int]:
-    """Bytes of each block's weights, as the planner streams them: embed, one per decoder layer, head (the
-    family counts each)."""
+def layers_per_block(model: ModelSpec, layers_per_engine: int = 1) -> list[int]:
+    """Decoder layers in each block: 0 for the embed and the head, `layers_per_engine` per merged layer engine
+    (the last may hold fewer), as `ce-build` merges them (cetrt.merging.layer_groups)."""
+    full, rest = divmod(model.num_layers, layers_per_engine)
+    return [0] + [layers_per_engine] * full + ([rest] if rest else []) + [0]
+
+
+def weight_block_bytes(model: ModelSpec, dtype: str, layers_per_engine: int = 1) -> list[int]:
+    """Bytes of each block's weights, as the planner streams them: embed, one per engine of decoder layers, head
+    (the family counts each)."""
     family, width = get_family(model.architecture), dtype_bytes(dtype)
-    return ([family.embed_params(model) * width] + [model.layer_bytes(dtype)] * model.num_layers
+    layers = layers_per_block(model, layers_per_engine)[1:-1]
+    return ([family.embed_params(model) * width] + [model.layer_bytes(dtype) * n for n in layers]
             + [family.head_params(model) * width])
 
 
@@ -93,10 +101,11 @@ def pipeline_s(steps: list[tuple[float, float, float]], depth: int) -> tuple[flo
 
 def time_schedule(model: ModelSpec, dtype: str, batches: list[Batch], tokens_per_batch: int, device: DeviceFigures,
                   storage: Storage, budget_bytes: int, prefetch_depth: int, devices: int = 1) -> TimedSchedule:
-    blocks = weight_block_bytes(model, dtype)
     if devices > 1:
         return _time_stages(model, dtype, batches, tokens_per_batch, device, storage, budget_bytes, prefetch_depth,
                             devices)
+    merged = int(device.schedule.get("layers_per_engine") or 1)  # the engines as ce-build merges them
+    blocks, counts = weight_block_bytes(model, dtype, merged), layers_per_block(model, merged)
     plan = plan_from_sizes(ModelSizes(model, dtype, blocks), batches, budget_bytes, None, prefetch_depth)
     rate, rate_source = device.flop_per_s(tokens_per_batch)
     memory = None if device.measured_on_target else device.memory_bytes_per_s
@@ -104,7 +113,7 @@ def time_schedule(model: ModelSpec, dtype: str, batches: list[Batch], tokens_per
     def seconds(flop_count: float, weight_bytes: int) -> float:
         return max(flop_count / rate, weight_bytes / memory if memory else 0.0)
 
-    layer_s = [seconds(flop.layer_block_flop(model, 1, b), blocks[1]) for b in batches]
+    layer_s = [seconds(flop.layer_block_flop(model, 1, b), model.layer_bytes(dtype)) for b in batches]
     per_slot = device.head_s_per_slot(tokens_per_batch)
     head_s = [len(b.rows) * b.slots * per_slot if per_slot is not None else seconds(flop.head_flop(model, b), blocks[-1])
               for b in batches]
@@ -113,9 +122,9 @@ def time_schedule(model: ModelSpec, dtype: str, batches: list[Batch], tokens_per
         reading = not plan.resident or number == 0
         layer, head = sum(layer_s[i] for i in chunk), sum(head_s[i] for i in chunk)
         for k, size in enumerate(blocks):
-            compute = 0.0 if k == 0 else head if k == len(blocks) - 1 else layer
-            steps.append((read_s(size, storage, device) if reading else 0.0,
-                          device.load_s_per_block if reading else 0.0, compute))
+            compute = head if k == len(blocks) - 1 else layer * counts[k]
+            load = device.load_s_per_block * max(1, counts[k])  # calib binds one layer's weights: per layer
+            steps.append((read_s(size, storage, device) if reading else 0.0, load if reading else 0.0, compute))
     total_s, waited_s = pipeline_s(steps, plan.prefetch_depth)
     return TimedSchedule(
         tokens_per_batch=tokens_per_batch, plan=plan, flop=flop.run_flop(model, batches), flop_per_s=rate,

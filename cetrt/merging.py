@@ -7,7 +7,8 @@ one layer a block (what TensorRT 10.3 and the precision check see); the build ch
 the shared batch inputs (positions, mask) shared, and layer k's `hidden_out` feeding layer k+1's `hidden`.
 ONNX Runtime's common-subexpression elimination then computes what the layers share (rotary cos/sin) once.
 calib measures the per-call cost and chooses M (`calib.schedule`); `ce-build --layers-per-engine` overrides it.
-Usage: `merged = merge_layers([split_a, split_b])`; `groups = layer_groups(blocks, 4)`.
+Usage: `merged = merge_layers([split_a, split_b])`; `groups = layer_groups(blocks, 4)`;
+`weights = merged_weights([weights_a, weights_b])`.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ def merge_layers(splits: list[SplitBlock]) -> SplitBlock:
     batch_inputs = [i for i in first.graph.input if i.name not in splits[0].weights]
     graph.input.extend(batch_inputs)  # hidden first, then the batch inputs, as the block spec lists them
     shared = {i.name for i in batch_inputs} - {HIDDEN}
-    weights: dict = {}
     for k, split in enumerate(splits):
         prefix, last = _PREFIX.format(k), k == len(splits) - 1
 
@@ -61,8 +61,7 @@ def merge_layers(splits: list[SplitBlock]) -> SplitBlock:
             copy.CopyFrom(info)
             copy.name = rename(info.name)
             graph.value_info.append(copy)
-        for name, array in split.weights.items():
-            weights[prefix + name] = array
+    weights = merged_weights([split.weights for split in splits])
     for name, array in weights.items():
         elem = onnx.helper.np_dtype_to_tensor_dtype(array.dtype)
         graph.input.append(onnx.helper.make_tensor_value_info(name, elem, list(array.shape)))
@@ -70,6 +69,14 @@ def merge_layers(splits: list[SplitBlock]) -> SplitBlock:
     model = onnx.helper.make_model(graph, opset_imports=list(first.opset_import), ir_version=first.ir_version)
     model.metadata_props.extend(first.metadata_props)
     return SplitBlock(graph=model, weights=weights, signature=signature(model))
+
+
+def merged_weights(layers: list[dict]) -> dict:
+    """The weights of a merged engine, by input name, from each layer's own (in order); one layer's as they are,
+    as `merge_layers` leaves one split as it is."""
+    if len(layers) == 1:
+        return dict(layers[0])
+    return {_PREFIX.format(k) + name: array for k, weights in enumerate(layers) for name, array in weights.items()}
 
 
 def layer_groups(blocks: list, layers_per_engine: int) -> list[list]:
