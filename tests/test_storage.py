@@ -104,3 +104,21 @@ def test_engines_built_before_issue_12_still_stream_and_an_unknown_digest_is_ref
     _streamed(unknown, lambda record, path: {**record.to_json(), "chunk_digest": "md5"})
     with pytest.raises(UserError, match=r"manifest.json: .*its chunk digests are 'md5'.*`make engines`"):
         read_manifest(unknown)
+
+
+def test_make_engines_over_engines_from_before_issue_12_records_xxh3_chunks_without_rebuilding(zoo, tmp_path):
+    from cetrt.build.engines import BuildOptions, build_engines
+
+    options = BuildOptions(onnx_dir=zoo.onnx("llama"), out_dir=tmp_path / "engines")
+    build_engines(options)
+    engines = tmp_path / "engines"
+    assert _streamed(engines, lambda record, path: _legacy(record, path)) > 0
+    files = {p: p.stat().st_mtime_ns for p in engines.rglob("*") if p.is_file() and p.name != MANIFEST_FILE}
+    said: list[str] = []
+    manifest = build_engines(options, announce=said.append)
+    assert any("up to date" in line and "chunk digests now xxh3_128" in line for line in said), said
+    assert {p: p.stat().st_mtime_ns for p in files} == files  # nothing rebuilt
+    assert manifest == read_manifest(engines)
+    assert all(f.chunk_digest == "xxh3_128" for f in manifest.all_files if f.chunks)
+    for block in manifest.blocks:
+        read_verified(engines, block, ReadStats())
