@@ -96,7 +96,8 @@ def reusable_build(out: Path, inputs: dict) -> tuple[Manifest | None, str]:
     except UserError as e:
         return None, f"the engines there do not verify ({e})"
     if any(f.chunks and f.chunk_digest != CHUNK_DIGEST for f in manifest.all_files):
-        return _rerecord_chunks(out, manifest), f"unchanged inputs, every file verified, chunk digests now {CHUNK_DIGEST}"
+        why = f"unchanged inputs, every file verified, chunk digests now {CHUNK_DIGEST}"
+        return _rerecord_chunks(out, manifest), why
     return manifest, "unchanged inputs, every file verified"
 
 

@@ -156,7 +156,8 @@ def device_figures(target: Target, calib: CalibRecord | None, weights: str = DEF
                           "inside; bench/results/gpu_h100_llama7b_two_ways_stream.json)"),
         measured_storage=storage,
         verify_bytes_per_s=float(verify) if verify else ASSUMED_VERIFY_BYTES_PER_S,
-        verify_source=(f"calib.json: {CHUNK_DIGEST} rate measured on {target.name}" if verify else ASSUMED_VERIFY_SOURCE),
+        verify_source=(f"calib.json: {CHUNK_DIGEST} rate measured on {target.name}" if verify
+                       else ASSUMED_VERIFY_SOURCE),
         schedule=dict(calib.schedule) if calib is not None and on_target else {},
     )
 

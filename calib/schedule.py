@@ -108,7 +108,8 @@ def _storage_bandwidth(export_dir: Path, layers) -> dict:
     return {"bytes_per_s": best["bytes_per_s"], "bytes": sum(r["bytes"] for r in by_requests),
             "request_bytes": DEFAULT_REQUEST_BYTES, "by_requests_in_flight": by_requests,
             "verify_bytes_per_s": round(_digest_rate(data, DEFAULT_REQUESTS_IN_FLIGHT)),
-            "verify_digest": CHUNK_DIGEST, "verify_threads": DEFAULT_REQUESTS_IN_FLIGHT, "files": len(paths), "direct_io": direct,
+            "verify_digest": CHUNK_DIGEST, "verify_threads": DEFAULT_REQUESTS_IN_FLIGHT, "files": len(paths),
+            "direct_io": direct,
             "note": "O_DIRECT: the page cache bypassed" if direct else
                     "through the page cache (this file system refuses O_DIRECT): an upper bound, not the device's speed"}
 

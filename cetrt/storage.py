@@ -7,8 +7,8 @@ buffer so the page cache neither helps nor pollutes (where the file system refus
 reads through the cache and says so in `ReadStats.direct`). Each request's bytes are checked on the thread
 that read them, against the per-chunk digest the build recorded (`FileRecord.chunks`: xxh3-128, or sha256 in
 records from before issue 12; both release the GIL too), so the check runs beside the other reads instead of
-after the whole file; a file recorded without chunk digests is checked whole against its sha256. The result is the buffer itself (a memoryview, no copy): NumPy weight arrays
-are views of it. `Prefetcher` reads a known sequence of blocks on a background thread, at most `depth` blocks
+after the whole file; a file recorded without chunk digests is checked whole against its sha256. The result
+is the buffer itself (a memoryview, no copy): NumPy weight arrays are views of it. `Prefetcher` reads a known sequence of blocks on a background thread, at most `depth` blocks
 ahead of the consumer; a failure reaches the consumer as the exception itself.
 Usage: `with Prefetcher(engines_dir, sequence, depth=1, stats=stats) as reader: data = reader.take(block)`.
 """
@@ -122,8 +122,8 @@ def _request(fd: int, view: memoryview, start: int, length: int, size: int, reco
     if got < real:
         raise UserError(f"{path}: ended after {start + got} of {size} bytes; {_FIX}")
     if record is not None and not record.chunk_matches(index, view[start : start + real]):
-        raise UserError(f"{path}: does not match manifest.json ({record.chunk_digest} of bytes {start}-{start + real}); "
-                        f"{_FIX}")
+        raise UserError(f"{path}: does not match manifest.json ({record.chunk_digest} of bytes "
+                        f"{start}-{start + real}); {_FIX}")
 
 
 def read_file(path: Path, stats: ReadStats, record: FileRecord | None = None, pool: ReadPool | None = None,

@@ -72,7 +72,8 @@ def test_a_record_with_sha256_chunks_from_before_issue_12_still_verifies(tmp_pat
 
 def test_an_unknown_chunk_digest_is_refused_with_the_file_and_the_fix(tmp_path):
     data = {**FileRecord.of(tmp_path, _file(tmp_path), chunk_bytes=CHUNK).to_json(), "chunk_digest": "blake9"}
-    with pytest.raises(UserError, match=r"weights.bin: its chunk digests are 'blake9'.*rebuild the engines with `make engines`"):
+    refused = r"weights.bin: its chunk digests are 'blake9'.*rebuild the engines with `make engines`"
+    with pytest.raises(UserError, match=refused):
         FileRecord.from_json(data)
 
 
