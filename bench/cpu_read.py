@@ -4,7 +4,7 @@ process, one after the other.
 Engines: a SmolLM2-shaped random model (bench/random_engines.py, 30 layer blocks, weights as inputs, CPU target),
 made once under --work. The probe reads the same layer files with bench/gpu_speed.py's plain O_DIRECT reader
 (request sizes x readers, the best kept); the run is `ce-run` under a budget of 2/5 of the weights (several
-passes, every block read O_DIRECT with its per-chunk sha256 checked), and its results JSON gives
+passes, every block read O_DIRECT with its per-chunk xxh3-128 digest checked), and its results JSON gives
 `streaming.bytes_read` and `streaming.read_s`.
 Usage: python bench/cpu_read.py --work artifacts/bench/cpu-read --out bench/results/cpu_read.json
 """

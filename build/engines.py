@@ -4,7 +4,8 @@ Reads only the export directory (checking every ONNX file's sha256 as it goes) a
 block with the chosen backend for the chosen target (calib's FP32 islands applied to a copy of the graph),
 copies the tokenizer (checking each file's sha256), and writes manifest.json last, so a failed build never
 leaves a manifest that describes missing or stale engines. A build whose inputs (export, calib.json, backend and
-its version, target, options) are unchanged and whose files verify is skipped; a killed build resumes from
+its version, target, options) are unchanged and whose files verify is skipped (engines whose records hold
+sha256 chunk digests, from before issue 12, get xxh3-128 ones recorded instead); a killed build resumes from
 build-journal.json (build/resume.py), building only the engines it had not finished. The disk is checked for
 the engines' size first; a full disk is one line naming the directory and the bytes.
 Usage: `build_engines(BuildOptions(onnx_dir=Path("artifacts/onnx/m"), out_dir=Path("engines/m")))`.
@@ -15,7 +16,7 @@ from __future__ import annotations
 import functools
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import onnx
@@ -26,7 +27,7 @@ from cetrt.backends.base import BuildSettings
 from cetrt.build.block_types import build_types
 from cetrt.build.resume import BuildCache
 from cetrt.errors import UserError
-from cetrt.files import FileRecord, sha256_file
+from cetrt.files import CHUNK_DIGEST, FileRecord, sha256_file
 from cetrt.formats.blocks import BLOCKS_FILE, TOKENIZER_DIR, read_blocks
 from cetrt.formats.calib import CALIB_FILE, export_digest, read_calib_for, resolve
 from cetrt.formats.manifest import MANIFEST_FILE, EngineBlock, Manifest, read_manifest, write_manifest
@@ -106,7 +107,23 @@ def reusable_build(out: Path, inputs: dict) -> tuple[Manifest | None, str]:
             record.check_digest(out, None, "")
     except UserError as e:
         return None, f"the engines there do not verify ({e})"
+    if any(f.chunks and f.chunk_digest != CHUNK_DIGEST for f in manifest.all_files):
+        why = f"unchanged inputs, every file verified, chunk digests now {CHUNK_DIGEST}"
+        return _rerecord_chunks(out, manifest), why
     return manifest, "unchanged inputs, every file verified"
+
+
+def _rerecord_chunks(out: Path, manifest: Manifest) -> Manifest:
+    """Engines built before issue 12 (sha256 chunks): their files just verified whole, so their chunk digests are
+    recorded again in `CHUNK_DIGEST` rather than the engines rebuilt (hours on the device for TensorRT)."""
+
+    def again(files: tuple[FileRecord, ...]) -> tuple[FileRecord, ...]:
+        return tuple(FileRecord.of(out, out / f.path, f.chunk_bytes) if f.chunks else f for f in files)
+
+    manifest = replace(manifest, blocks=tuple(replace(b, files=again(b.files)) for b in manifest.blocks),
+                       engine_types=tuple(replace(t, files=again(t.files)) for t in manifest.engine_types))
+    write_manifest(out, manifest)
+    return manifest
 
 
 def build_engines(options: BuildOptions, announce=lambda text: None) -> Manifest:

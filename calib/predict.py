@@ -8,7 +8,7 @@ their sources (calib/rates.py), a storage read bandwidth and a memory budget. Ou
   datasheet rate, a batch through a block takes no less than reading the block's weights from memory once.
   The head, where calib.json timed it, takes its measured time per scored slot (its log-softmax over the
   vocabulary is memory-bound).
-- Reading a block is the read and the sha256 check of its chunks, side by side on the reader's threads: the
+- Reading a block is the read and the digest check of its chunks, side by side on the reader's threads: the
   slower of the two rates sets the time (cetrt/storage.py).
 - I/O, as the executor runs: blocks go chunk by chunk, block by block, as one sequence. Streaming, a reader
   thread reads up to `prefetch_depth` blocks ahead; it starts reading block k+1 once block k is loaded, so the
@@ -271,7 +271,7 @@ class Prediction:
             ("passes", f"{plan.passes} over the weights: {plan.chunks} chunk(s) <= {plan.chunk_tokens:,} tokens",
              "passes"),
             ("read", f"{plan.bytes_to_read / gib:.1f} GiB at {self.storage.bytes_per_s / 1e9:g} GB/s, "
-                     f"sha256-checked: {_duration(s.io_s)}", "storage"),
+                     f"digest-checked: {_duration(s.io_s)}", "storage"),
             ("exposed I/O", f"{_duration(s.exposed_io_s)} ({s.exposed_io_s / s.total_s:.1%} of the run)", "exposed_io"),
             ("engine load", _duration(s.load_s), "load"),
             ("peak memory", f"{plan.peak_bytes / gib:.2f} of {self.budget_bytes / gib:.2f} GiB budget "

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cetrt.errors import UserError
+from cetrt.files import CHUNK_DIGEST, LEGACY_CHUNK_DIGEST
 from cetrt.formats.calib import CalibRecord, load_calib_file
 from cetrt.spec import DEFAULT_WEIGHTS, TARGETS, Target
 
@@ -55,12 +56,13 @@ def calib_from_option(path: Path | None) -> CalibRecord | None:
     return None if path is None else load_calib_file(Path(path))
 
 
-# The runner checks each chunk's sha256 on the reader's request threads as it reads. Where calib.json has no rate:
-ASSUMED_VERIFY_BYTES_PER_S = 4.0e9
+# The runner checks each chunk's digest (CHUNK_DIGEST, xxh3-128) on the reader's request threads as it reads.
+# Where calib.json has no rate for that digest:
+ASSUMED_VERIFY_BYTES_PER_S = 8.0e9
 ASSUMED_VERIFY_SOURCE = (
-    "assumption: sha256 at 1.0 GB/s per core on the reader's 4 request threads (ce-calib measured 1.38 GB/s on one "
-    "core of the 2-core AMD EPYC dev machine, bench/results/predict_vs_measured.json, and the issue's H200 probe "
-    "1.38 / 5.1 GB/s on 1 / 4 cores); the Orin's Cortex-A78AE has ARMv8 SHA-2 instructions at 2.2 GHz: not measured")
+    "assumption: xxh3-128 at 2 GB/s per core on the reader's 4 request threads (measured 5.6 GB/s on one core of "
+    "the 2-core AMD EPYC dev machine, 4.5x its sha256; the Orin's Cortex-A78AE runs it with NEON at 2.2 GHz: not "
+    "measured, taken well below the x86 rate)")
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ class DeviceFigures:
     load_s_per_block: float
     load_source: str
     measured_storage: Storage | None
-    verify_bytes_per_s: float  # the runner's sha256 check of every read, on the reader's request threads
+    verify_bytes_per_s: float  # the runner's chunk digest check of every read, on the reader's request threads
     verify_source: str
     schedule: dict  # calib.json's chosen schedule (tokens_per_batch, prefetch_depth), or {}
 
@@ -143,6 +145,9 @@ def device_figures(target: Target, calib: CalibRecord | None, weights: str = DEF
         storage = Storage("measured", bytes_per_s,
                           f"calib.json: read bandwidth measured on {target.name} ({direct})")
     verify = (measured.get("storage") or {}).get("verify_bytes_per_s") if on_target else None
+    # a calib.json from before issue 12 measured sha256 (no "verify_digest"): not the digest the reader checks now
+    verify_digest = (measured.get("storage") or {}).get("verify_digest", LEGACY_CHUNK_DIGEST)
+    verify = verify if verify_digest == CHUNK_DIGEST else None
     load_key = "bind_s_per_block" if weights == "inputs" else "load_s_per_block"
     load = measured.get(load_key) if on_target else None
     return DeviceFigures(
@@ -163,7 +168,8 @@ def device_figures(target: Target, calib: CalibRecord | None, weights: str = DEF
                           "inside; bench/results/gpu_h100_llama7b_two_ways_stream.json)"),
         measured_storage=storage,
         verify_bytes_per_s=float(verify) if verify else ASSUMED_VERIFY_BYTES_PER_S,
-        verify_source=(f"calib.json: sha256 rate measured on {target.name}" if verify else ASSUMED_VERIFY_SOURCE),
+        verify_source=(f"calib.json: {CHUNK_DIGEST} rate measured on {target.name}" if verify
+                       else ASSUMED_VERIFY_SOURCE),
         schedule=dict(calib.schedule) if calib is not None and on_target else {},
     )
 

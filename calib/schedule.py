@@ -4,7 +4,7 @@ Measured, on the exported blocks with ONNX Runtime on the target's device (Tenso
 before they are built, and full TensorRT is not here: calib.json says which backend measured):
 - storage read bandwidth: the layer blocks' files read by the runner's own reader with O_DIRECT (or through the
   page cache where the file system refuses it, and then an upper bound, said so) at 1 to 8 requests in
-  flight, and the rate of the per-chunk sha256 check the reader does beside its reads;
+  flight, and the rate of the per-chunk digest check (xxh3-128) the reader does beside its reads;
 - engine load time per block: creating a session from a layer block (engines with weights inside), and
   binding a block's weights to a shared engine type (weights as inputs);
 - compute time of a layer block and of the head at several batch sizes, on real packed batches of the
@@ -22,7 +22,6 @@ Usage: `measured = measure(export_dir, exported, target, dataset)`; `schedule = 
 
 from __future__ import annotations
 
-import hashlib
 import math
 import platform
 import time
@@ -34,6 +33,7 @@ import numpy as np
 from cetrt.backends import get_backend
 from cetrt.backends.base import EngineSource, LoadSettings, WeightsBound
 from cetrt.calib.flop import layer_block_flop
+from cetrt.files import CHUNK_DIGEST, CHUNK_DIGESTS
 from cetrt.formats.blocks import TOKENIZER_DIR, ExportedModel
 from cetrt.formats.weights import split_block
 from cetrt.gpu import current_gpu, device_memory_bytes
@@ -153,8 +153,8 @@ def layers_per_engine(merge: dict | None, num_layers: int) -> dict:
 
 def _storage_bandwidth(export_dir: Path, layers) -> dict:
     """The runner's own reader (cetrt/storage.py) on the layer blocks' files, O_DIRECT, at the request size the
-    build records digests for, with 1 to 8 requests in flight; and the rate of the per-chunk sha256 check on
-    as many threads as the reader uses."""
+    build records digests for, with 1 to 8 requests in flight; and the rate of the per-chunk digest check (the
+    algorithm the build writes, `CHUNK_DIGEST`) on as many threads as the reader uses."""
     paths = [export_dir / f.path for block in layers for f in block.files]
     by_requests, direct = [], True
     for depth in REQUESTS_IN_FLIGHT:
@@ -173,17 +173,20 @@ def _storage_bandwidth(export_dir: Path, layers) -> dict:
     return {"bytes_per_s": best["bytes_per_s"], "bytes": sum(r["bytes"] for r in by_requests),
             "request_bytes": DEFAULT_REQUEST_BYTES, "by_requests_in_flight": by_requests,
             "verify_bytes_per_s": round(_digest_rate(data, DEFAULT_REQUESTS_IN_FLIGHT)),
-            "verify_threads": DEFAULT_REQUESTS_IN_FLIGHT, "files": len(paths), "direct_io": direct,
+            "verify_digest": CHUNK_DIGEST, "verify_threads": DEFAULT_REQUESTS_IN_FLIGHT, "files": len(paths),
+            "direct_io": direct,
             "note": "O_DIRECT: the page cache bypassed" if direct else
                     "through the page cache (this file system refuses O_DIRECT): an upper bound, not the device's speed"}
 
 
 def _digest_rate(data: memoryview, threads: int, chunk: int = DEFAULT_REQUEST_BYTES) -> float:
-    """sha256 over chunks of `data` on `threads` threads, as the reader checks what it reads (bytes/s)."""
+    """The chunk digest the build writes, over chunks of `data` on `threads` threads, as the reader checks what it
+    reads (bytes/s)."""
     pieces = [data[i:i + chunk] for i in range(0, len(data), chunk)] * max(1, (64 << 20) // max(1, len(data)))
+    digest = CHUNK_DIGESTS[CHUNK_DIGEST]
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        list(pool.map(lambda piece: hashlib.sha256(piece).digest(), pieces))
+        list(pool.map(digest, pieces))
     return sum(len(p) for p in pieces) / max(time.perf_counter() - start, 1e-9)
 
 

@@ -5,10 +5,10 @@ as the bytes land, ahead of need.
 of them going at once (a thread pool of `preadv`, which releases the GIL), with O_DIRECT into one page-aligned
 buffer so the page cache neither helps nor pollutes (where the file system refuses O_DIRECT, e.g. tmpfs, it
 reads through the cache and says so in `ReadStats.direct`). Each request's bytes are checked on the thread
-that read them, against the per-chunk sha256 the build recorded (`FileRecord.chunks`; hashlib releases the
-GIL too), so the check runs beside the other reads instead of after the whole file; a file recorded without
-chunk digests is checked whole. The result is the buffer itself (a memoryview, no copy): NumPy weight arrays
-are views of it. `Prefetcher` reads a known sequence of blocks on a background thread, at most `depth` blocks
+that read them, against the per-chunk digest the build recorded (`FileRecord.chunks`: xxh3-128, or sha256 in
+records from before issue 12; both release the GIL too), so the check runs beside the other reads instead of
+after the whole file; a file recorded without chunk digests is checked whole against its sha256. The result
+is the buffer itself (a memoryview, no copy): NumPy weight arrays are views of it. `Prefetcher` reads a known sequence of blocks on a background thread, at most `depth` blocks
 ahead of the consumer; a failure reaches the consumer as the exception itself.
 Usage: `with Prefetcher(engines_dir, sequence, depth=1, stats=stats) as reader: data = reader.take(block)`.
 """
@@ -113,14 +113,17 @@ def _read_range(fd: int, view: memoryview, start: int, length: int) -> int:
     return done
 
 
-def _request(fd: int, view: memoryview, start: int, length: int, size: int, digest: str | None, path: Path) -> None:
-    """Read [start, start + length) (length padded to the alignment O_DIRECT wants) and check its digest."""
+def _request(fd: int, view: memoryview, start: int, length: int, size: int, record: FileRecord | None, index: int,
+             path: Path) -> None:
+    """Read [start, start + length) (length padded to the alignment O_DIRECT wants) and, given the record of a
+    file with chunk digests, check it as chunk `index`."""
     got = _read_range(fd, view, start, length)
     real = min(length, size - start)
     if got < real:
         raise UserError(f"{path}: ended after {start + got} of {size} bytes; {_FIX}")
-    if digest is not None and hashlib.sha256(view[start : start + real]).hexdigest() != digest:
-        raise UserError(f"{path}: does not match manifest.json (sha256 of bytes {start}-{start + real}); {_FIX}")
+    if record is not None and not record.chunk_matches(index, view[start : start + real]):
+        raise UserError(f"{path}: does not match manifest.json ({record.chunk_digest} of bytes "
+                        f"{start}-{start + real}); {_FIX}")
 
 
 def read_file(path: Path, stats: ReadStats, record: FileRecord | None = None, pool: ReadPool | None = None,
@@ -141,9 +144,9 @@ def read_file(path: Path, stats: ReadStats, record: FileRecord | None = None, po
             fd, direct = _open(path)
             try:
                 starts = range(0, size, request) if size else []
-                digests = record.chunks if record is not None and record.chunks else [None] * len(starts)
-                futures = [pool.executor.submit(_request, fd, view, s, min(request, padded - s), size, d, path)
-                           for s, d in zip(starts, digests)]
+                chunked = record if record is not None and record.chunks else None
+                futures = [pool.executor.submit(_request, fd, view, s, min(request, padded - s), size, chunked, i, path)
+                           for i, s in enumerate(starts)]
                 errors = [f.exception() for f in futures]
             finally:
                 os.close(fd)

@@ -2,11 +2,13 @@
 
 An engines directory holds one engine per block, `tokenizer/`, and `manifest.json`: the model (id, hash,
 shape), precision, backend and its version, target, build options, and per block its interface, files
-(bytes, sha256), build time and backend details. Built with weights as inputs, it holds instead one engine
-per block type (`engine_types`, resident for the whole run) and per block a weights file with its index. Opening the directory checks format and sizes; each engine's
-sha256 is checked on the bytes as the runner reads them for loading (cetrt.storage); the tokenizer files and
-calib.json (`calib_file`) are small and checked by `check_side_files` before they are read. `inputs` records
-what the build depended on (export digest, calib.json, backend and options): an unchanged build is skipped.
+(bytes, whole-file sha256, and the xxh3-128 digest of each 16 MiB chunk that streaming checks), build time
+and backend details. Built with weights as inputs, it holds instead one engine per block type (`engine_types`,
+resident for the whole run) and per block a weights file with its index. Opening the directory checks format and
+sizes; each streamed file's chunk digests are checked on the bytes as the runner reads them for loading
+(cetrt.storage); the tokenizer files and calib.json (`calib_file`) are small and checked by `check_side_files`
+before they are read. `inputs` records what the build depended on (export digest, calib.json, backend and
+options): an unchanged build is skipped.
 Usage: `write_manifest(out_dir, manifest)`; `manifest = read_manifest(engines_dir)`.
 """
 
@@ -176,6 +178,8 @@ def read_manifest(engines_dir: Path) -> Manifest:
             raise ValueError(f"blocks name engine types {sorted(unknown)} that the manifest does not list")
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{path}: malformed ({type(e).__name__}: {e}); {_FIX}") from None
+    except UserError as e:  # a record this cetrt cannot check (its message names the file and the fix)
+        raise UserError(f"{path}: {e}") from None
     for record in manifest.all_files:
         record.check_size(engines_dir, _FIX)
     return manifest

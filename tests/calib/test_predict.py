@@ -107,7 +107,8 @@ def _calib(measured: dict) -> CalibRecord:
 
 def test_rates_measured_on_the_target_replace_the_assumption(work):
     calib = _calib({"device": "cpu", "target": "cpu",
-                    "storage": {"bytes_per_s": 1.5e9, "direct_io": True, "verify_bytes_per_s": 2e9},
+                    "storage": {"bytes_per_s": 1.5e9, "direct_io": True, "verify_bytes_per_s": 2e9,
+                                "verify_digest": "xxh3_128"},
                     "load_s_per_block": 0.01, "bind_s_per_block": 0.002,
                     "compute": [{"tokens_per_batch": 1024, "flop_per_s": 2e11},
                                 {"tokens_per_batch": 4096, "flop_per_s": 3e11}]})
@@ -116,6 +117,9 @@ def test_rates_measured_on_the_target_replace_the_assumption(work):
     assert prediction.sources["compute"].startswith("calib.json")
     assert prediction.chosen.flop_per_s in (2e11, 3e11) and prediction.chosen.load_s > 0
     assert prediction.sources["verify"].startswith("calib.json")
+    storage = {k: v for k, v in calib.measured["storage"].items() if k != "verify_digest"}
+    before = _calib({**calib.measured, "storage": storage})  # from before issue 12: a sha256 rate
+    assert _predict(work, model="smollm2-135m", target="cpu", calib=before).sources["verify"].startswith("assumption")
     elsewhere = _calib({**calib.measured, "target": "h100"})
     assert not _predict(work, target="orin-agx-32gb", calib=elsewhere).measured_on_target
     with pytest.raises(UserError, match="no datasheet compute figure"):

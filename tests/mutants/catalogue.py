@@ -18,6 +18,7 @@ SCHEDULE = "tests/calib/test_schedule_choice.py"
 BY_HAND = "tests/calib/test_predict_by_hand.py"
 STDERR = "tests/test_cli.py::test_errors_go_to_stderr_alone"
 RSS = "tests/runner/test_rss_budget.py"
+STORAGE = "tests/test_storage.py"
 
 
 @dataclass(frozen=True)
@@ -94,4 +95,13 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("ce-predict ignores the read-ahead", "calib/predict.py",
            "total_s, waited_s = pipeline_s(steps, plan.prefetch_depth)", "total_s, waited_s = pipeline_s(steps, 0)",
            (BY_HAND,)),
+    # Issue 12: the streaming check is the record's chunk digest (xxh3-128, or sha256 in older records).
+    Mutant("reader skips the chunk digest check", "cetrt/storage.py",
+           "if record is not None and not record.chunk_matches(index, view[start : start + real]):",
+           "if False:", (STORAGE,)),
+    Mutant("chunks checked by the current digest whatever the record says", "cetrt/files.py",
+           "return CHUNK_DIGESTS[self.chunk_digest](data) == self.chunks[index]",
+           "return CHUNK_DIGESTS[CHUNK_DIGEST](data) == self.chunks[index]", (STORAGE,)),
+    Mutant("an unknown chunk digest accepted at open", "cetrt/files.py",
+           "if algorithm not in CHUNK_DIGESTS:", "if algorithm not in CHUNK_DIGESTS and False:", (STORAGE,)),
 )
