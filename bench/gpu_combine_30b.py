@@ -13,6 +13,7 @@ Usage: python bench/gpu_combine.py llama30b [--steps DIR] [--results DIR] [--dat
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -31,7 +32,7 @@ def harness_tokens(tokenizer, dataset: Path, limit: int | None) -> tuple[int, in
     return sum(len(e.context) + len(c) - 1 for e in encoded for c in e.continuations), len(encoded)
 
 
-def predicted(spec, calib_json: dict, run: dict, limit: int | None, dataset: Path, tokenizer):
+def predicted(spec, calib_json: dict, run: dict, limit: int | None, dataset: Path, tokenizer, built: int):
     """ce-predict for a run's configuration: its budget, batch size and read-ahead, weights as inputs."""
     from cetrt.calib.predict import predict
     from cetrt.calib.rates import STORAGE_PRESETS, device_figures
@@ -40,6 +41,8 @@ def predicted(spec, calib_json: dict, run: dict, limit: int | None, dataset: Pat
     from cetrt.spec import Target
 
     calib = CalibRecord.from_json(calib_json, Path("prep30b.json"))
+    # the engines as built: random_engines rounds calib's choice to a divisor of the layers (6 of calib's 8 here)
+    calib = dataclasses.replace(calib, schedule={**calib.schedule, "layers_per_engine": built})
     device = device_figures(Target.from_name(calib.measured["target"]), calib, "inputs")
     schedule, plan = run["streaming"]["schedule"], run["streaming"]["plan"]
     work = count_workload(str(dataset), limit, None, (schedule["tokens_per_batch"],), spec.max_positions, tokenizer)
@@ -105,9 +108,10 @@ def combine_30b(steps: Path, results: Path, dataset: Path) -> None:
     runs, predictions = {}, {}
     for name, step in (("resident", resident), ("1/3", third)):
         results_json = step["run"]["results"]
-        own = predicted(spec, prep["calib"], results_json, results_json["n"], dataset, tokenizer)
+        own = predicted(spec, prep["calib"], results_json, results_json["n"], dataset, tokenizer,
+                        prep["layers_per_engine"])
         everything = own if results_json["n"] >= all_items else predicted(spec, prep["calib"], results_json, None,
-                                                                             dataset, tokenizer)
+                                                                             dataset, tokenizer, prep["layers_per_engine"])
         assert own.work.tokens() == results_json["tokens"], (own.work.tokens(), results_json["tokens"])
         runs[name] = {**run_summary(step["run"]), **scaled_run(step, everything.work.tokens(), all_items),
                       "budget": step["budget"], "resident": results_json["streaming"]["plan"]["resident"]}

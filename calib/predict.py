@@ -33,7 +33,15 @@ from cetrt.calib.rates import STORAGE_PRESETS, DeviceFigures, Storage, calib_fro
 from cetrt.calib.workload import Workload, count_workload
 from cetrt.errors import UserError
 from cetrt.families import get_family
-from cetrt.plan import MemoryPlan, ModelSizes, available_memory, chunks, parse_size, plan_from_sizes
+from cetrt.plan import (
+    MemoryPlan,
+    ModelSizes,
+    available_memory,
+    chunks,
+    journal_chunk_tokens,
+    parse_size,
+    plan_from_sizes,
+)
 from cetrt.plan_devices import DevicePlan, plan_devices
 from cetrt.spec import DEFAULT_WEIGHTS, ModelSpec, Target, dtype_bytes
 from cetrt.workload.packing import Batch
@@ -106,7 +114,10 @@ def time_schedule(model: ModelSpec, dtype: str, batches: list[Batch], tokens_per
                             devices)
     merged = int(device.schedule.get("layers_per_engine") or 1)  # the engines as ce-build merges them
     blocks, counts = weight_block_bytes(model, dtype, merged), layers_per_block(model, merged)
-    plan = plan_from_sizes(ModelSizes(model, dtype, blocks), batches, budget_bytes, None, prefetch_depth)
+    per_layer = device.seconds_per_layer_token  # ce-run journals resident chunks of about JOURNAL_INTERVAL_S
+    cap = journal_chunk_tokens(per_layer * model.num_layers) if per_layer else None
+    plan = plan_from_sizes(ModelSizes(model, dtype, blocks), batches, budget_bytes, None, prefetch_depth,
+                           resident_cap=cap)
     rate, rate_source = device.flop_per_s(tokens_per_batch)
     memory = None if device.measured_on_target else device.memory_bytes_per_s
 

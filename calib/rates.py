@@ -83,6 +83,7 @@ class DeviceFigures:
     verify_bytes_per_s: float  # the runner's chunk digest check of every read, on the reader's request threads
     verify_source: str
     schedule: dict  # calib.json's chosen schedule (tokens_per_batch, prefetch_depth), or {}
+    seconds_per_layer_token: float | None = None  # calib's, from which ce-run sizes its journaled resident chunks
 
     @property
     def measured_on_target(self) -> bool:
@@ -123,7 +124,8 @@ def merged_rate(row: dict, merge: dict | None, layers_per_engine: int) -> float:
         return rate
     call_s = float(row["s_per_token"]) * int(row["tokens_per_batch"])
     saved = merge["call_s"] * (1 - merge["layers_per_block"] / layers_per_engine)
-    return rate * call_s / max(call_s - saved, call_s / 10)
+    # a call cost measured larger than half a call at this size is not a fixed cost: merging gains at most 2x
+    return rate * call_s / max(call_s - saved, call_s / 2)
 
 
 def device_figures(target: Target, calib: CalibRecord | None, weights: str = DEFAULT_WEIGHTS) -> DeviceFigures:
@@ -171,5 +173,6 @@ def device_figures(target: Target, calib: CalibRecord | None, weights: str = DEF
         verify_source=(f"calib.json: {CHUNK_DIGEST} rate measured on {target.name}" if verify
                        else ASSUMED_VERIFY_SOURCE),
         schedule=dict(calib.schedule) if calib is not None and on_target else {},
+        seconds_per_layer_token=calib.seconds_per_layer_token() if calib is not None and on_target else None,
     )
 

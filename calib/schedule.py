@@ -236,10 +236,16 @@ def _compute(sessions: dict, exported: ExportedModel, export_dir: Path, dataset:
 def _steady_run(session, block, inputs: dict) -> float:
     """The second run of a batch: a shared engine type sees each batch shape again in every layer."""
     feeds = {name: session.upload(name, inputs[name]) for name in block.spec.input_names}
-    session.to_host(next(iter(session.run(feeds).values())))  # a new shape's first run: kernel choice
+    _wait(session, session.run(feeds))  # a new shape's first run: kernel choice
     start = time.perf_counter()
-    session.to_host(next(iter(session.run(feeds).values())))
+    _wait(session, session.run(feeds))
     return time.perf_counter() - start
+
+
+def _wait(session, outputs: dict) -> None:
+    """Wait for a run by bringing one element of its output to the host: the whole output would add a copy to
+    the host that the runner never makes to every call timed (on the 30B shape, 54 MB a 4,096-token batch)."""
+    session.to_host(next(iter(outputs.values())).reshape(-1)[:1])
 
 
 def _requests_in_flight(storage: dict) -> dict:

@@ -274,12 +274,8 @@ def manifest_digest(engines: Path) -> str:
 def calib_seconds_per_token(engines: Path, manifest: Manifest) -> float | None:
     """Measured seconds per padded token through the whole model, from calib.json beside the engines, if any."""
     calib = read_calib_for(engines, manifest.model_hash, manifest.build_options.get("export_digest", ""))
-    compute = calib.measured.get("compute") if calib else None
-    if not compute:
-        return None
-    layers_per_block = max(1, int(calib.measured.get("layers_per_block", 1)))
-    per_token = min(c["s_per_token"] for c in compute)  # the fastest size: chunks may take longer, never shorter
-    return per_token * manifest.model.num_layers / layers_per_block
+    per_layer = calib.seconds_per_layer_token() if calib else None
+    return per_layer * manifest.model.num_layers if per_layer else None
 
 
 def kill_cost(plan) -> str:

@@ -53,6 +53,15 @@ class CalibRecord:
             out.setdefault(int(island["index"]), []).extend(island["nodes"])
         return {index: sorted(set(nodes)) for index, nodes in out.items()}
 
+    def seconds_per_layer_token(self) -> float | None:
+        """Measured seconds per padded token through one decoder layer, at the fastest batch size measured (a chunk
+        may take longer, never shorter); None where nothing was measured. The runner sizes its journaled resident
+        chunks from it, and ce-predict plans them the same way."""
+        compute = self.measured.get("compute")
+        if not compute:
+            return None
+        return min(c["s_per_token"] for c in compute) / max(1, int(self.measured.get("layers_per_block", 1)))
+
     @property
     def origin(self) -> str:
         """Where a schedule taken from this record comes from, in words."""

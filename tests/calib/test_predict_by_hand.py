@@ -68,3 +68,37 @@ def test_streamed_total_hides_reads_behind_the_previous_block():
     assert timed.exposed_io_s == pytest.approx(EXPOSED)
     assert timed.total_s == pytest.approx(TOTAL) == timed.compute_s + timed.load_s + timed.exposed_io_s
     assert timed.io_s == pytest.approx(sum(weight_block_bytes(SPEC, "float32")) / 1000.0)  # the slower of the two rates
+
+
+def test_merged_engines_are_blocks_of_several_layers():
+    from cetrt.calib.predict import layers_per_block
+
+    assert weight_block_bytes(SPEC, "float32", layers_per_engine=2) == [320, 4480, 352]
+    three = SPEC.__class__(**{**SPEC.__dict__, "num_layers": 5})
+    assert layers_per_block(three, 2) == [0, 2, 2, 1, 0]  # the last engine holds the rest, as ce-build merges
+
+
+def test_a_merged_engine_computes_its_layers_and_binds_each_layers_weights():
+    import dataclasses
+
+    merged = dataclasses.replace(DEVICE, schedule={"layers_per_engine": 2})
+    work = Workload(dataset="test", items=1, tokenizer="none", tokenizer_note="", batches={1024: [BATCH]})
+    one = predict("tiny", SPEC, "float32", work, DEVICE, STORAGE, 10**6, "test").chosen
+    two = predict("tiny", SPEC, "float32", work, merged, STORAGE, 10**6, "test").chosen
+    assert two.compute_s == pytest.approx(one.compute_s)  # the same layers, in one engine
+    assert two.load_s == pytest.approx(one.load_s)  # each layer's weights bound: embed, 2 layers, head = 4 x 0.5 s
+    assert two.plan.bytes_to_read == one.plan.bytes_to_read
+
+
+def test_resident_chunks_are_journaled_as_ce_run_plans_them():
+    import dataclasses
+
+    from cetrt.plan import JOURNAL_INTERVAL_S
+
+    rows = tuple(_row(3, 2) for _ in range(40))
+    batches = [Batch(rows=rows[i:i + 2], length=3, slots=2) for i in range(0, 40, 2)]  # 20 batches of 6 tokens
+    work = Workload(dataset="test", items=20, tokenizer="none", tokenizer_note="", batches={1024: batches})
+    # 30 s of journal interval at 2.5 s per token through both layers: 12 tokens a chunk, 2 batches
+    timed = dataclasses.replace(DEVICE, seconds_per_layer_token=JOURNAL_INTERVAL_S / 24)
+    assert predict("tiny", SPEC, "float32", work, timed, STORAGE, 10**6, "test").chosen.plan.chunks == 10
+    assert predict("tiny", SPEC, "float32", work, DEVICE, STORAGE, 10**6, "test").chosen.plan.chunks == 1

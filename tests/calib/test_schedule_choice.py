@@ -67,3 +67,19 @@ def test_merged_rate_pays_the_call_once_per_engine():
     merge = _merge(1e-3, 5e-3)
     assert merged_rate(row, merge, 1) == 1e12
     assert merged_rate(row, merge, 4) == pytest.approx(1e12 * 6 / (6 - 0.75))  # 3/4 of the call saved per layer
+
+
+def test_a_timed_run_brings_one_element_to_the_host_not_the_output():
+    import numpy as np
+
+    from cetrt.calib import schedule
+
+    fetched = []
+
+    class Session:
+        def to_host(self, value):
+            fetched.append(value.size)
+            return value
+
+    schedule._wait(Session(), {"hidden_out": np.zeros((4, 128, 64), dtype=np.float16)})
+    assert fetched == [1]
