@@ -57,10 +57,10 @@ class CalibRecord:
         """Measured seconds per padded token through one decoder layer, at the fastest batch size measured (a chunk
         may take longer, never shorter); None where nothing was measured. The runner sizes its journaled resident
         chunks from it, and ce-predict plans them the same way."""
-        compute = self.measured.get("compute")
-        if not compute:
+        timed = [c["s_per_token"] for c in self.measured.get("compute") or [] if c.get("s_per_token")]
+        if not timed:
             return None
-        return min(c["s_per_token"] for c in compute) / max(1, int(self.measured.get("layers_per_block", 1)))
+        return min(timed) / max(1, int(self.measured.get("layers_per_block", 1)))
 
     @property
     def origin(self) -> str:
