@@ -125,10 +125,11 @@ def _call_cost(backend, target: Target, export_dir: Path, layers, exported: Expo
         seconds.append(min(sum(_steady_run(session, layers[0], f) for f in feeds) for _ in range(2)) / len(feeds))
         session.close()
     one, two = seconds
-    per_layer = (two - one) / (layers[0].spec.last_layer - layers[0].spec.first_layer)
+    first, second = (b.spec.last_layer - b.spec.first_layer for b in layers[:2])
+    per_layer = max(0.0, (two - one) / second)  # t(1) = call + first x layer; t(2) = call + (first + second) x layer
     return {"tokens_per_batch": MERGE_TOKENS, "batches": len(batches), "one_block_s": round(one, 6),
-            "two_blocks_merged_s": round(two, 6), "call_s": round(max(0.0, 2 * one - two), 6),
-            "layer_s": round(max(per_layer, 1e-9), 6),
+            "two_blocks_merged_s": round(two, 6), "call_s": round(max(0.0, one - first * per_layer), 6),
+            "layer_s": per_layer,
             "block_bytes": max(sum(f.bytes for f in b.files) for b in layers),
             "layers_per_block": layers[0].spec.last_layer - layers[0].spec.first_layer,
             "device_memory_bytes": device_memory_bytes(target.device)}
@@ -140,8 +141,11 @@ def layers_per_engine(merge: dict | None, num_layers: int) -> dict:
     if not merge:
         return {}
     per_block = merge["layers_per_block"]
-    wanted = max(1, math.ceil(merge["call_s"] / (CALL_SHARE * merge["layer_s"])))
     cap = max(per_block, int(merge["device_memory_bytes"] * MERGE_MEMORY_SHARE // merge["block_bytes"]) * per_block)
+    if merge["layer_s"] > 0:
+        wanted = max(1, math.ceil(merge["call_s"] / (CALL_SHARE * merge["layer_s"])))
+    else:  # a second layer cost nothing measurable: the call is all there is
+        wanted = num_layers
     chosen = max(per_block, min(wanted, cap, num_layers))
     return {"layers_per_engine": chosen,
             "layers_per_engine_reason": (

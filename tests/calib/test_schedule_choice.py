@@ -83,3 +83,9 @@ def test_a_timed_run_brings_one_element_to_the_host_not_the_output():
 
     schedule._wait(Session(), {"hidden_out": np.zeros((4, 128, 64), dtype=np.float16)})
     assert fetched == [1]
+
+
+def test_a_layer_too_fast_to_measure_merges_all_it_may():
+    schedule = choose_schedule({**_measured({1024: 1e9}), "merge": _merge(1e-3, 0.0)}, largest_block_bytes=2**20,
+                               num_layers=12)
+    assert schedule["layers_per_engine"] == 12
