@@ -76,10 +76,10 @@ def measure(export_dir: Path, exported: ExportedModel, target: Target, dataset: 
     progress("compute per layer block and of the head")
     head = next(b for b in exported.blocks if b.spec.kind == "head")
     head_session = backend.load(EngineSource(path=export_dir / head.onnx_file.path), target, LoadSettings())
-    compute = _compute({"layers": (session, block), "head": (head_session, head)}, exported, export_dir, dataset,
-                       items, sizes)
+    rows = pack_docs(offline_tokenizer(export_dir / TOKENIZER_DIR), load_docs(dataset, items))
+    compute = _compute({"layers": (session, block), "head": (head_session, head)}, exported, rows, sizes)
     progress("the fixed cost of an engine call")
-    merge = _call_cost(backend, target, export_dir, layers, exported, dataset, items)
+    merge = _call_cost(backend, target, export_dir, layers, exported, rows)
     gpu = current_gpu() if target.device == "cuda" else None
     return {
         "target": target.name,
@@ -98,30 +98,22 @@ def measure(export_dir: Path, exported: ExportedModel, target: Target, dataset: 
     }
 
 
-def _call_cost(backend, target: Target, export_dir: Path, layers, exported: ExportedModel, dataset: str,
-               items: int) -> dict | None:
+def _call_cost(backend, target: Target, export_dir: Path, layers, exported: ExportedModel, rows) -> dict | None:
     """One layer block and the first two merged (cetrt.merging), weights bound as the runner binds them, timed on
     the same packed batches: what one call costs beyond its layers, and what a layer costs. None for a model of
     one layer block."""
     if len(layers) < 2:
         return None
     splits = [split_block(export_dir / block.onnx_file.path) for block in layers[:2]]
-    rows = pack_docs(offline_tokenizer(export_dir / TOKENIZER_DIR), load_docs(dataset, items))
-    batches = make_batches(rows, ShapePlan(tokens_per_batch=MERGE_TOKENS), exported.model.max_positions)
-    batches = (batches[len(batches) // 2:] + batches[: len(batches) // 2])[:4]
-    dtype = np.float16 if exported.dtype == "float16" else np.float32
+    batches = _typical_first(rows, MERGE_TOKENS, exported)[:4]
     rng = np.random.default_rng(0)
+    feeds = [_with_hidden(batch, exported, rng) for batch in batches]  # the same inputs for both
     seconds = []
     for split in (splits[0], merge_layers(splits)):
         graph = split.graph.SerializeToString()
         engine = backend.load(EngineSource(path=export_dir / layers[0].onnx_file.path, read=lambda g=graph: g),
                               target, LoadSettings())
         session = WeightsBound(engine, split.weights)
-        feeds = []
-        for batch in batches:
-            inputs = batch.arrays()
-            inputs[HIDDEN] = rng.standard_normal((*batch.shape, exported.model.hidden_size)).astype(dtype)
-            feeds.append(inputs)
         seconds.append(min(sum(_steady_run(session, layers[0], f) for f in feeds) for _ in range(2)) / len(feeds))
         session.close()
     one, two = seconds
@@ -203,23 +195,31 @@ def _bind_time(path: Path, backend, target: Target) -> float:
     return time.perf_counter() - start
 
 
-def _compute(sessions: dict, exported: ExportedModel, export_dir: Path, dataset: str, items: int,
-             sizes: tuple[int, ...]) -> list[dict]:
+def _typical_first(rows, size: int, exported: ExportedModel) -> list:
+    """The packed batches of `size` tokens, typical lengths first (the middle of the length order)."""
+    batches = make_batches(rows, ShapePlan(tokens_per_batch=size), exported.model.max_positions)
+    return batches[len(batches) // 2:] + batches[: len(batches) // 2]
+
+
+def _with_hidden(batch, exported: ExportedModel, rng) -> dict:
+    """A batch's inputs with random hidden states in the export's precision, as a layer block takes them."""
+    dtype = np.float16 if exported.dtype == "float16" else np.float32
+    inputs = batch.arrays()
+    inputs[HIDDEN] = rng.standard_normal((*batch.shape, exported.model.hidden_size)).astype(dtype)
+    return inputs
+
+
+def _compute(sessions: dict, exported: ExportedModel, rows, sizes: tuple[int, ...]) -> list[dict]:
     """Per batch size: a layer block's time and rate, and the head's time per scored slot (its log-softmax over
     the vocabulary is memory-bound, so FLOP alone would under-count it)."""
-    rows = pack_docs(offline_tokenizer(export_dir / TOKENIZER_DIR), load_docs(dataset, items))
-    dtype = np.float16 if exported.dtype == "float16" else np.float32
     layer_block = sessions["layers"][1]
     layers = layer_block.spec.last_layer - layer_block.spec.first_layer
     rng = np.random.default_rng(0)
     results = []
     for size in sizes:
-        batches = make_batches(rows, ShapePlan(tokens_per_batch=size), exported.model.max_positions)
-        batches = batches[len(batches) // 2:] + batches[: len(batches) // 2]  # typical lengths first
         timed, seconds, flop, head_s, slots = 0, 0.0, 0.0, 0.0, 0
-        for n, batch in enumerate(batches):
-            inputs = batch.arrays()
-            inputs[HIDDEN] = rng.standard_normal((*batch.shape, exported.model.hidden_size)).astype(dtype)
+        for n, batch in enumerate(_typical_first(rows, size, exported)):
+            inputs = _with_hidden(batch, exported, rng)
             elapsed = {kind: _steady_run(session, block, inputs) for kind, (session, block) in sessions.items()}
             if n == 0:
                 continue  # warm-up: first-run allocations
