@@ -378,10 +378,13 @@ def step_smoke(args) -> dict:
     result = {"max_diff_cuda_vs_cpu": float(np.abs(cuda - cpu).max()),
               "max_diff_streamed_vs_resident": float(np.abs(stream - cuda).max()),
               "max_diff_merged_vs_one_layer_engines": float(np.abs(fused - cuda).max()),
-              "streamed_plan": streamed.extra["streaming"]["plan"]}
+              "streamed_plan": streamed.extra["streaming"]["plan"],
+              "fused_attention": {name: [t.details.get("fused_attention") for t in read_manifest(work / name).engine_types]
+                                  for name in ("cuda", "cuda-merged")}}
     print(json.dumps(result), flush=True)
     assert result["max_diff_cuda_vs_cpu"] < 0.1 and result["max_diff_streamed_vs_resident"] < 1e-3, result
     assert result["max_diff_merged_vs_one_layer_engines"] < 1e-2, result
+    assert result["fused_attention"] == {"cuda": [1], "cuda-merged": [2, 1]}, result  # every layer's attention fused
     return result
 
 

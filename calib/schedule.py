@@ -7,7 +7,8 @@ before they are built, and full TensorRT is not here: calib.json says which back
   flight, and the rate of the per-chunk digest check (xxh3-128) the reader does beside its reads;
 - engine load time per block: creating a session from a layer block (engines with weights inside), and
   binding a block's weights to a shared engine type (weights as inputs);
-- compute time of a layer block and of the head at several batch sizes, on real packed batches of the
+- compute time of a layer block (built as ce-build builds it by default: weights as inputs, attention fused
+  for ONNX Runtime on a GPU) and of the head at several batch sizes, on real packed batches of the
   dataset, each batch's second run (a shared engine type sees each batch shape again in every layer, so
   first-run costs amortize);
 - the fixed cost of an engine call: one layer and two layers merged into one engine (cetrt.merging), weights
@@ -72,12 +73,15 @@ def measure(export_dir: Path, exported: ExportedModel, target: Target, dataset: 
         start = time.perf_counter()
         session = backend.load(EngineSource(path=path), target, LoadSettings())
         load_times.append(time.perf_counter() - start)
+    session.close()
     bind_s = _bind_time(path, backend, target)
     progress("compute per layer block and of the head")
     head = next(b for b in exported.blocks if b.spec.kind == "head")
     head_session = backend.load(EngineSource(path=export_dir / head.onnx_file.path), target, LoadSettings())
     rows = pack_docs(offline_tokenizer(export_dir / TOKENIZER_DIR), load_docs(dataset, items))
-    compute = _compute({"layers": (session, block), "head": (head_session, head)}, exported, rows, sizes)
+    split = split_block(path)
+    layer_session = WeightsBound(_engine(backend, target, split, path), split.weights)
+    compute = _compute({"layers": (layer_session, block), "head": (head_session, head)}, exported, rows, sizes)
     progress("the fixed cost of an engine call")
     merge = _call_cost(backend, target, export_dir, layers, exported, rows)
     gpu = current_gpu() if target.device == "cuda" else None
@@ -110,10 +114,7 @@ def _call_cost(backend, target: Target, export_dir: Path, layers, exported: Expo
     feeds = [_with_hidden(batch, exported, rng) for batch in batches]  # the same inputs for both
     seconds = []
     for split in (splits[0], merge_layers(splits)):
-        graph = split.graph.SerializeToString()
-        engine = backend.load(EngineSource(path=export_dir / layers[0].onnx_file.path, read=lambda g=graph: g),
-                              target, LoadSettings())
-        session = WeightsBound(engine, split.weights)
+        session = WeightsBound(_engine(backend, target, split, export_dir / layers[0].onnx_file.path), split.weights)
         seconds.append(min(sum(_steady_run(session, layers[0], f) for f in feeds) for _ in range(2)) / len(feeds))
         session.close()
     one, two = seconds
@@ -189,10 +190,17 @@ def _digest_rate(data: memoryview, threads: int, chunk: int = DEFAULT_REQUEST_BY
 def _bind_time(path: Path, backend, target: Target) -> float:
     """Weights as inputs: the time to bind one block's weights to its engine type (to the device on a GPU)."""
     split = split_block(path)
-    engine = backend.load(EngineSource(path=path, read=lambda: split.graph.SerializeToString()), target, LoadSettings())
+    engine = _engine(backend, target, split, path)
     start = time.perf_counter()
     WeightsBound(engine, split.weights).close()
     return time.perf_counter() - start
+
+
+def _engine(backend, target: Target, split, path: Path):
+    """A layer engine as ce-build makes one by default: weights as inputs, the graph as the backend builds it
+    for the target (ONNX Runtime on a GPU: attention fused), so calib times what ce-run will run."""
+    graph = backend.graph_for(split.graph, target).SerializeToString()
+    return backend.load(EngineSource(path=path, read=lambda: graph), target, LoadSettings())
 
 
 def _typical_first(rows, size: int, exported: ExportedModel) -> list:

@@ -109,6 +109,11 @@ class Backend(ABC):
     @abstractmethod
     def load(self, source: EngineSource, target: Target, settings: LoadSettings) -> Session: ...
 
+    def graph_for(self, model, target: Target):
+        """The ONNX graph (a ModelProto) as this backend builds it for `target`: the export's own, unless the
+        backend rewrites it (ONNX Runtime on a GPU fuses attention). calib times what the build would make."""
+        return model
+
     def host_buffers(self, target: Target) -> Callable[[int], memoryview | None] | None:
         """Where the reader should put the bytes it reads for this backend (page-locked memory for a GPU), or
         None for plain page-aligned memory."""

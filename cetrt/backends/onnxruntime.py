@@ -1,13 +1,16 @@
 """ONNX Runtime backend: the engine is the block's ONNX graph optimized offline for the target's provider.
 
 Build runs ORT's graph optimizer at the extended level (fusions that stay valid across machines of the same
-provider) and saves the result; load creates a session from the engine's bytes, read by the caller.
+provider) and saves the result; for a GPU it first fuses each layer's attention into ORT's MultiHeadAttention
+(cetrt/backends/ort_fusion.py), which that optimizer does not do. Load creates a session from the engine's
+bytes, read by the caller.
 On CPU, tensors between blocks are NumPy arrays.
 Usage: `OnnxRuntimeBackend().build(onnx, engine, block, Target.from_name("cpu"), BuildSettings())`.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,7 @@ import numpy as np
 
 from cetrt.backends.base import Backend, BuildResult, BuildSettings, EngineSource, LoadSettings, Session
 from cetrt.backends.device import Device
+from cetrt.backends.ort_fusion import fuse_attention
 from cetrt.errors import MissingDependency, UserError
 from cetrt.spec import BlockSpec, Target
 
@@ -140,21 +144,43 @@ class OnnxRuntimeBackend(Backend):
     def version(self) -> str:
         return _ort().__version__
 
+    def graph_for(self, model, target: Target):
+        return fuse_attention(model)[0] if target.device == "cuda" else model
+
     def build(self, onnx_path: Path, engine_path: Path, block: BlockSpec, target: Target,
               settings: BuildSettings) -> BuildResult:
-        ort = _ort()
         start = time.perf_counter()
+        details = {"optimization": "extended"}
+        if target.device != "cuda":
+            self._optimize(onnx_path, engine_path, target)
+        else:  # the fused graph beside the source, where its external weights (if any) resolve
+            import onnx
+
+            model, fused = fuse_attention(onnx.load(str(onnx_path), load_external_data=False))
+            details["fused_attention"] = fused
+            staged = onnx_path.with_name(f"{onnx_path.stem}.fused-{os.getpid()}.onnx")
+            try:
+                onnx.save(model, str(staged))
+                self._optimize(staged, engine_path, target, data_of=onnx_path)
+            finally:
+                staged.unlink(missing_ok=True)
+        data_file = engine_path.with_name(engine_path.name + ".data")
+        files = (engine_path, data_file) if data_file.exists() else (engine_path,)
+        return BuildResult(files=files, seconds=time.perf_counter() - start, details=details)
+
+    def _optimize(self, onnx_path: Path, engine_path: Path, target: Target, data_of: Path | None = None) -> None:
+        """ORT's extended optimizations for the target's provider, saved as the engine (weights beside it when
+        the source keeps them in `<data_of>.data`)."""
+        ort = _ort()
         so = _session_options(None)
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         so.optimized_model_filepath = str(engine_path)
-        external = Path(str(onnx_path) + ".data").exists()
         data_file = engine_path.with_name(engine_path.name + ".data")
-        if external:
+        data_file.unlink(missing_ok=True)
+        if Path(str(data_of or onnx_path) + ".data").exists():
             so.add_session_config_entry("session.optimized_model_external_initializers_file_name", data_file.name)
             so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
         ort.InferenceSession(str(onnx_path), so, providers=_providers(target))
-        files = (engine_path, data_file) if external and data_file.exists() else (engine_path,)
-        return BuildResult(files=files, seconds=time.perf_counter() - start, details={"optimization": "extended"})
 
     def load(self, source: EngineSource, target: Target, settings: LoadSettings) -> Session:
         ort = _ort()

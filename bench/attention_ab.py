@@ -1,0 +1,117 @@
+"""One decoder layer of a LLaMA shape, random FP16 weights bound as inputs, timed with the export's attention and
+with it fused (cetrt/backends/ort_fusion.py), in one process, on the same packed batches of the dataset.
+
+What the fusion buys per batch size, beside the whole-run figures: the layer is exported by cetrt's own block
+module and exporter; both graphs are loaded as calib loads a layer engine (ONNX Runtime, the target's provider,
+weights bound); each batch is timed on its second run, as calib times it, over about 16k padded tokens a size.
+Usage: python bench/attention_ab.py --shape llama-30b --dataset d.jsonl --sizes 2048 4096 8192 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import onnx
+import torch
+
+from cetrt.backends import get_backend
+from cetrt.backends.base import EngineSource, LoadSettings, WeightsBound
+from cetrt.backends.ort_fusion import fuse_attention
+from cetrt.calib.flop import layer_block_flop
+from cetrt.calib.schedule import _steady_run, _typical_first, _with_hidden
+from cetrt.export.onnx_export import export_block
+from cetrt.export.pipeline import block_specs, example_inputs
+from cetrt.families import get_family
+from cetrt.families.llama import llama_blocks
+from cetrt.formats.weights import split_block
+from cetrt.spec import Target
+from cetrt.workload.hellaswag import load_docs
+from cetrt.workload.packing import pack_docs
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from random_engines import hf_config  # noqa: E402
+from random_llama import load_tokenizer_only, materialize  # noqa: E402
+
+TOKENS_PER_SIZE = 16384
+
+
+def one_layer(shape: str, tokenizer, tmp: Path):
+    """The export of one random decoder layer of `shape`, split into graph and weights."""
+    from transformers import LlamaForCausalLM
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    config = hf_config(shape, 1, len(tokenizer))
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config).to(torch.float16)
+    model.model.rotary_emb = LlamaRotaryEmbedding(config=config)
+    family = get_family("llama")
+    spec = family.spec_from_config(config)
+    block = block_specs(family, 1, 1, spec.hidden_size, "float16")[1]
+    materialize(model.model.layers[0], torch.Generator().manual_seed(0))
+    _, layers, _ = llama_blocks(model)
+    files = export_block(layers(0, 1).eval(), example_inputs(spec.hidden_size, torch.float16, spec.vocab_size), block,
+                         tmp / "layer.onnx")
+    return spec, block, split_block(files[0])
+
+
+def time_graph(backend, target, graph: onnx.ModelProto, split, block, path: Path, batches, exported) -> dict:
+    engine = backend.load(EngineSource(path=path, read=lambda: graph.SerializeToString()), target, LoadSettings())
+    session = WeightsBound(engine, split.weights)
+    rng = np.random.default_rng(0)
+    seconds, tokens, flop = 0.0, 0, 0.0
+    for n, batch in enumerate(batches):
+        elapsed = _steady_run(session, SimpleNamespace(spec=block), _with_hidden(batch, exported, rng))
+        if n == 0:
+            continue  # warm-up
+        seconds += elapsed
+        tokens += batch.shape[0] * batch.shape[1]
+        flop += layer_block_flop(exported.model, 1, batch)
+        if tokens >= TOKENS_PER_SIZE:
+            break
+    session.close()
+    return {"s_per_padded_token": seconds / tokens, "padded_tokens": tokens, "tflops_useful": flop / seconds / 1e12}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", default="llama-30b")
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--target", default="cuda")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[2048, 4096, 8192])
+    parser.add_argument("--items", type=int, default=400)
+    parser.add_argument("--json", type=Path, required=True)
+    args = parser.parse_args()
+    tokenizer = load_tokenizer_only()
+    target, backend = Target.from_name(args.target), get_backend("onnxruntime")
+    rows = pack_docs(tokenizer, load_docs(args.dataset, args.items))
+    with tempfile.TemporaryDirectory(prefix="attention-ab-") as tmp:
+        spec, block, split = one_layer(args.shape, tokenizer, Path(tmp))
+        exported = SimpleNamespace(model=spec, dtype="float16")
+        fused, count = fuse_attention(split.graph)
+        graphs = {"export": split.graph, "fused": fused}
+        sizes = {}
+        for size in args.sizes:
+            batches = _typical_first(rows, size, exported)
+            sizes[str(size)] = {name: time_graph(backend, target, graph, split, block, Path(tmp) / "layer.onnx",
+                                                 batches, exported) for name, graph in graphs.items()}
+            sizes[str(size)]["export_over_fused"] = (sizes[str(size)]["export"]["s_per_padded_token"]
+                                                     / sizes[str(size)]["fused"]["s_per_padded_token"])
+            print(size, json.dumps(sizes[str(size)]), flush=True)
+    result = {"benchmark": __doc__.splitlines()[0], "shape": args.shape, "fused_attention_nodes": count,
+              "sizes": sizes, "machine": {"node": platform.node(), "gpu": torch.cuda.get_device_name(0)
+                                          if torch.cuda.is_available() else None},
+              "versions": {"onnxruntime": __import__("onnxruntime").__version__, "torch": torch.__version__},
+              "command": " ".join(sys.argv), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

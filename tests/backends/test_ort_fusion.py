@@ -1,0 +1,85 @@
+"""Attention fused for ONNX Runtime on a GPU (cetrt/backends/ort_fusion.py): the same numbers as the export's graph.
+
+Every family's layer blocks (grouped K/V heads in LLaMA, Phi-3 and Qwen2, biases and no rotary in OPT, two
+layers a block) are rewritten and run on ORT's CPU provider, which implements MultiHeadAttention too, on real
+packed batches of the dataset: the fused graph must give the export's hidden states to FP32 rounding, every
+layer's attention must be fused, and the packed mask must still matter.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from tiny_models import ARCHS
+
+from cetrt.backends.onnxruntime import OnnxRuntimeBackend
+from cetrt.backends.ort_fusion import MS_DOMAIN, fuse_attention
+from cetrt.formats.blocks import TOKENIZER_DIR, read_blocks
+from cetrt.spec import HIDDEN, Target
+from cetrt.workload.hellaswag import load_docs
+from cetrt.workload.packing import make_batches, pack_docs
+from cetrt.workload.shapes import ShapePlan
+from cetrt.workload.tokens import offline_tokenizer
+
+
+def _session(model: onnx.ModelProto, optimize: bool) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    if not optimize:  # the reference: the export's graph exactly as written
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _feeds(export_dir, exported, hellaswag_path) -> list[dict]:
+    rows = pack_docs(offline_tokenizer(export_dir / TOKENIZER_DIR), load_docs(str(hellaswag_path), 12))
+    batches = make_batches(rows, ShapePlan(tokens_per_batch=512), exported.model.max_positions)
+    rng = np.random.default_rng(0)
+    feeds = []
+    for batch in batches[:2]:
+        arrays = batch.arrays()
+        arrays[HIDDEN] = rng.standard_normal((*batch.shape, exported.model.hidden_size)).astype(np.float32)
+        feeds.append(arrays)
+    return feeds
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_fused_attention_computes_what_the_export_does(zoo, hellaswag_path, arch):
+    export_dir = zoo.onnx(arch)
+    exported = read_blocks(export_dir)
+    feeds = _feeds(export_dir, exported, hellaswag_path)
+    for block in (b for b in exported.blocks if b.spec.kind == "layers"):
+        model = onnx.load(str(export_dir / block.onnx_file.path))
+        fused, count = fuse_attention(model)
+        layers = block.spec.last_layer - block.spec.first_layer
+        assert count == layers
+        ops = [n.op_type for n in fused.graph.node]
+        assert ops.count("MultiHeadAttention") == layers and "Softmax" not in ops
+        assert {n.domain for n in fused.graph.node if n.op_type == "MultiHeadAttention"} == {MS_DOMAIN}
+        onnx.checker.check_model(fused)
+        reference, rewritten = _session(model, optimize=False), _session(fused, optimize=True)
+        names = [i.name for i in reference.get_inputs()]
+        for inputs in feeds:
+            feed = {name: inputs[name] for name in names}
+            expected = reference.run(None, feed)[0]
+            np.testing.assert_allclose(rewritten.run(None, feed)[0], expected, atol=2e-5, rtol=1e-5)
+        unmasked = dict(feed, attention_mask=np.zeros_like(feed["attention_mask"]))
+        assert np.abs(rewritten.run(None, unmasked)[0] - expected).max() > 1e-3  # the mask reaches the fused node
+
+
+def test_a_graph_without_the_pattern_is_left_alone(zoo):
+    export_dir = zoo.onnx("llama")
+    head = next(b for b in read_blocks(export_dir).blocks if b.spec.kind == "head")
+    model = onnx.load(str(export_dir / head.onnx_file.path))
+    fused, count = fuse_attention(model)
+    assert count == 0 and fused.SerializeToString() == model.SerializeToString()
+
+
+def test_only_gpu_builds_fuse(zoo):
+    export_dir = zoo.onnx("opt")
+    layers = next(b for b in read_blocks(export_dir).blocks if b.spec.kind == "layers")
+    model = onnx.load(str(export_dir / layers.onnx_file.path))
+    backend = OnnxRuntimeBackend()
+    assert backend.graph_for(model, Target.from_name("cpu")) is model
+    on_gpu = backend.graph_for(model, Target.from_name("cuda"))
+    assert "MultiHeadAttention" in {n.op_type for n in on_gpu.graph.node}
