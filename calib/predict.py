@@ -2,7 +2,7 @@
 
 Inputs: a model shape, the dataset's batches as ce-run makes them (calib/workload.py), a target's rates with
 their sources (calib/rates.py), a storage read bandwidth and a memory budget. Output: a `Prediction`.
-- Passes, chunk size, bytes read and peak memory are the runner's own planner's (runner/budget.py
+- Passes, chunk size, bytes read and peak memory are the runner's own planner's (cetrt/plan.py
   `plan_from_sizes`), over per-block weight bytes: embed, one block per decoder layer, head.
 - Compute: the engines' FLOP (calib/flop.py) at the measured rate, or at peak x a stated efficiency; with the
   datasheet rate, a batch through a block takes no less than reading the block's weights from memory once.
@@ -14,7 +14,9 @@ their sources (calib/rates.py), a storage read bandwidth and a memory budget. Ou
   thread reads up to `prefetch_depth` blocks ahead; it starts reading block k+1 once block k is loaded, so the
   read hides behind block k's compute over the chunk: exposed = max(0, read(k+1) - compute(k)), and the first
   read is exposed whole. Block 0 of each pass is the embed (a gather, no compute), so layer 0's read in each
-  pass is exposed too. Resident, the first pass reads ahead the same way and later chunks read nothing.
+  pass is exposed too. Resident, the first pass reads ahead the same way and later chunks read nothing; as in
+  ce-run with a journal, the first chunk holds, as memory allows, the tokens whose compute (calib's rate) covers
+  reading every engine at the storage's rate, so the reads hide behind it.
   Engine load (session creation) is serial, per block and pass, from calib.json.
 - Total = compute + engine load + exposed I/O. The floor is the FLOP at 100% of peak.
 Usage: `prediction = predict_run(PredictOptions(model="llama-30b", target="orin-agx-32gb", storage="sd"))`.
@@ -33,15 +35,7 @@ from cetrt.calib.rates import STORAGE_PRESETS, DeviceFigures, Storage, calib_fro
 from cetrt.calib.workload import Workload, count_workload
 from cetrt.errors import UserError
 from cetrt.families import get_family
-from cetrt.plan import (
-    MemoryPlan,
-    ModelSizes,
-    available_memory,
-    chunks,
-    journal_chunk_tokens,
-    parse_size,
-    plan_from_sizes,
-)
+from cetrt.plan import MemoryPlan, ModelSizes, Pacing, available_memory, parse_size, plan_from_sizes
 from cetrt.plan_devices import DevicePlan, plan_devices
 from cetrt.spec import DEFAULT_WEIGHTS, ModelSpec, Target, dtype_bytes
 from cetrt.workload.packing import Batch
@@ -107,6 +101,15 @@ def pipeline_s(steps: list[tuple[float, float, float]], depth: int) -> tuple[flo
     return consumer, waited
 
 
+def run_pacing(model: ModelSpec, device: DeviceFigures, storage: Storage) -> Pacing:
+    """Resident chunks as ce-run plans them with a journal on this storage: about JOURNAL_INTERVAL_S each at calib's
+    rate through the model, the first covering the reads at the storage's rate; without calib's rate, one chunk
+    as large as memory allows."""
+    per_layer = device.seconds_per_layer_token
+    return Pacing(seconds_per_token=per_layer * model.num_layers if per_layer else None,
+                  read_bytes_per_s=storage.bytes_per_s, journal=per_layer is not None)
+
+
 def time_schedule(model: ModelSpec, dtype: str, batches: list[Batch], tokens_per_batch: int, device: DeviceFigures,
                   storage: Storage, budget_bytes: int, prefetch_depth: int, devices: int = 1) -> TimedSchedule:
     if devices > 1:
@@ -114,10 +117,8 @@ def time_schedule(model: ModelSpec, dtype: str, batches: list[Batch], tokens_per
                             devices)
     merged = int(device.schedule.get("layers_per_engine") or 1)  # the engines as ce-build merges them
     blocks, counts = weight_block_bytes(model, dtype, merged), layers_per_block(model, merged)
-    per_layer = device.seconds_per_layer_token  # ce-run journals resident chunks of about JOURNAL_INTERVAL_S
-    cap = journal_chunk_tokens(per_layer * model.num_layers) if per_layer else None
     plan = plan_from_sizes(ModelSizes(model, dtype, blocks), batches, budget_bytes, None, prefetch_depth,
-                           resident_cap=cap)
+                           run_pacing(model, device, storage))
     rate, rate_source = device.flop_per_s(tokens_per_batch)
     memory = None if device.measured_on_target else device.memory_bytes_per_s
 
@@ -129,7 +130,7 @@ def time_schedule(model: ModelSpec, dtype: str, batches: list[Batch], tokens_per
     head_s = [len(b.rows) * b.slots * per_slot if per_slot is not None else seconds(flop.head_flop(model, b), blocks[-1])
               for b in batches]
     steps = []
-    for number, chunk in enumerate(chunks(batches, plan.chunk_tokens)):
+    for number, chunk in enumerate(plan.chunk_indices(batches)):
         reading = not plan.resident or number == 0
         layer, head = sum(layer_s[i] for i in chunk), sum(head_s[i] for i in chunk)
         for k, size in enumerate(blocks):
@@ -187,7 +188,7 @@ class _StageModel:
         layer_s = [seconds(flop.layer_block_flop(model, 1, b), layer_bytes) for b in batches]
         head_s = [seconds(flop.head_flop(model, b), self.blocks[-1]) for b in batches]
         steps = []
-        for number, chunk in enumerate(chunks(batches, plan.chunk_tokens)):
+        for number, chunk in enumerate(plan.chunk_indices(batches)):
             reading = not plan.resident or number == 0
             layer, head = sum(layer_s[i] for i in chunk), sum(head_s[i] for i in chunk)
             for k, size in enumerate(self.blocks):
@@ -351,7 +352,7 @@ def predict(model_name: str, model: ModelSpec, dtype: str, work: Workload, devic
                                          "; no batch faster than reading its block's weights from memory at "
                                          f"{(device.memory_bytes_per_s or 0) / 1e9:g} GB/s (datasheet)"),
         "tokens_per_batch": pick,
-        "passes": f"runner's planner: runner/budget.py plan_from_sizes for a {budget_bytes / 2**30:.2f} GiB budget "
+        "passes": f"runner's planner: cetrt/plan.py plan_from_sizes for a {budget_bytes / 2**30:.2f} GiB budget "
                   f"({budget_source}), one block per decoder layer",
         "storage": storage.source,
         "verify": device.verify_source + "; each read takes max(size / storage, size / this rate)",

@@ -4,13 +4,16 @@ Weight-stationary, layer-major (DESIGN.md): a chunk of batches goes through bloc
 streamed engine is read once per chunk. The budget covers what the runner holds: engines (the one in use and
 those read ahead) and the chunk's activations; the chunk is as large as the budget allows. One batch's working
 memory inside the backend (attention scores, the head's logits) comes on top: the plan states it as the slack. When the whole model fits, every
-engine is read once and stays. When not even one batch of activations fits beside two engines, activations
-spill to memory-mapped files (the third tier) and the weights are read once.
+engine is read once and stays; with a run journal, chunks hold about JOURNAL_INTERVAL_S of compute, but the
+first chunk, the only one that reads, holds enough tokens that its compute covers reading every engine once
+(calib's rates, `Pacing`), so the reads hide behind it. When not even one batch of activations fits beside two
+engines, activations spill to memory-mapped files (the third tier) and the weights are read once.
 Usage: `plan = plan_memory(manifest, batches, budget_bytes=parse_size("8GiB"))`; `print(plan.describe())`.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -56,6 +59,7 @@ class MemoryPlan:
     model_bytes: int
     resident: bool  # every engine loaded once and kept
     chunk_tokens: int  # padded tokens per chunk
+    first_chunk_tokens: int  # the first chunk's (>= chunk_tokens; resident, larger so its compute covers the reads)
     chunks: int
     bytes_to_read: int
     activations: str  # "memory" or "disk"
@@ -68,14 +72,20 @@ class MemoryPlan:
         """How many times the weights are read from storage."""
         return 1 if self.resident else self.chunks
 
+    def chunk_indices(self, batches: list[Batch]) -> Iterator[list[int]]:
+        """The batch indices of each chunk, in run order, for the batches this plan was made for."""
+        return chunks(batches, self.chunk_tokens, self.first_chunk_tokens)
+
     def describe(self) -> str:
         gib = 2**30
         engines = (f"all stay resident (read once, {self.prefetch_depth} ahead)" if self.resident
                    else f"streamed, {self.prefetch_depth} read ahead")
+        first = (f"; the first of up to {self.first_chunk_tokens:,}, sized to hide the reads"
+                 if self.first_chunk_tokens != self.chunk_tokens else "")
         rows = [
             ("budget", f"{self.budget_bytes / gib:.2f} GiB for {self.model_bytes / gib:.2f} GiB of engines"),
             ("engines", engines),
-            ("chunks", f"{self.chunks} of up to {self.chunk_tokens:,} padded tokens"),
+            ("chunks", f"{self.chunks} of up to {self.chunk_tokens:,} padded tokens{first}"),
             ("weights read", f"{self.passes} pass(es), {self.bytes_to_read / gib:.2f} GiB"),
             ("activations", "in memory" if self.activations == "memory" else "spilled to memory-mapped files"),
             ("expected peak", f"{self.peak_bytes / gib:.3f} GiB held, plus up to {self.slack_bytes / gib:.3f} GiB "
@@ -85,32 +95,44 @@ class MemoryPlan:
 
     def to_json(self) -> dict:
         return {"budget_bytes": self.budget_bytes, "model_bytes": self.model_bytes, "resident": self.resident,
-                "chunk_tokens": self.chunk_tokens, "chunks": self.chunks, "passes": self.passes,
-                "bytes_to_read": self.bytes_to_read, "activations": self.activations, "peak_bytes": self.peak_bytes,
-                "slack_bytes": self.slack_bytes, "prefetch_depth": self.prefetch_depth}
+                "chunk_tokens": self.chunk_tokens, "first_chunk_tokens": self.first_chunk_tokens, "chunks": self.chunks,
+                "passes": self.passes, "bytes_to_read": self.bytes_to_read, "activations": self.activations,
+                "peak_bytes": self.peak_bytes, "slack_bytes": self.slack_bytes, "prefetch_depth": self.prefetch_depth}
 
 
 def engine_bytes(block: EngineBlock) -> int:
     return sum(f.bytes for f in block.files)
 
 
-def chunks(batches: list[Batch], chunk_tokens: int) -> Iterator[list[int]]:
-    """Consecutive batch indices whose padded tokens add up to at most `chunk_tokens` (at least one batch)."""
+def chunks(batches: list[Batch], chunk_tokens: int, first_tokens: int | None = None) -> Iterator[list[int]]:
+    """Consecutive batch indices whose padded tokens add up to at most `chunk_tokens` (the first chunk: at most
+    `first_tokens`, if given); at least one batch each."""
     current: list[int] = []
-    total = 0
+    total, limit = 0, first_tokens or chunk_tokens
     for i, batch in enumerate(batches):
         size = batch.shape[0] * batch.shape[1]
-        if current and total + size > chunk_tokens:
+        if current and total + size > limit:
             yield current
-            current, total = [], 0
+            current, total, limit = [], 0, chunk_tokens
         current.append(i)
         total += size
     if current:
         yield current
 
 
-def count_chunks(batches: list[Batch], chunk_tokens: int) -> int:
-    return sum(1 for _ in chunks(batches, chunk_tokens))
+def count_chunks(batches: list[Batch], chunk_tokens: int, first_tokens: int | None = None) -> int:
+    return sum(1 for _ in chunks(batches, chunk_tokens, first_tokens))
+
+
+def _leading_tokens(batches: list[Batch], tokens: int) -> int:
+    """The padded tokens of the fewest leading batches that hold at least `tokens` (all of them if none do): a
+    first chunk of exactly those batches."""
+    total = 0
+    for batch in batches:
+        if total >= tokens:
+            break
+        total += batch.shape[0] * batch.shape[1]
+    return total
 
 
 # A run with a journal writes each finished chunk to it; resident chunks are kept to about this many seconds.
@@ -126,12 +148,32 @@ def journal_chunk_tokens(seconds_per_token: float | None) -> int:
     return max(1, int(JOURNAL_INTERVAL_S / seconds_per_token))
 
 
+@dataclass(frozen=True)
+class Pacing:
+    """What sizes resident chunks besides memory: calib's measured rates (None where not measured) and whether a
+    run journal wants finished chunks on disk every JOURNAL_INTERVAL_S or so."""
+
+    seconds_per_token: float | None = None  # one padded token through the whole model
+    read_bytes_per_s: float | None = None  # the storage the engines are read from
+    journal: bool = False
+
+    def journal_tokens(self) -> int | None:
+        """The resident chunk's cap with a journal (about JOURNAL_INTERVAL_S of compute); none without one."""
+        return journal_chunk_tokens(self.seconds_per_token) if self.journal else None
+
+    def covering_tokens(self, read_bytes: int) -> int:
+        """Padded tokens whose compute takes as long as reading `read_bytes` once; 0 without both rates."""
+        if min(self.seconds_per_token or 0, self.read_bytes_per_s or 0) <= 0:
+            return 0
+        return math.ceil(read_bytes / self.read_bytes_per_s / self.seconds_per_token)
+
+
 def plan_memory(manifest: Manifest, batches: list[Batch], budget_bytes: int, chunk_tokens: int | None = None,
-                prefetch_depth: int = 1, resident_cap: int | None = None) -> MemoryPlan:
+                prefetch_depth: int = 1, pacing: Pacing = Pacing()) -> MemoryPlan:
     """The plan for an engines directory: its blocks' streamed bytes and its always-resident engine types."""
     return plan_from_sizes(ModelSizes(manifest.model, manifest.dtype, [engine_bytes(b) for b in manifest.blocks],
                                       manifest.shared_engine_bytes),
-                           batches, budget_bytes, chunk_tokens, prefetch_depth, resident_cap)
+                           batches, budget_bytes, chunk_tokens, prefetch_depth, pacing)
 
 
 @dataclass(frozen=True)
@@ -146,11 +188,12 @@ class ModelSizes:
 
 
 def plan_from_sizes(sizes: ModelSizes, batches: list[Batch], budget_bytes: int, chunk_tokens: int | None = None,
-                    prefetch_depth: int = 1, resident_cap: int | None = None) -> MemoryPlan:
-    """Choose residency, chunk size and activation tier for `budget_bytes`; `chunk_tokens` caps the chunk.
+                    prefetch_depth: int = 1, pacing: Pacing = Pacing()) -> MemoryPlan:
+    """Choose residency, chunk sizes and activation tier for `budget_bytes`; `chunk_tokens` caps every chunk.
 
-    `resident_cap` caps the chunk only when every engine stays resident, where a chunk costs no read: a run with
-    a journal uses it so that finished work reaches the disk every JOURNAL_INTERVAL_S or so."""
+    `pacing` matters only when every engine stays resident, where a chunk costs no read: with a journal, chunks
+    are cut to about JOURNAL_INTERVAL_S of compute so that finished work reaches the disk that often; the first
+    chunk, which overlaps the one read of every engine, grows (as memory allows) until its compute covers it."""
     streamed = sum(sizes.block_bytes)
     model = streamed + sizes.resident_bytes
     per_token = activation_bytes_per_token(sizes.model, sizes.dtype, batches)
@@ -161,19 +204,23 @@ def plan_from_sizes(sizes: ModelSizes, batches: list[Batch], budget_bytes: int, 
     cap = chunk_tokens or all_tokens
     largest_block = max(sizes.block_bytes)
 
-    def chunked(resident: bool, engines_held: int, activations: str, tokens: int) -> MemoryPlan:
+    def chunked(resident: bool, engines_held: int, activations: str, tokens: int, first: int = 0) -> MemoryPlan:
         tokens = max(largest_batch, min(tokens, cap))
-        n = count_chunks(batches, tokens)
-        held = min(tokens, all_tokens) * per_token if activations == "memory" else 2 * largest_batch * hidden_bytes
+        first = max(tokens, min(first, cap))
+        n = count_chunks(batches, tokens, first)
+        held = min(first, all_tokens) * per_token if activations == "memory" else 2 * largest_batch * hidden_bytes
         return MemoryPlan(
-            budget_bytes=budget_bytes, model_bytes=model, resident=resident, chunk_tokens=tokens, chunks=n,
+            budget_bytes=budget_bytes, model_bytes=model, resident=resident, chunk_tokens=tokens,
+            first_chunk_tokens=first, chunks=n,
             bytes_to_read=model if resident else sizes.resident_bytes + streamed * n, activations=activations,
             peak_bytes=engines_held + held, slack_bytes=working, prefetch_depth=prefetch_depth,
         )
 
     room_resident = budget_bytes - model
     if room_resident >= largest_batch * per_token:
-        return chunked(True, model, "memory", min(room_resident // per_token, resident_cap or all_tokens))
+        room = room_resident // per_token
+        first = min(room, _leading_tokens(batches, pacing.covering_tokens(model)))
+        return chunked(True, model, "memory", min(room, pacing.journal_tokens() or all_tokens), first)
     streaming_engines = sizes.resident_bytes + (1 + prefetch_depth) * largest_block
     room_streaming = budget_bytes - streaming_engines
     if room_streaming >= largest_batch * per_token:

@@ -21,7 +21,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from cetrt.errors import UserError
-from cetrt.plan import MemoryPlan, ModelSizes, chunks, plan_from_sizes
+from cetrt.plan import MemoryPlan, ModelSizes, plan_from_sizes
 from cetrt.workload.packing import Batch
 
 
@@ -143,4 +143,5 @@ def plan_devices(sizes: ModelSizes, batches: list[Batch], budget_bytes: int, dev
 
 
 def stage_chunks(plan: DevicePlan, batches: list[Batch]) -> list[list[int]]:
-    return list(chunks(batches, plan.chunk_tokens))
+    """The chunks every stage runs: its stage plans share one chunk size (no first chunk of its own)."""
+    return list(plan.plans[0].chunk_indices(batches))

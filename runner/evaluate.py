@@ -27,14 +27,7 @@ from cetrt.formats.calib import read_calib_for, resolve
 from cetrt.formats.manifest import MANIFEST_FILE, Manifest, read_manifest
 from cetrt.formats.results import RunResults, write_results
 from cetrt.outputs import check_output_file
-from cetrt.plan import (
-    activation_bytes_per_token,
-    available_memory,
-    chunks,
-    journal_chunk_tokens,
-    parse_size,
-    plan_memory,
-)
+from cetrt.plan import Pacing, activation_bytes_per_token, available_memory, parse_size, plan_memory
 from cetrt.runner.executor import (
     DiskActivations,
     MemoryActivations,
@@ -95,7 +88,7 @@ class RunSchedule:
     prefetch_depth: int
     requests_in_flight: int  # the reader's parallel requests per file
     source: str
-    storage_bytes_per_s: float | None = None  # what calib measured on this storage, for the read efficiency
+    storage_bytes_per_s: float | None = None  # calib's on this storage: the read efficiency, the first chunk's size
 
     def describe(self) -> str:
         return (f"  schedule     {self.tokens_per_batch:,} tokens per batch, {self.prefetch_depth} read ahead, "
@@ -189,12 +182,13 @@ def _evaluate(options: RunOptions, announce: Callable[[str], None], stop: StopOn
     finished: list[int] = []
     plan = None
     if todo:
-        cap = journal_chunk_tokens(calib_seconds_per_token(engines, manifest)) if journal else None
-        plan = plan_memory(manifest, todo, budget, options.chunk_tokens, schedule.prefetch_depth, resident_cap=cap)
+        pacing = Pacing(seconds_per_token=calib_seconds_per_token(engines, manifest),
+                        read_bytes_per_s=schedule.storage_bytes_per_s, journal=journal is not None)
+        plan = plan_memory(manifest, todo, budget, options.chunk_tokens, schedule.prefetch_depth, pacing)
         announce(plan.describe())
         if journal:
             announce(f"  journal      {options.journal}: {kill_cost(plan)}")
-        chunk_list = [[remaining[j] for j in chunk] for chunk in chunks(todo, plan.chunk_tokens)]
+        chunk_list = [[remaining[j] for j in chunk] for chunk in plan.chunk_indices(todo)]
 
         def chunk_done(chunk: list[int]) -> None:
             finished.extend(chunk)
@@ -281,8 +275,10 @@ def calib_seconds_per_token(engines: Path, manifest: Manifest) -> float | None:
 def kill_cost(plan) -> str:
     """What an interruption can cost: the chunk in flight (and, when streaming, its pass over the weights)."""
     if plan.resident:
-        return (f"chunks of up to {plan.chunk_tokens:,} padded tokens reach it as they finish (engines resident: "
-                "small chunks cost no extra read); a kill loses at most the chunk in flight")
+        first = (f" (the first of up to {plan.first_chunk_tokens:,}, so that its compute covers the reads)"
+                 if plan.first_chunk_tokens != plan.chunk_tokens else "")
+        return (f"chunks of up to {plan.chunk_tokens:,} padded tokens{first} reach it as they finish (engines "
+                "resident: small chunks cost no extra read); a kill loses at most the chunk in flight")
     return (f"each chunk reaches it as it finishes; a kill loses at most the chunk in flight: up to "
             f"{plan.chunk_tokens:,} padded tokens and its pass over the weights "
             f"({plan.bytes_to_read / max(plan.passes, 1) / 2**30:.2f} GiB read)")

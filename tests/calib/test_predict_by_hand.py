@@ -102,3 +102,21 @@ def test_resident_chunks_are_journaled_as_ce_run_plans_them():
     timed = dataclasses.replace(DEVICE, seconds_per_layer_token=JOURNAL_INTERVAL_S / 24)
     assert predict("tiny", SPEC, "float32", work, timed, STORAGE, 10**6, "test").chosen.plan.chunks == 10
     assert predict("tiny", SPEC, "float32", work, DEVICE, STORAGE, 10**6, "test").chosen.plan.chunks == 1
+
+
+def test_a_first_chunk_whose_compute_covers_the_reads_leaves_only_the_first_engines_read_exposed():
+    import dataclasses
+
+    eight = dataclasses.replace(SPEC, num_layers=8)  # blocks of 320, 8 x 2,240 and 352 bytes: 18,592 B
+    work = Workload(dataset="test", items=60, tokenizer="none", tokenizer_note="", batches={1024: [BATCH] * 60})
+    timed = dataclasses.replace(DEVICE, seconds_per_layer_token=1 / 6)  # as the FLOP rate: a 6-token batch in 1 s
+    slow = Storage("slow", 100.0, "made up")  # every engine read once: 185.92 s, beyond a 30 s journal chunk
+    chosen = predict("tiny", eight, "float32", work, timed, slow, 10**6, "test").chosen
+    # 8/6 s a token through the model: the journal's 30 s is 22 tokens (3 batches); the reads' 185.92 s is 140
+    # tokens, the first chunk 24 batches (144); 360 tokens in all: 24 + 12 x 3 batches
+    assert (chosen.plan.first_chunk_tokens, chosen.plan.chunk_tokens, chosen.plan.chunks) == (144, 22, 13)
+    # embed read 0-3.2 (waited), load to 3.7; layer 1 read 3.7-26.1 (waited 22.4), load to 26.6, compute 24 s;
+    # every later read (22.4 s, or 3.52 s for the head) starts at the previous load and ends before its compute
+    # does. A first chunk of the journal's 3 batches (3 s a layer) would wait 3.2 + 22.4 + 7 x 19.4 + 0.52 s.
+    assert chosen.exposed_io_s == pytest.approx(3.2 + 22.4)
+    assert chosen.io_s == pytest.approx(185.92)

@@ -1,20 +1,27 @@
 """Streaming under a memory budget: same results as resident, within budget, bytes as planned, failures kept.
 
 The model has 32 thin layers, one per block, so that a tenth of its weights still holds two engines and a
-batch in flight: the smallest budget the layer-major schedule needs.
+batch in flight: the smallest budget the layer-major schedule needs. The planner's chunks (a resident run's
+first chunk large enough that its compute covers the reads, the journal's later ones) are checked on made-up
+sizes and rates, and once in a run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
+import numpy as np
 import pytest
 
 from cetrt import storage
 from cetrt.build.engines import BuildOptions, build_engines
 from cetrt.errors import UserError
 from cetrt.formats.manifest import read_manifest
+from cetrt.plan import JOURNAL_INTERVAL_S, ModelSizes, Pacing, chunks, journal_chunk_tokens, plan_from_sizes
 from cetrt.runner.evaluate import RunOptions, evaluate
+from cetrt.spec import ModelSpec
+from cetrt.workload.packing import Batch, PackedRow
 
 from tiny_models import export_deep_llama
 
@@ -104,3 +111,91 @@ def test_an_engine_that_changes_mid_run_stops_the_run_and_keeps_finished_chunks(
     assert data["complete"] is False and 0 < data["n"] < N_DOCS
     expected = {i.ind: i.scores for i in resident.items}
     assert all(item["scores"] == list(expected[item["ind"]]) for item in data["items"])
+
+
+def test_a_journaled_resident_run_reads_behind_a_larger_first_chunk(deep_engines, hellaswag_path, resident, tmp_path,
+                                                                   monkeypatch):
+    from cetrt.runner import evaluate as runner
+
+    padded = [rows * length for rows, length in resident.batch_shapes]
+    largest = max(padded)
+    # calib's rates, made up: a journal chunk is one token (so one batch at most the largest), and reading every
+    # engine takes the compute of just under four of the largest batches
+    seconds_per_token = JOURNAL_INTERVAL_S
+    read_rate = read_manifest(deep_engines).engine_bytes / ((4 * largest - 0.5) * seconds_per_token)
+    schedule = runner.run_schedule
+    monkeypatch.setattr(runner, "calib_seconds_per_token", lambda engines, manifest: seconds_per_token)
+    monkeypatch.setattr(runner, "run_schedule", lambda *args: dataclasses.replace(schedule(*args),
+                                                                                  storage_bytes_per_s=read_rate))
+    journal = tmp_path / "run.journal.jsonl"
+    results = run(deep_engines, hellaswag_path, journal=journal)
+    plan = results.extra["streaming"]["plan"]
+    entries = [json.loads(line)["batches"] for line in journal.read_text().splitlines()[1:]]
+    first = [padded[i] for i in entries[0]]
+    assert plan["resident"] and plan["chunk_tokens"] == largest and len(entries) == plan["chunks"] > 1
+    assert entries[0] == list(range(len(first))) and sum(first[:-1]) < 4 * largest <= sum(first)
+    assert plan["first_chunk_tokens"] == sum(first)
+    assert all(sum(padded[i] for i in entry) <= largest for entry in entries[1:])
+    assert [i.scores for i in results.items] == [i.scores for i in resident.items]
+
+
+# The planner on made-up sizes: ten engines of 1,000 bytes, 100 batches of 6 padded tokens (a 2 x 3 shape)
+SPEC = ModelSpec(architecture="llama", hidden_size=8, num_layers=2, num_heads=2, num_kv_heads=2, head_dim=4,
+                 intermediate_size=12, vocab_size=10, max_positions=64, embed_dim=8)
+SIZES = ModelSizes(SPEC, "float32", [1000] * 10)
+PER_TOKEN = 8 * 4 + 4 * 3 + 32  # the FP32 hidden state, a mask row of 3 positions, ids, positions, slots
+# 0.5 s a token: a journal chunk is 60 tokens; reading 10,000 B at 100 B/s takes 100 s, the compute of 200 tokens
+PACED = Pacing(seconds_per_token=0.5, read_bytes_per_s=100.0, journal=True)
+
+
+def _batches(n: int = 100) -> list[Batch]:
+    ids = np.zeros(3, dtype=np.int64)
+    row = PackedRow(item=0, tokens=ids, positions=ids, segments=ids.astype(np.int8), score_index=np.zeros(1),
+                    targets=np.zeros(1), slot_ending=np.zeros(1))
+    return [Batch(rows=(row, row), length=3, slots=1)] * n
+
+
+def _sizes(plan, batches) -> list[int]:
+    return [len(chunk) for chunk in plan.chunk_indices(batches)]
+
+
+def test_a_resident_journaled_plan_reads_behind_a_first_chunk_whose_compute_covers_the_reads():
+    batches = _batches()
+    plan = plan_from_sizes(SIZES, batches, 10**6, pacing=PACED)
+    assert plan.resident and plan.chunk_tokens == journal_chunk_tokens(0.5) == 60
+    # the fewest leading batches whose compute takes the 100 s of reads: 34 (204 tokens; 33 make 99 s)
+    assert plan.first_chunk_tokens == 204 and 204 * 0.5 >= 100 > 198 * 0.5
+    assert _sizes(plan, batches) == [34] + [10] * 6 + [6] and plan.chunks == 8
+    assert plan.peak_bytes == 10_000 + 204 * PER_TOKEN and plan.bytes_to_read == 10_000
+    assert plan.to_json()["first_chunk_tokens"] == 204 and "the first of up to 204" in plan.describe()
+
+
+def test_the_first_chunk_never_exceeds_the_activation_room_or_the_chunk_cap():
+    batches = _batches()
+    budget = 10_000 + 120 * PER_TOKEN + PER_TOKEN - 1  # room for 120 tokens of activations, not 121
+    roomy = plan_from_sizes(SIZES, batches, budget, pacing=PACED)
+    assert roomy.resident and roomy.first_chunk_tokens == 120 and _sizes(roomy, batches)[:2] == [20, 10]
+    assert roomy.peak_bytes <= budget
+    capped = plan_from_sizes(SIZES, batches, 10**6, chunk_tokens=90, pacing=PACED)  # --chunk-tokens 90
+    assert capped.first_chunk_tokens == 90 and _sizes(capped, batches)[:2] == [15, 10]
+
+
+def test_without_both_rates_the_chunks_are_the_journals_or_as_large_as_memory_allows():
+    batches = _batches()
+    timed = plan_from_sizes(SIZES, batches, 10**6, pacing=Pacing(seconds_per_token=0.5, journal=True))
+    assert timed.first_chunk_tokens == timed.chunk_tokens == 60
+    assert list(timed.chunk_indices(batches)) == list(chunks(batches, 60)) and timed.chunks == 10
+    untimed = plan_from_sizes(SIZES, batches, 10**6, pacing=Pacing(read_bytes_per_s=100.0, journal=True))
+    assert untimed.first_chunk_tokens == untimed.chunk_tokens == 600 and untimed.chunks == 1  # the 24,576 default
+    unjournaled = plan_from_sizes(SIZES, batches, 10**6, pacing=dataclasses.replace(PACED, journal=False))
+    assert unjournaled == plan_from_sizes(SIZES, batches, 10**6) and unjournaled.chunks == 1
+
+
+@pytest.mark.parametrize("budget, tier, sizes", [(2 * 1000 + 60 * PER_TOKEN, "memory", [10] * 10),
+                                                 (2 * 1000 + 2 * 6 * 8 * 4, "disk", [100])])
+def test_streamed_plans_ignore_the_pacing(budget, tier, sizes):
+    batches = _batches()  # two engines and 60 tokens of activations: 10 passes; or one batch in flight: spilled
+    paced = plan_from_sizes(SIZES, batches, budget, pacing=PACED)
+    assert not paced.resident and paced.activations == tier
+    assert paced == plan_from_sizes(SIZES, batches, budget) and paced.first_chunk_tokens == paced.chunk_tokens
+    assert _sizes(paced, batches) == sizes
