@@ -6,9 +6,9 @@ The export writes attention in standard opset-17 ops (`cetrt.families.common.att
 by itself. ORT's CUDA provider does not: it runs about fifteen kernels per layer that write the [B, H, L, L]
 scores several times over, in FP32. MultiHeadAttention does the same arithmetic in ORT's fused kernels (FP16
 products, softmax accumulated in FP32). Grouped K/V heads are repeated to the query's heads first, as the
-export's broadcast does. RoPE (full rotary only) reads its cos/sin from a table of `positions` rows computed
-here from the graph's own `inv_freq` in FP32, as the graph computes them per position, and works on the
-[B, L, heads * D] projections straight, so the head transposes go too. Only graphs that ORT builds for a GPU
+export's broadcast does. RoPE (full rotary only) reads its cos/sin from tables of `positions` rows that the graph
+computes once a run from its own `inv_freq` (an input where weights are inputs) in FP32, as it computed them per
+token before, and works on the [B, L, heads * D] projections straight, so the head transposes go too. Only graphs that ORT builds for a GPU
 are rewritten; the ONNX that TensorRT and the precision check see does not change. A graph whose attention
 does not match the pattern is left as it is; a partial rotary keeps its own ops.
 Usage: `model, fused = fuse_attention(model, positions=spec.max_positions)`; fused = {"attention": n, "rotary": m}.
@@ -60,6 +60,9 @@ class _Graph:
             tensor = info.type.tensor_type
             self.types[info.name] = tensor.elem_type
             self.shapes[info.name] = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+        for tensor in graph.initializer:  # constants have no value_info of their own
+            self.shapes.setdefault(tensor.name, list(tensor.dims))
+            self.types.setdefault(tensor.name, tensor.data_type)
 
     def made_by(self, name: str, op_type: str) -> onnx.NodeProto | None:
         node = self.producer.get(name)
@@ -92,7 +95,7 @@ class _Rotary:
 
     source: str
     positions: str
-    inv_freq: np.ndarray
+    inv_freq: str
     scaling: float
 
 
@@ -151,7 +154,7 @@ def _angles(g: _Graph, name: str) -> tuple[str, str, float] | None:
     freqs = g.made_by(doubled.input[0], "Mul")
     if freqs is None:
         return None
-    inv_freq = next((name for name in freqs.input if name in g.constants), None)
+    inv_freq = next((name for name in freqs.input if len(g.shapes.get(name) or []) == 1), None)  # [D/2]
     other = next((name for name in freqs.input if name != inv_freq), None)
     cast = g.made_by(other, "Cast") if other else None
     positions = g.made_by(cast.input[0], "Unsqueeze") if cast is not None else None
@@ -186,10 +189,10 @@ def _match_rotary(g: _Graph, name: str) -> _Rotary | None:
     if split is None or cos_angles is None or cos_angles != sin_angles or len(g.shapes.get(split.input[0]) or []) != 3:
         return None
     positions, inv_freq, scaling = cos_angles
-    inv = numpy_helper.to_array(g.constants[inv_freq]).astype(np.float32).reshape(-1)
-    if 2 * inv.size != (g.shapes.get(name) or [None])[-1]:
+    half = g.shapes[inv_freq][0]
+    if half is None or 2 * half != (g.shapes.get(name) or [None])[-1]:
         return None  # a partial rotary: left to its own ops
-    return _Rotary(source=split.input[0], positions=positions, inv_freq=inv, scaling=scaling)
+    return _Rotary(source=split.input[0], positions=positions, inv_freq=inv_freq, scaling=scaling)
 
 
 class _Emitter:
@@ -237,12 +240,17 @@ def _repeat_heads(emit: _Emitter, name: str, kv_heads: int, group: int, size: in
 
 
 def _rotary_tables(emit: _Emitter, rotary: _Rotary, positions: int, dtype: int) -> list[str]:
-    """cos and sin for positions 0 .. positions-1, [positions, D/2], as the graph computes them: FP32 angles
-    position x inv_freq, their cos and sin times the scaling, cast to the graph's precision."""
-    angles = np.arange(positions, dtype=np.float32)[:, None] * rotary.inv_freq[None, :]
-    as_type = onnx.helper.tensor_dtype_to_np_dtype(dtype)
-    return [emit.constant((f(angles) * np.float32(rotary.scaling)).astype(as_type), what)
-            for f, what in ((np.cos, "cos_table"), (np.sin, "sin_table"))]
+    """cos and sin for positions 0 .. positions-1, [positions, D/2], as the graph computed them per token: FP32
+    angles position x inv_freq, their cos and sin times the scaling, cast to the graph's precision."""
+    column = emit.constant(np.arange(positions, dtype=np.float32)[:, None], "positions")
+    angles = emit.node("Mul", [column, rotary.inv_freq])
+    tables = []
+    for op in ("Cos", "Sin"):
+        table = emit.node(op, [angles])
+        if rotary.scaling != 1.0:
+            table = emit.node("Mul", [table, emit.constant(np.asarray(rotary.scaling, dtype=np.float32), "scaling")])
+        tables.append(emit.node("Cast", [table], to=dtype) if dtype != onnx.TensorProto.FLOAT else table)
+    return tables
 
 
 def fuse_attention(model: onnx.ModelProto, positions: int | None = None) -> tuple[onnx.ModelProto, dict]:
@@ -264,7 +272,7 @@ def fuse_attention(model: onnx.ModelProto, positions: int | None = None) -> tupl
         dtype = g.types[attention.query]
         rotaries = [_match_rotary(g, attention.query), _match_rotary(g, attention.key)] if positions else [None]
         if None not in rotaries and rotaries[0].positions == rotaries[1].positions:
-            key_of = (rotaries[0].inv_freq.tobytes(), rotaries[0].scaling, dtype)
+            key_of = (rotaries[0].inv_freq, rotaries[0].scaling, dtype)
             if key_of not in tables:  # one pair of tables per graph, shared by its layers
                 tables[key_of] = _rotary_tables(emit, rotaries[0], positions, dtype)
             query, key = (emit.node("RotaryEmbedding", [r.source, r.positions, *tables[key_of]], domain=MS_DOMAIN,

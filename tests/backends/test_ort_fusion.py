@@ -1,7 +1,8 @@
 """Attention and RoPE fused for ONNX Runtime on a GPU (cetrt/backends/ort_fusion.py): the export's numbers.
 
 Every family's layer blocks (grouped K/V heads in LLaMA, Phi-3 and Qwen2, biases and no rotary in OPT, partial
-rotary in Phi-3, two layers a block) are rewritten and run on ORT's CPU provider, which implements
+rotary in Phi-3, two layers a block), weights as inputs as ce-build splits them and weights inside, are rewritten
+and run on ORT's CPU provider, which implements
 MultiHeadAttention and RotaryEmbedding too, on real packed batches of the dataset: the fused graph must give the
 export's hidden states to FP32 rounding, every layer's attention (and full RoPE) must be fused, and the packed
 mask must still matter.
@@ -18,6 +19,7 @@ from tiny_models import ARCHS
 from cetrt.backends.onnxruntime import OnnxRuntimeBackend
 from cetrt.backends.ort_fusion import MS_DOMAIN, fuse_attention
 from cetrt.formats.blocks import TOKENIZER_DIR, read_blocks
+from cetrt.formats.weights import split_block
 from cetrt.spec import HIDDEN, Target
 from cetrt.workload.hellaswag import load_docs
 from cetrt.workload.packing import make_batches, pack_docs
@@ -47,13 +49,21 @@ def _feeds(export_dir, exported, hellaswag_path) -> list[dict]:
 ROTARY = {"llama": 2, "qwen2": 2, "phi3": 0, "opt": 0, "opt-postnorm": 0}  # per layer: queries and keys; partial: 0
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_fused_attention_computes_what_the_export_does(zoo, hellaswag_path, arch):
+CASES = [(arch, "inputs") for arch in ARCHS] + [("llama", "inside")]
+
+
+@pytest.mark.parametrize("arch, weights", CASES)
+def test_fused_attention_computes_what_the_export_does(zoo, hellaswag_path, arch, weights):
     export_dir = zoo.onnx(arch)
     exported = read_blocks(export_dir)
     feeds = _feeds(export_dir, exported, hellaswag_path)
     for block in (b for b in exported.blocks if b.spec.kind == "layers"):
-        model = onnx.load(str(export_dir / block.onnx_file.path))
+        path = export_dir / block.onnx_file.path
+        if weights == "inputs":  # as ce-build builds by default: the graph without its weights (inv_freq too)
+            split = split_block(path)
+            model, bound = split.graph, split.weights
+        else:
+            model, bound = onnx.load(str(path)), {}
         fused, count = fuse_attention(model, exported.model.max_positions)
         layers = block.spec.last_layer - block.spec.first_layer
         assert count == {"attention": layers, "rotary": ROTARY[arch] * layers}
@@ -61,13 +71,13 @@ def test_fused_attention_computes_what_the_export_does(zoo, hellaswag_path, arch
         assert ops.count("MultiHeadAttention") == layers and "Softmax" not in ops
         assert ops.count("RotaryEmbedding") == ROTARY[arch] * layers
         if ROTARY[arch]:
-            assert "Neg" not in ops and "Cos" not in ops  # the rotate-half ops and the per-batch tables are gone
+            assert "Neg" not in ops and ops.count("Cos") == 1  # no rotate-half ops; one table a graph, not a layer
         assert {n.domain for n in fused.graph.node if n.op_type == "MultiHeadAttention"} == {MS_DOMAIN}
         onnx.checker.check_model(fused)
         reference, rewritten = _session(model, optimize=False), _session(fused, optimize=True)
         names = [i.name for i in reference.get_inputs()]
         for inputs in feeds:
-            feed = {name: inputs[name] for name in names}
+            feed = {name: {**inputs, **bound}[name] for name in names}
             expected = reference.run(None, feed)[0]
             np.testing.assert_allclose(rewritten.run(None, feed)[0], expected, atol=2e-5, rtol=1e-5)
         unmasked = dict(feed, attention_mask=np.zeros_like(feed["attention_mask"]))
