@@ -5,6 +5,8 @@ CUDA), in one process, on the same packed batches of the dataset.
 What the fusion buys per batch size, beside the whole-run figures: the layer is exported by cetrt's own block
 module and exporter; both graphs are loaded as calib loads a layer engine (ONNX Runtime, the target's provider,
 weights bound); each batch is timed on its second run, as calib times it, over about 16k padded tokens a size.
+With --session-study, only the fused graph, a fresh session per size against one session through every size
+(as calib and ce-run use one), with each of ONNX Runtime's two arena growth strategies.
 Usage: python bench/attention_ab.py --shape llama-30b --dataset d.jsonl --sizes 2048 4096 8192 --json out.json
 """
 
@@ -63,9 +65,12 @@ def one_layer(shape: str, tokenizer, tmp: Path):
     return spec, block, split_block(files[0])
 
 
-def time_graph(backend, target, graph: onnx.ModelProto, split, block, path: Path, batches, exported) -> dict:
+def bound(backend, target, graph: onnx.ModelProto, split, path: Path):
     engine = backend.load(EngineSource(path=path, read=lambda: graph.SerializeToString()), target, LoadSettings())
-    session = WeightsBound(engine, split.weights)
+    return WeightsBound(engine, split.weights)
+
+
+def time_session(session, block, batches, exported) -> dict:
     rng = np.random.default_rng(0)
     seconds, tokens, flop = 0.0, 0, 0.0
     for n, batch in enumerate(batches):
@@ -77,8 +82,29 @@ def time_graph(backend, target, graph: onnx.ModelProto, split, block, path: Path
         flop += layer_block_flop(exported.model, 1, batch)
         if tokens >= TOKENS_PER_SIZE:
             break
-    session.close()
     return {"s_per_padded_token": seconds / tokens, "padded_tokens": tokens, "tflops_useful": flop / seconds / 1e12}
+
+
+def session_study(backend, target, graph, split, block, path: Path, rows, exported, sizes: list[int]) -> dict:
+    """The fused layer over ascending batch sizes three ways: a fresh session per size; one session through
+    every size, as calib and ce-run use one (ONNX Runtime's arena grown as requested, the default); and one
+    session with the arena grown in powers of two (CETRT_ORT_ARENA)."""
+    import os
+
+    batches = {size: _typical_first(rows, size, exported) for size in sizes}
+    out = {"fresh_session": {}, "one_session": {}, "one_session_power_of_two": {}}
+    for size in sizes:
+        session = bound(backend, target, graph, split, path)
+        out["fresh_session"][str(size)] = time_session(session, block, batches[size], exported)
+        session.close()
+    for name, arena in (("one_session", "kSameAsRequested"), ("one_session_power_of_two", "kNextPowerOfTwo")):
+        os.environ["CETRT_ORT_ARENA"] = arena
+        session = bound(backend, target, graph, split, path)
+        out[name] = {str(size): time_session(session, block, batches[size], exported) for size in sizes}
+        session.close()
+        print(name, json.dumps(out[name]), flush=True)
+    os.environ.pop("CETRT_ORT_ARENA", None)
+    return out
 
 
 def main() -> None:
@@ -88,6 +114,8 @@ def main() -> None:
     parser.add_argument("--target", default="cuda")
     parser.add_argument("--sizes", type=int, nargs="+", default=[2048, 4096, 8192])
     parser.add_argument("--items", type=int, default=400)
+    parser.add_argument("--session-study", action="store_true",
+                        help="only the fused graph: a fresh session per size against one session through all sizes")
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args()
     tokenizer = load_tokenizer_only()
@@ -99,16 +127,23 @@ def main() -> None:
         attention_only, _ = fuse_attention(split.graph)
         fused, count = fuse_attention(split.graph, spec.max_positions)
         graphs = {"export": split.graph, "attention_fused": attention_only, "fused": fused}
-        sizes = {}
-        for size in args.sizes:
+        sizes, study = {}, None
+        if args.session_study:
+            study = session_study(backend, target, fused, split, block, Path(tmp) / "layer.onnx", rows, exported,
+                                  args.sizes)
+            graphs = {}
+        for size in args.sizes if graphs else []:
             batches = _typical_first(rows, size, exported)
-            sizes[str(size)] = {name: time_graph(backend, target, graph, split, block, Path(tmp) / "layer.onnx",
-                                                 batches, exported) for name, graph in graphs.items()}
+            sizes[str(size)] = {}
+            for name, graph in graphs.items():
+                session = bound(backend, target, graph, split, Path(tmp) / "layer.onnx")
+                sizes[str(size)][name] = time_session(session, block, batches, exported)
+                session.close()
             sizes[str(size)]["export_over_fused"] = (sizes[str(size)]["export"]["s_per_padded_token"]
                                                      / sizes[str(size)]["fused"]["s_per_padded_token"])
             print(size, json.dumps(sizes[str(size)]), flush=True)
     result = {"benchmark": __doc__.splitlines()[0], "shape": args.shape, "fused": count,
-              "sizes": sizes, "machine": {"node": platform.node(), "gpu": torch.cuda.get_device_name(0)
+              "sizes": sizes, **({"session_study": study} if study else {}), "machine": {"node": platform.node(), "gpu": torch.cuda.get_device_name(0)
                                           if torch.cuda.is_available() else None},
               "versions": {"onnxruntime": __import__("onnxruntime").__version__, "torch": torch.__version__},
               "command": " ".join(sys.argv), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

@@ -45,7 +45,8 @@ def _providers(target: Target) -> list:
     if wanted == "CUDAExecutionProvider":  # FP32 engines are the exact reference: no TF32 behind their back
         # each session has its own arena: grow it only as requested, or 30+ sessions of a 7B model exhaust 80 GB;
         # kernels go on the runner's compute stream, in order with its uploads (cetrt.backends.device)
-        options = {"use_tf32": "0", "arena_extend_strategy": "kSameAsRequested"}
+        # (CETRT_ORT_ARENA=kNextPowerOfTwo: the other strategy, for bench/attention_ab.py --session-study)
+        options = {"use_tf32": "0", "arena_extend_strategy": os.environ.get("CETRT_ORT_ARENA", "kSameAsRequested")}
         device = Device.for_target("cuda")
         if device.shared_stream:
             options.update(user_compute_stream=str(device.stream_handle), has_user_compute_stream="1")
