@@ -1,6 +1,5 @@
-"""One decoder layer of a LLaMA shape, random FP16 weights bound as inputs, timed with the export's attention, with
-attention fused, and with attention and RoPE fused (cetrt/backends/ort_fusion.py, what ce-build makes for ORT
-CUDA), in one process, on the same packed batches of the dataset.
+"""One decoder layer of a LLaMA shape, random FP16 weights bound as inputs, timed with the export's attention and
+with it fused (cetrt/backends/ort_fusion.py), in one process, on the same packed batches of the dataset.
 
 What the fusion buys per batch size, beside the whole-run figures: the layer is exported by cetrt's own block
 module and exporter; both graphs are loaded as calib loads a layer engine (ONNX Runtime, the target's provider,
@@ -124,9 +123,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="attention-ab-") as tmp:
         spec, block, split = one_layer(args.shape, tokenizer, Path(tmp))
         exported = SimpleNamespace(model=spec, dtype="float16")
-        attention_only, _ = fuse_attention(split.graph)
-        fused, count = fuse_attention(split.graph, spec.max_positions)
-        graphs = {"export": split.graph, "attention_fused": attention_only, "fused": fused}
+        fused, count = fuse_attention(split.graph)
+        graphs = {"export": split.graph, "fused": fused}
         sizes, study = {}, None
         if args.session_study:
             study = session_study(backend, target, fused, split, block, Path(tmp) / "layer.onnx", rows, exported,
@@ -142,7 +140,7 @@ def main() -> None:
             sizes[str(size)]["export_over_fused"] = (sizes[str(size)]["export"]["s_per_padded_token"]
                                                      / sizes[str(size)]["fused"]["s_per_padded_token"])
             print(size, json.dumps(sizes[str(size)]), flush=True)
-    result = {"benchmark": __doc__.splitlines()[0], "shape": args.shape, "fused": count,
+    result = {"benchmark": __doc__.splitlines()[0], "shape": args.shape, "fused_attention_nodes": count,
               "sizes": sizes, **({"session_study": study} if study else {}), "machine": {"node": platform.node(), "gpu": torch.cuda.get_device_name(0)
                                           if torch.cuda.is_available() else None},
               "versions": {"onnxruntime": __import__("onnxruntime").__version__, "torch": torch.__version__},

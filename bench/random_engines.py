@@ -134,7 +134,7 @@ def main() -> None:
     family = get_family("llama")
     one = block_specs(family, spec.num_layers, 1, spec.hidden_size, "float16")  # what is exported: one layer a block
     target, backend = Target.from_name(args.target), get_backend(args.backend)
-    settings = BuildSettings(shape_plan=ShapePlan(max_length=args.max_length), max_positions=spec.max_positions)
+    settings = BuildSettings(shape_plan=ShapePlan(max_length=args.max_length))
     out = args.out
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)

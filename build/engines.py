@@ -136,8 +136,7 @@ def build_engines(options: BuildOptions, announce=lambda text: None) -> Manifest
     plan = options.shape_plan or ShapePlan(
         tokens_per_batch=resolve(None, calib, "tokens_per_batch", ShapePlan.tokens_per_batch).value,
         max_length=options.max_length)
-    settings = BuildSettings(check=options.check, shape_plan=plan, optimization_level=options.optimization_level,
-                             max_positions=exported.model.max_positions)
+    settings = BuildSettings(check=options.check, shape_plan=plan, optimization_level=options.optimization_level)
     out = Path(options.out_dir)
     if options.weights not in WEIGHTS_LAYOUTS:
         raise UserError(f"--weights {options.weights!r}: choose one of {list(WEIGHTS_LAYOUTS)}")

@@ -74,13 +74,13 @@ def measure(export_dir: Path, exported: ExportedModel, target: Target, dataset: 
         session = backend.load(EngineSource(path=path), target, LoadSettings())
         load_times.append(time.perf_counter() - start)
     session.close()
-    bind_s = _bind_time(path, backend, target, exported.model.max_positions)
+    bind_s = _bind_time(path, backend, target)
     progress("compute per layer block and of the head")
     head = next(b for b in exported.blocks if b.spec.kind == "head")
     head_session = backend.load(EngineSource(path=export_dir / head.onnx_file.path), target, LoadSettings())
     rows = pack_docs(offline_tokenizer(export_dir / TOKENIZER_DIR), load_docs(dataset, items))
     split = split_block(path)
-    layer_session = WeightsBound(_engine(backend, target, split, path, exported.model.max_positions), split.weights)
+    layer_session = WeightsBound(_engine(backend, target, split, path), split.weights)
     compute = _compute({"layers": (layer_session, block), "head": (head_session, head)}, exported, rows, sizes)
     progress("the fixed cost of an engine call")
     merge = _call_cost(backend, target, export_dir, layers, exported, rows)
@@ -114,8 +114,7 @@ def _call_cost(backend, target: Target, export_dir: Path, layers, exported: Expo
     feeds = [_with_hidden(batch, exported, rng) for batch in batches]  # the same inputs for both
     seconds = []
     for split in (splits[0], merge_layers(splits)):
-        session = WeightsBound(_engine(backend, target, split, export_dir / layers[0].onnx_file.path,
-                                               exported.model.max_positions), split.weights)
+        session = WeightsBound(_engine(backend, target, split, export_dir / layers[0].onnx_file.path), split.weights)
         seconds.append(min(sum(_steady_run(session, layers[0], f) for f in feeds) for _ in range(2)) / len(feeds))
         session.close()
     one, two = seconds
@@ -188,19 +187,19 @@ def _digest_rate(data: memoryview, threads: int, chunk: int = DEFAULT_REQUEST_BY
     return sum(len(p) for p in pieces) / max(time.perf_counter() - start, 1e-9)
 
 
-def _bind_time(path: Path, backend, target: Target, max_positions: int) -> float:
+def _bind_time(path: Path, backend, target: Target) -> float:
     """Weights as inputs: the time to bind one block's weights to its engine type (to the device on a GPU)."""
     split = split_block(path)
-    engine = _engine(backend, target, split, path, max_positions)
+    engine = _engine(backend, target, split, path)
     start = time.perf_counter()
     WeightsBound(engine, split.weights).close()
     return time.perf_counter() - start
 
 
-def _engine(backend, target: Target, split, path: Path, max_positions: int):
+def _engine(backend, target: Target, split, path: Path):
     """A layer engine as ce-build makes one by default: weights as inputs, the graph as the backend builds it
     for the target (ONNX Runtime on a GPU: attention fused), so calib times what ce-run will run."""
-    graph = backend.graph_for(split.graph, target, max_positions).SerializeToString()
+    graph = backend.graph_for(split.graph, target).SerializeToString()
     return backend.load(EngineSource(path=path, read=lambda: graph), target, LoadSettings())
 
 

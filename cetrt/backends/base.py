@@ -28,7 +28,6 @@ class BuildSettings:
     check: bool = False  # parse and build for a target whose GPU is not here (engines are not for running)
     shape_plan: ShapePlan | None = None  # optimization profiles (backends with fixed shapes need one)
     optimization_level: int = 3  # TensorRT's builder optimization level
-    max_positions: int | None = None  # the model's position limit: rows of the RoPE tables a fused graph holds
 
 
 @dataclass(frozen=True)
@@ -110,9 +109,9 @@ class Backend(ABC):
     @abstractmethod
     def load(self, source: EngineSource, target: Target, settings: LoadSettings) -> Session: ...
 
-    def graph_for(self, model, target: Target, max_positions: int | None = None):
+    def graph_for(self, model, target: Target):
         """The ONNX graph (a ModelProto) as this backend builds it for `target`: the export's own, unless the
-        backend rewrites it (ONNX Runtime on a GPU fuses attention and RoPE). calib times what the build makes."""
+        backend rewrites it (ONNX Runtime on a GPU fuses attention). calib times what the build would make."""
         return model
 
     def host_buffers(self, target: Target) -> Callable[[int], memoryview | None] | None:

@@ -2,7 +2,7 @@
 
 Build runs ORT's graph optimizer at the extended level (fusions that stay valid across machines of the same
 provider) and saves the result; for a GPU it first fuses each layer's attention into ORT's MultiHeadAttention
-and its RoPE into RotaryEmbedding (cetrt/backends/ort_fusion.py), which that optimizer does not do. Load creates a session from the engine's
+(cetrt/backends/ort_fusion.py), which that optimizer does not do. Load creates a session from the engine's
 bytes, read by the caller.
 On CPU, tensors between blocks are NumPy arrays.
 Usage: `OnnxRuntimeBackend().build(onnx, engine, block, Target.from_name("cpu"), BuildSettings())`.
@@ -145,8 +145,8 @@ class OnnxRuntimeBackend(Backend):
     def version(self) -> str:
         return _ort().__version__
 
-    def graph_for(self, model, target: Target, max_positions: int | None = None):
-        return fuse_attention(model, max_positions)[0] if target.device == "cuda" else model
+    def graph_for(self, model, target: Target):
+        return fuse_attention(model)[0] if target.device == "cuda" else model
 
     def build(self, onnx_path: Path, engine_path: Path, block: BlockSpec, target: Target,
               settings: BuildSettings) -> BuildResult:
@@ -157,8 +157,8 @@ class OnnxRuntimeBackend(Backend):
         else:  # the fused graph beside the source, where its external weights (if any) resolve
             import onnx
 
-            model, fused = fuse_attention(onnx.load(str(onnx_path), load_external_data=False), settings.max_positions)
-            details["fused"] = fused
+            model, fused = fuse_attention(onnx.load(str(onnx_path), load_external_data=False))
+            details["fused_attention"] = fused
             staged = onnx_path.with_name(f"{onnx_path.stem}.fused-{os.getpid()}.onnx")
             try:
                 onnx.save(model, str(staged))

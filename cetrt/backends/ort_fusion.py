@@ -1,17 +1,13 @@
 """Attention fused for ONNX Runtime's CUDA provider: each layer's attention subgraph becomes one
-com.microsoft.MultiHeadAttention node, with the packed shared-prefix mask as its attention bias, and the rotary
-embedding of its queries and keys one com.microsoft.RotaryEmbedding node each.
+com.microsoft.MultiHeadAttention node, with the packed shared-prefix mask as its attention bias.
 
 The export writes attention in standard opset-17 ops (`cetrt.families.common.attention`), which TensorRT fuses
 by itself. ORT's CUDA provider does not: it runs about fifteen kernels per layer that write the [B, H, L, L]
 scores several times over, in FP32. MultiHeadAttention does the same arithmetic in ORT's fused kernels (FP16
 products, softmax accumulated in FP32). Grouped K/V heads are repeated to the query's heads first, as the
-export's broadcast does. RoPE (full rotary only) reads its cos/sin from tables of `positions` rows that the graph
-computes once a run from its own `inv_freq` (an input where weights are inputs) in FP32, as it computed them per
-token before, and works on the [B, L, heads * D] projections straight, so the head transposes go too. Only graphs that ORT builds for a GPU
-are rewritten; the ONNX that TensorRT and the precision check see does not change. A graph whose attention
-does not match the pattern is left as it is; a partial rotary keeps its own ops.
-Usage: `model, fused = fuse_attention(model, positions=spec.max_positions)`; fused = {"attention": n, "rotary": m}.
+export's broadcast does. Only graphs that ORT builds for a GPU are rewritten; the ONNX that TensorRT and the
+precision check see does not change. A graph whose attention does not match the pattern is left as it is.
+Usage: `model, fused = fuse_attention(model)`.
 """
 
 from __future__ import annotations
@@ -60,9 +56,6 @@ class _Graph:
             tensor = info.type.tensor_type
             self.types[info.name] = tensor.elem_type
             self.shapes[info.name] = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
-        for tensor in graph.initializer:  # constants have no value_info of their own
-            self.shapes.setdefault(tensor.name, list(tensor.dims))
-            self.types.setdefault(tensor.name, tensor.data_type)
 
     def made_by(self, name: str, op_type: str) -> onnx.NodeProto | None:
         node = self.producer.get(name)
@@ -86,17 +79,6 @@ class _Graph:
         if tensor is None or int(np.prod(tensor.dims)) != 1:
             return None
         return float(numpy_helper.to_array(tensor).reshape(-1)[0])
-
-
-@dataclass(frozen=True)
-class _Rotary:
-    """A matched RoPE: x * cos + rotate_half(x) * sin on [B, heads, L, D], with x split from `source`
-    [B, L, heads * D], the angles position_ids x `inv_freq`, times `scaling`."""
-
-    source: str
-    positions: str
-    inv_freq: str
-    scaling: float
 
 
 def _perm(node: onnx.NodeProto) -> list[int] | None:
@@ -137,64 +119,6 @@ def _match(g: _Graph, softmax: onnx.NodeProto) -> _Attention | None:
     return attention if ranks == [4, 4, 4, 4] else None
 
 
-def _angles(g: _Graph, name: str) -> tuple[str, str, float] | None:
-    """(position ids, inv_freq, scaling) behind a cos or sin table: [Cast](Cos(angles) [* scaling])."""
-    inner = g.producer.get(g.skip_cast_back(name))
-    scaling = 1.0
-    if inner is not None and inner.op_type == "Mul":
-        factors = [(g.scalar(b), a) for a, b in (inner.input, inner.input[::-1])]
-        scaling, table = next(((f, t) for f, t in factors if f is not None), (None, None))
-        inner = g.producer.get(table) if scaling is not None else None
-    if inner is None or inner.op_type not in ("Cos", "Sin"):
-        return None
-    unsqueezed = g.made_by(inner.input[0], "Unsqueeze")
-    doubled = g.made_by(unsqueezed.input[0], "Concat") if unsqueezed is not None else None
-    if doubled is None or len(set(doubled.input)) != 1:
-        return None
-    freqs = g.made_by(doubled.input[0], "Mul")
-    if freqs is None:
-        return None
-    inv_freq = next((name for name in freqs.input if len(g.shapes.get(name) or []) == 1), None)  # [D/2]
-    other = next((name for name in freqs.input if name != inv_freq), None)
-    cast = g.made_by(other, "Cast") if other else None
-    positions = g.made_by(cast.input[0], "Unsqueeze") if cast is not None else None
-    if inv_freq is None or positions is None:
-        return None
-    return positions.input[0], inv_freq, scaling
-
-
-def _match_rotary(g: _Graph, name: str) -> _Rotary | None:
-    """The RoPE that produced `name` ([B, heads, L, D]), as `cetrt.families.llama.apply_rotary` writes it with a
-    rotary dimension equal to the head's, or None."""
-    add = g.made_by(name, "Add")
-    muls = [g.made_by(n, "Mul") for n in add.input] if add is not None else []
-    if len(muls) != 2 or None in muls:
-        return None
-    for plain, turned in (muls, muls[::-1]):
-        concat = next((g.made_by(n, "Concat") for n in turned.input if g.made_by(n, "Concat")), None)
-        if concat is not None:
-            break
-    else:
-        return None
-    neg, second = g.made_by(concat.input[0], "Neg"), g.made_by(concat.input[1], "Slice")
-    first = g.made_by(neg.input[0], "Slice") if neg is not None else None
-    if first is None or second is None or first.input[0] != second.input[0] or first.input[0] not in plain.input:
-        return None
-    x = first.input[0]
-    cos = next(n for n in plain.input if n != x)
-    sin = next(n for n in turned.input if n != concat.output[0])
-    swap = g.made_by(x, "Transpose")
-    split = g.made_by(swap.input[0], "Reshape") if swap is not None and _perm(swap) == [0, 2, 1, 3] else None
-    cos_angles, sin_angles = _angles(g, cos), _angles(g, sin)
-    if split is None or cos_angles is None or cos_angles != sin_angles or len(g.shapes.get(split.input[0]) or []) != 3:
-        return None
-    positions, inv_freq, scaling = cos_angles
-    half = g.shapes[inv_freq][0]
-    if half is None or 2 * half != (g.shapes.get(name) or [None])[-1]:
-        return None  # a partial rotary: left to its own ops
-    return _Rotary(source=split.input[0], positions=positions, inv_freq=inv_freq, scaling=scaling)
-
-
 class _Emitter:
     """New nodes and constants, named uniquely."""
 
@@ -207,10 +131,9 @@ class _Emitter:
         self._count += 1
         return f"{_PREFIX}_{what}_{self._count}"
 
-    def constant(self, values, what: str = "shape") -> str:
-        name = self.name(what)
-        array = values if isinstance(values, np.ndarray) else np.asarray(values, dtype=np.int64)
-        self.initializers.append(numpy_helper.from_array(array, name))
+    def constant(self, values: list[int]) -> str:
+        name = self.name("shape")
+        self.initializers.append(numpy_helper.from_array(np.asarray(values, dtype=np.int64), name))
         return name
 
     def node(self, op_type: str, inputs: list[str], domain: str = "", output: str | None = None, **attrs) -> str:
@@ -239,53 +162,27 @@ def _repeat_heads(emit: _Emitter, name: str, kv_heads: int, group: int, size: in
     return emit.node("Reshape", [repeated, emit.constant([0, 0, kv_heads * group * size])])
 
 
-def _rotary_tables(emit: _Emitter, rotary: _Rotary, positions: int, dtype: int) -> list[str]:
-    """cos and sin for positions 0 .. positions-1, [positions, D/2], as the graph computed them per token: FP32
-    angles position x inv_freq, their cos and sin times the scaling, cast to the graph's precision."""
-    column = emit.constant(np.arange(positions, dtype=np.float32)[:, None], "positions")
-    angles = emit.node("Mul", [column, rotary.inv_freq])
-    tables = []
-    for op in ("Cos", "Sin"):
-        table = emit.node(op, [angles])
-        if rotary.scaling != 1.0:
-            table = emit.node("Mul", [table, emit.constant(np.asarray(rotary.scaling, dtype=np.float32), "scaling")])
-        tables.append(emit.node("Cast", [table], to=dtype) if dtype != onnx.TensorProto.FLOAT else table)
-    return tables
-
-
-def fuse_attention(model: onnx.ModelProto, positions: int | None = None) -> tuple[onnx.ModelProto, dict]:
-    """A copy of `model` with each matched attention subgraph replaced by MultiHeadAttention (and its queries' and
-    keys' RoPE by RotaryEmbedding, given the `positions` its tables must cover); and how many of each."""
+def fuse_attention(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """A copy of `model` with each matched attention subgraph replaced by MultiHeadAttention; and how many."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     g = _Graph(model)
     found = [a for a in (_match(g, n) for n in model.graph.node if n.op_type == "Softmax") if a is not None]
-    counts = {"attention": len(found), "rotary": 0}
     if not found:
-        return model, counts
-    emit, biases, tables, placed = _Emitter(), {}, {}, {}
+        return model, 0
+    emit, biases, placed = _Emitter(), {}, {}
     for attention in found:
         start = len(emit.nodes)
         _, heads, _, size = g.shapes[attention.query]
         kv_heads = g.shapes[attention.key][1]
         if heads is None or size is None or kv_heads is None or heads % kv_heads:
             raise ValueError(f"attention at {attention.output.name}: heads of unknown or unequal grouping")
-        dtype = g.types[attention.query]
-        rotaries = [_match_rotary(g, attention.query), _match_rotary(g, attention.key)] if positions else [None]
-        if None not in rotaries and rotaries[0].positions == rotaries[1].positions:
-            key_of = (rotaries[0].inv_freq, rotaries[0].scaling, dtype)
-            if key_of not in tables:  # one pair of tables per graph, shared by its layers
-                tables[key_of] = _rotary_tables(emit, rotaries[0], positions, dtype)
-            query, key = (emit.node("RotaryEmbedding", [r.source, r.positions, *tables[key_of]], domain=MS_DOMAIN,
-                                    num_heads=n, interleaved=0)
-                          for r, n in zip(rotaries, (heads, kv_heads)))
-            counts["rotary"] += 2
-        else:
-            query = _to_sequence_major(g, emit, attention.query, heads, size)
-            key = _to_sequence_major(g, emit, attention.key, kv_heads, size)
+        query = _to_sequence_major(g, emit, attention.query, heads, size)
+        key = _to_sequence_major(g, emit, attention.key, kv_heads, size)
         value = _to_sequence_major(g, emit, attention.value, kv_heads, size)
         if kv_heads != heads:
             key = _repeat_heads(emit, key, kv_heads, heads // kv_heads, size)
             value = _repeat_heads(emit, value, kv_heads, heads // kv_heads, size)
+        dtype = g.types[attention.query]
         if (attention.mask, dtype) not in biases:  # one cast of the mask per graph, shared by its layers
             biases[(attention.mask, dtype)] = (attention.mask if g.types.get(attention.mask) == dtype
                                                else emit.node("Cast", [attention.mask], to=dtype))
@@ -301,7 +198,7 @@ def fuse_attention(model: onnx.ModelProto, positions: int | None = None) -> tupl
     _drop_unused(model.graph)
     if not any(o.domain == MS_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
-    return model, counts
+    return model, len(found)
 
 
 def _drop_unused(graph: onnx.GraphProto) -> None:
