@@ -89,3 +89,25 @@ def test_a_layer_too_fast_to_measure_merges_all_it_may():
     schedule = choose_schedule({**_measured({1024: 1e9}), "merge": _merge(1e-3, 0.0)}, largest_block_bytes=2**20,
                                num_layers=12)
     assert schedule["layers_per_engine"] == 12
+
+
+def test_weights_are_bound_from_the_buffers_the_reader_reads_into():
+    """calib times a bind from where the runner's reader leaves the weights (page-locked memory on a GPU)."""
+    import numpy as np
+
+    from cetrt.calib.schedule import _in_read_buffers
+
+    weights = {"w": np.arange(12, dtype=np.float16).reshape(3, 4), "b": np.ones(5, dtype=np.float32)}
+    buffers = []
+
+    def allocate(nbytes: int) -> memoryview:
+        buffers.append(bytearray(nbytes))
+        return memoryview(buffers[-1])
+
+    placed = _in_read_buffers(weights, allocate)
+    assert len(buffers) == 2
+    for name, array in weights.items():
+        np.testing.assert_array_equal(placed[name], array)
+        assert placed[name].dtype == array.dtype and not np.shares_memory(placed[name], array)
+    assert bytes(buffers[0]) == weights["w"].tobytes()  # the copy lives in the reader's buffer
+    assert _in_read_buffers(weights, None) is weights  # the CPU: plain memory, as the reader's
