@@ -168,7 +168,8 @@ class Target:
 _H200_30B_EFFICIENCY = (
     "cetrt's measured compute at the product's size on an H200 (ORT CUDA EP, LLaMA-30B shape, 6 layers per "
     "engine, all 10,042 items: 1.06e17 useful FLOP, padding excluded, in 249.1 s of compute = 426 TFLOP/s = 43% "
-    "of the 989 TFLOP/s dense FP16 datasheet peak; bench/results/gpu_llama30b.json); ONNX Runtime's engines, not "
+    "of the 989 TFLOP/s dense FP16 datasheet peak, 2026-12-01; the run of 2026-12-02 with fused attention, "
+    "bench/results/gpu_llama30b.json: 242.4 s, 438 TFLOP/s, 44%); ONNX Runtime's engines, not "
     "TensorRT's"
 )
 _H100_EFFICIENCY = (
