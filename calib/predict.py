@@ -35,6 +35,7 @@ from cetrt.calib.rates import STORAGE_PRESETS, DeviceFigures, Storage, calib_fro
 from cetrt.calib.workload import Workload, count_workload
 from cetrt.errors import UserError
 from cetrt.families import get_family
+from cetrt.merging import grouped
 from cetrt.plan import MemoryPlan, ModelSizes, Pacing, available_memory, parse_size, plan_from_sizes
 from cetrt.plan_devices import DevicePlan, plan_devices
 from cetrt.spec import DEFAULT_WEIGHTS, ModelSpec, Target, dtype_bytes
@@ -45,10 +46,10 @@ RUN_TOKENS_PER_BATCH = ShapePlan().tokens_per_batch  # ce-run's default batch si
 
 
 def layers_per_block(model: ModelSpec, layers_per_engine: int = 1) -> list[int]:
-    """Decoder layers in each block: 0 for the embed and the head, `layers_per_engine` per merged layer engine
-    (the last may hold fewer), as `ce-build` merges them (cetrt.merging.layer_groups)."""
-    full, rest = divmod(model.num_layers, layers_per_engine)
-    return [0] + [layers_per_engine] * full + ([rest] if rest else []) + [0]
+    """Decoder layers in each block: 0 for the embed and the head, then each engine's as `ce-build` merges an
+    export of one layer a block (cetrt.merging.grouped, the rule it applies)."""
+    exported = [None] + [1] * model.num_layers + [None]
+    return [sum(exported[i] or 0 for i in run) for run in grouped(exported, layers_per_engine)]
 
 
 def weight_block_bytes(model: ModelSpec, dtype: str, layers_per_engine: int = 1) -> list[int]:
@@ -115,7 +116,7 @@ def time_schedule(model: ModelSpec, dtype: str, batches: list[Batch], tokens_per
     if devices > 1:
         return _time_stages(model, dtype, batches, tokens_per_batch, device, storage, budget_bytes, prefetch_depth,
                             devices)
-    merged = int(device.schedule.get("layers_per_engine") or 1)  # the engines as ce-build merges them
+    merged = device.layers_per_engine  # the engines as ce-build merges them
     blocks, counts = weight_block_bytes(model, dtype, merged), layers_per_block(model, merged)
     plan = plan_from_sizes(ModelSizes(model, dtype, blocks), batches, budget_bytes, None, prefetch_depth,
                            run_pacing(model, device, storage))

@@ -84,6 +84,7 @@ class DeviceFigures:
     verify_source: str
     schedule: dict  # calib.json's chosen schedule (tokens_per_batch, prefetch_depth), or {}
     seconds_per_layer_token: float | None = None  # calib's, from which ce-run sizes its journaled resident chunks
+    layers_per_engine: int = 1  # calib's choice for this target, as ce-build merges by default (rates count it)
 
     @property
     def measured_on_target(self) -> bool:
@@ -132,7 +133,7 @@ def device_figures(target: Target, calib: CalibRecord | None, weights: str = DEF
     """`weights` is the engines' layout: its per-block load is a session (inside) or a weights bind (inputs)."""
     measured = calib.measured if calib is not None else {}
     on_target = measured.get("target") == target.name
-    merged = int((calib.schedule.get("layers_per_engine") or 1) if calib is not None else 1)
+    merged = int((calib.schedule.get("layers_per_engine") or 1) if calib is not None and on_target else 1)
     rates = tuple(sorted((int(c["tokens_per_batch"]), merged_rate(c, measured.get("merge"), merged))
                          for c in measured.get("compute", []) if c.get("flop_per_s"))) if on_target else ()
     if not rates and target.peak_fp16_flops is None:
@@ -174,5 +175,6 @@ def device_figures(target: Target, calib: CalibRecord | None, weights: str = DEF
                        else ASSUMED_VERIFY_SOURCE),
         schedule=dict(calib.schedule) if calib is not None and on_target else {},
         seconds_per_layer_token=calib.seconds_per_layer_token() if calib is not None and on_target else None,
+        layers_per_engine=merged,
     )
 

@@ -7,7 +7,7 @@ one layer a block (what TensorRT 10.3 and the precision check see); the build ch
 the shared batch inputs (positions, mask) shared, and layer k's `hidden_out` feeding layer k+1's `hidden`.
 ONNX Runtime's common-subexpression elimination then computes what the layers share (rotary cos/sin) once.
 calib measures the per-call cost and chooses M (`calib.schedule`); `ce-build --layers-per-engine` overrides it.
-Usage: `merged = merge_layers([split_a, split_b])`; `groups = layer_groups(blocks, 4)`;
+Usage: `merged = merge_layers([split_a, split_b])`; `groups = layer_groups(blocks, 4)` (`grouped` by layer counts);
 `weights = merged_weights([weights_a, weights_b])`.
 """
 
@@ -82,12 +82,20 @@ def merged_weights(layers: list[dict]) -> dict:
 def layer_groups(blocks: list, layers_per_engine: int) -> list[list]:
     """Consecutive layer blocks in runs of `layers_per_engine` layers (the last run may be shorter); every other
     block (embed, head) is a run of its own."""
-    groups: list[list] = []
-    for block in blocks:
-        previous = groups[-1] if groups else None
-        if (block.spec.kind == "layers" and previous and previous[-1].spec.kind == "layers"
-                and sum(b.spec.last_layer - b.spec.first_layer for b in previous) < layers_per_engine):
-            previous.append(block)
+    sizes = [b.spec.last_layer - b.spec.first_layer if b.spec.kind == "layers" else None for b in blocks]
+    return [[blocks[i] for i in run] for run in grouped(sizes, layers_per_engine)]
+
+
+def grouped(layers: list[int | None], layers_per_engine: int) -> list[list[int]]:
+    """The grouping rule on its own, by index: `layers[i]` is block i's decoder layers, None for a block that is
+    not a layer block. A layer block joins the run before it while that run is of layer blocks holding fewer than
+    `layers_per_engine` layers. ce-predict counts engines with it for models it never exported."""
+    runs: list[list[int]] = []
+    for i, size in enumerate(layers):
+        previous = runs[-1] if runs else None
+        if (size is not None and previous and layers[previous[-1]] is not None
+                and sum(layers[j] for j in previous) < layers_per_engine):
+            previous.append(i)
         else:
-            groups.append([block])
-    return groups
+            runs.append([i])
+    return runs
