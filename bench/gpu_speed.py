@@ -293,8 +293,9 @@ def step_llama30b(args, divisor: int | None = None) -> dict:
     name = f"30b_{divisor}" if divisor else "30b_resident"
     rate = matrix_rate(args.target)
     (args.work / f"{name}.journal.jsonl").unlink(missing_ok=True)  # a timed run starts over, never resumes
-    result = cetrt_run(engines, args.dataset, args.work / f"{name}.json", args.limit, budget=budget)
-    return {"weights_bytes": weights, "budget": budget, "budget_fraction": f"1/{divisor}" if divisor else "resident",
+    extra = ("--tokens-per-batch", str(args.tokens_per_batch)) if args.tokens_per_batch else ()
+    result = cetrt_run(engines, args.dataset, args.work / f"{name}.json", args.limit, budget=budget, extra=extra)
+    return {"weights_bytes": weights, "budget": budget, "tokens_per_batch_given": args.tokens_per_batch, "budget_fraction": f"1/{divisor}" if divisor else "resident",
             "model_id": manifest.model_id, "model_spec": manifest.model.to_json(),
             "layers_per_engine": manifest.build_options.get("layers_per_engine", 1),
             "distinct_layer_files": manifest.build_options.get("distinct_layer_files"),
@@ -409,6 +410,8 @@ def main() -> None:
     parser.add_argument("--calib-items", type=int, default=400, help="prep30b: items the calibration batches come from")
     parser.add_argument("--resident-budget", default=None, help="llama30b: the resident run's memory budget "
                         "(default: 1.5x the weights, at most 90%% of this machine's memory)")
+    parser.add_argument("--tokens-per-batch", type=int, default=None,
+                        help="llama30b, llama30b_third: ce-run's --tokens-per-batch (default: calib's choice)")
     parser.add_argument("--budget-divisor", type=int, default=3, help="llama30b_third: the budget is the weights / this "
                         "(a tiny shape's head alone is more than 1/3 of it: 2 there)")
     args = parser.parse_args()
