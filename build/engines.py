@@ -91,7 +91,8 @@ def build_inputs(options: BuildOptions, exported, backend, target: Target, plan:
             "calib_sha256": sha256_file(calib) if calib.is_file() else None,
             "backend": backend.name, "backend_version": backend.version(), "target": target.name,
             "check": options.check, "weights": options.weights, "shape_plan": plan.to_json(),
-            "optimization_level": options.optimization_level, "layers_per_engine": merged, "versions": versions("onnx")}
+            "optimization_level": options.optimization_level, "layers_per_engine": merged,
+            "graph_rewrites": backend.rewrites(target), "versions": versions("onnx")}
 
 
 def reusable_build(out: Path, inputs: dict) -> tuple[Manifest | None, str]:

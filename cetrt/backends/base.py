@@ -114,6 +114,11 @@ class Backend(ABC):
         backend rewrites it (ONNX Runtime on a GPU fuses attention). calib times what the build would make."""
         return model
 
+    def rewrites(self, target: Target) -> str | None:
+        """What `graph_for` does to graphs for `target`, named and versioned, or None: a build input, so engines
+        built before a rewrite changed are built again rather than reused."""
+        return None
+
     def host_buffers(self, target: Target) -> Callable[[int], memoryview | None] | None:
         """Where the reader should put the bytes it reads for this backend (page-locked memory for a GPU), or
         None for plain page-aligned memory."""

@@ -19,7 +19,7 @@ import numpy as np
 
 from cetrt.backends.base import Backend, BuildResult, BuildSettings, EngineSource, LoadSettings, Session
 from cetrt.backends.device import Device
-from cetrt.backends.ort_fusion import fuse_attention
+from cetrt.backends.ort_fusion import FUSION, fuse_attention
 from cetrt.errors import MissingDependency, UserError
 from cetrt.spec import BlockSpec, Target
 
@@ -147,6 +147,9 @@ class OnnxRuntimeBackend(Backend):
 
     def graph_for(self, model, target: Target):
         return fuse_attention(model)[0] if target.device == "cuda" else model
+
+    def rewrites(self, target: Target) -> str | None:
+        return FUSION if target.device == "cuda" else None
 
     def build(self, onnx_path: Path, engine_path: Path, block: BlockSpec, target: Target,
               settings: BuildSettings) -> BuildResult:

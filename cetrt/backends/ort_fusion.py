@@ -20,6 +20,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 MS_DOMAIN = "com.microsoft"
+FUSION = "attention as com.microsoft.MultiHeadAttention, version 1"  # a build input: bump it when the rewrite changes
 _PREFIX = "cetrt_fused"
 
 

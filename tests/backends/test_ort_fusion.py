@@ -93,3 +93,14 @@ def test_only_gpu_builds_fuse(zoo):
     assert backend.graph_for(model, Target.from_name("cpu")) is model
     on_gpu = backend.graph_for(model, Target.from_name("cuda"))
     assert "MultiHeadAttention" in {n.op_type for n in on_gpu.graph.node}
+
+
+def test_the_rewrite_is_a_build_input(zoo, tmp_path):
+    """Engines built before the fusion changed are built again, not reused: the build's inputs name it."""
+    from cetrt.backends.ort_fusion import FUSION
+    from cetrt.build.engines import BuildOptions, build_engines
+
+    backend = OnnxRuntimeBackend()
+    assert backend.rewrites(Target.from_name("cuda")) == FUSION and backend.rewrites(Target.from_name("cpu")) is None
+    built = build_engines(BuildOptions(onnx_dir=zoo.onnx("llama"), out_dir=tmp_path / "engines"))
+    assert "graph_rewrites" in built.inputs and built.inputs["graph_rewrites"] is None  # a CPU build: none
