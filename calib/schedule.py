@@ -75,16 +75,17 @@ def measure(export_dir: Path, exported: ExportedModel, target: Target, dataset: 
         session = backend.load(EngineSource(path=path), target, LoadSettings())
         load_times.append(time.perf_counter() - start)
     session.close()
-    bind_s = _bind_time(path, backend, target)
+    split = split_block(path)  # one read of the block's weights for the bind, the compute and the call cost
+    engine = _engine(backend, target, split, path)
+    bind_s = _bind_time(engine, split.weights, backend.host_buffers(target))
     progress("compute per layer block and of the head")
     head = next(b for b in exported.blocks if b.spec.kind == "head")
     head_session = backend.load(EngineSource(path=export_dir / head.onnx_file.path), target, LoadSettings())
     rows = pack_docs(offline_tokenizer(export_dir / TOKENIZER_DIR), load_docs(dataset, items))
-    split = split_block(path)
-    layer_session = WeightsBound(_engine(backend, target, split, path), split.weights)
+    layer_session = WeightsBound(engine, split.weights)
     compute = _compute({"layers": (layer_session, block), "head": (head_session, head)}, exported, rows, sizes)
     progress("the fixed cost of an engine call")
-    merge = _call_cost(backend, target, export_dir, layers, exported, rows)
+    merge = _call_cost(backend, target, export_dir, layers, exported, rows, split)
     gpu = current_gpu() if target.device == "cuda" else None
     return {
         "target": target.name,
@@ -103,13 +104,14 @@ def measure(export_dir: Path, exported: ExportedModel, target: Target, dataset: 
     }
 
 
-def _call_cost(backend, target: Target, export_dir: Path, layers, exported: ExportedModel, rows) -> dict | None:
+def _call_cost(backend, target: Target, export_dir: Path, layers, exported: ExportedModel, rows,
+               first) -> dict | None:
     """One layer block and the first two merged (cetrt.merging), weights bound as the runner binds them, timed on
-    the same packed batches: what one call costs beyond its layers, and what a layer costs. None for a model of
-    one layer block."""
+    the same packed batches: what one call costs beyond its layers, and what a layer costs. `first` is the first
+    layer block already split. None for a model of one layer block."""
     if len(layers) < 2:
         return None
-    splits = [split_block(export_dir / block.onnx_file.path) for block in layers[:2]]
+    splits = [first, split_block(export_dir / layers[1].onnx_file.path)]
     batches = _typical_first(rows, MERGE_TOKENS, exported)[:4]
     rng = np.random.default_rng(0)
     feeds = [_with_hidden(batch, exported, rng) for batch in batches]  # the same inputs for both
@@ -188,13 +190,12 @@ def _digest_rate(data: memoryview, threads: int, chunk: int = DEFAULT_REQUEST_BY
     return sum(len(p) for p in pieces) / max(time.perf_counter() - start, 1e-9)
 
 
-def _bind_time(path: Path, backend, target: Target) -> float:
+def _bind_time(engine, weights: dict[str, np.ndarray], allocate) -> float:
     """Weights as inputs: the time to bind one block's weights to its engine type (to the device on a GPU), from
-    where the runner's reader leaves them: page-locked memory on a GPU (a copy from pageable memory took 7x as
-    long on the H200 as the runner's binds, and ce-predict's load term with it)."""
-    split = split_block(path)
-    engine = _engine(backend, target, split, path)
-    weights = _in_read_buffers(split.weights, backend.host_buffers(target))
+    where the runner's reader leaves them (`allocate`: the backend's host buffers), page-locked memory on a GPU
+    (a copy from pageable memory took 7x as long on the H200 as the runner's binds, and ce-predict's load term
+    with it)."""
+    weights = _in_read_buffers(weights, allocate)
     start = time.perf_counter()
     WeightsBound(engine, weights).close()
     return time.perf_counter() - start
