@@ -20,6 +20,7 @@ both counted the same way, in one call per step; every run a separate process ti
             memory budget of 1/3 of the weights (a separate call); harness30b: the harness method on a random
             LlamaForCausalLM of the same shape built on the GPU, weights resident (--limit, default 500 items), its
             tokens and seconds (gpu_combine.py scales them to all items by token count). Each records the matrix rate.
+  profile30b  bench/profile_block.py on the 30B engines at 2,048 and 8,192 tokens per batch.
   The 30B steps take --shape/--layers/--target, so `--shape smollm2-135m --layers 2 --target cpu` tests them here.
 Each step writes <step>.json under --out (machine, versions, commands); `combine` (here, not on the device)
 writes bench/results/gpu_engines.json and bench/results/gpu_end_to_end_7b.json from them.
@@ -307,6 +308,19 @@ def step_llama30b_third(args) -> dict:
     return step_llama30b(args, divisor=args.budget_divisor)
 
 
+def step_profile30b(args) -> dict:
+    """bench/profile_block.py on the 30B engines at 2,048 and 8,192 tokens per batch: kernels, gaps and CUDA
+    runtime calls of one layer run at each size (calib measured 8,192 at twice 2,048's per-token time in one
+    long-lived session)."""
+    profiles = {}
+    for size in (2048, 8192):
+        out = args.work / f"30b_profile_{size}.json"
+        run([sys.executable, ROOT / "bench" / "profile_block.py", "--engines", engines_30b(args), "--dataset",
+             args.dataset, "--tokens-per-batch", str(size), "--json", out])
+        profiles[str(size)] = json.loads(out.read_text())
+    return {"profiles": profiles}
+
+
 def step_harness30b(args) -> dict:
     """The harness method (bench/hf_baseline.py) on a random LlamaForCausalLM of the shape built on the device in
     FP16, weights resident: its scoring seconds and the tokens it ran (the tokenizer the engines carry)."""
@@ -392,7 +406,7 @@ def step_smoke(args) -> dict:
 
 STEPS = {"smoke": step_smoke, "smollm2": step_smollm2, "prep7b": step_prep7b, "llama7b": step_llama7b,
          "prep30b": step_prep30b, "llama30b": step_llama30b, "llama30b_third": step_llama30b_third,
-         "harness30b": step_harness30b}
+         "harness30b": step_harness30b, "profile30b": step_profile30b}
 
 
 def main() -> None:

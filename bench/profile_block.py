@@ -4,7 +4,8 @@ Loads an engines directory as ce-run does (BlockLoader, the run's batches), take
 runs it through the embed and one layer block a few times to warm up, then once under torch.profiler (CUDA
 activity: every kernel in the process, ONNX Runtime's included). Reports: wall time of the block run, kernel
 count, kernel-busy time (union of kernel intervals), the gaps (wall minus busy), the slowest kernels by total
-time, and the host-side steps timed separately (batch arrays built, inputs uploaded, one run enqueued).
+time, the CUDA runtime calls made during the run (cudaMalloc, cudaFree, synchronisations: count and time), and
+the host-side steps timed separately (batch arrays built, inputs uploaded, one run enqueued).
 Usage: python bench/profile_block.py --engines /tmp/gpu/engines/smollm2 --dataset d.jsonl --json out.json
 """
 
@@ -92,6 +93,11 @@ def profile(engines: Path, dataset: str, tokens_per_batch: int | None, repeats: 
     for e in kernels:
         by_name[e.name[:90]] += (e.time_range.end - e.time_range.start) / 1e6
     busy = busy_union(intervals)
+    runtime_calls: dict[str, list] = defaultdict(lambda: [0, 0.0])  # cudaMalloc, cudaFree, synchronisations
+    for e in prof.events():
+        if e.device_type != torch.autograd.DeviceType.CUDA and e.name.startswith("cuda"):
+            runtime_calls[e.name][0] += 1
+            runtime_calls[e.name][1] += (e.time_range.end - e.time_range.start) / 1e6
     return {
         "engines": str(engines), "model": manifest.model_id, "block": layer.spec.name,
         "batch_shape": list(batch.shape), "padded_tokens": batch.shape[0] * batch.shape[1],
@@ -99,6 +105,8 @@ def profile(engines: Path, dataset: str, tokens_per_batch: int | None, repeats: 
         "kernel_busy_fraction": busy / wall if wall else None,
         "top_kernels_s": dict(sorted(by_name.items(), key=lambda kv: -kv[1])[:12]),
         "host": host,
+        "cuda_runtime_calls": {name: {"count": n, "s": round(t, 6)} for name, (n, t) in
+                               sorted(runtime_calls.items(), key=lambda kv: -kv[1][1])},
     }
 
 

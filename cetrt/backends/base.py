@@ -74,11 +74,13 @@ class Session(ABC):
 class WeightsBound(Session):
     """A shared engine type with one block's weights bound: runs add the weights to the block's own feeds.
 
-    Closing drops the weights, not the engine, which stays for the other blocks of its type.
+    Closing drops the weights, not the engine, which stays for the other blocks of its type; unless
+    `owns_engine` (an engine made for these weights alone, as calib makes them), which closing closes too.
     """
 
-    def __init__(self, engine: Session, weights: dict[str, np.ndarray]):
+    def __init__(self, engine: Session, weights: dict[str, np.ndarray], owns_engine: bool = False):
         self._engine = engine
+        self._owns_engine = owns_engine
         self._weights = {name: engine.upload(name, array) for name, array in weights.items()}
 
     def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
@@ -92,6 +94,8 @@ class WeightsBound(Session):
 
     def close(self) -> None:
         self._weights = {}
+        if self._owns_engine:
+            self._engine.close()
 
 
 class Backend(ABC):
