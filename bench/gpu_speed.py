@@ -7,8 +7,8 @@ both counted the same way, in one call per step; every run a separate process ti
             page cache dropped before each: `ce-run` end to end (process, tokenizing, loading, scoring) against
             bench/hf_harness.py end to end (process, loading from safetensors, tokenizing, scoring); the FP32
             reference's accuracy; a profile of one batch through a layer block.
-  prep7b    a LLaMA-7B-shaped random model as engines (bench/random_engines.py) and as HF safetensors (other
-            random values, same shape).
+  prep7b    a LLaMA-7B-shaped random model as engines (bench/random_engines.py, calibrated here) and as HF
+            safetensors (other random values, same shape).
   llama7b   items 0-1999: a plain O_DIRECT probe of the disk; `ce-run` from cold storage resident and at 1/3 and 1/6
             of the weights; the harness method loading the same-size weights from cold disk, then again resident;
             the FP16 matrix rate; useful FLOP; a profile of one batch.
@@ -130,13 +130,17 @@ def prepare_smollm2(work: Path, dataset: str) -> dict:
 
 
 def step_prep7b(args) -> dict:
-    """The LLaMA-7B shape: random engines (bench/random_engines.py) and HF safetensors of the same shape."""
+    """The LLaMA-7B shape: random engines (bench/random_engines.py) with calib.json measured here, as
+    `make engines TARGET=cuda` leaves them (without it a run takes default batch sizes and does not size its first
+    resident chunk to hide the reads: the 7B resident run of 2026-12-02 waited 6.8 s on storage), and HF
+    safetensors of the same shape."""
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     work = args.work
     seconds, made = run([sys.executable, ROOT / "bench" / "random_engines.py", "--out", work / "engines" / "llama7b",
-                         "--shape", "llama-7b", "--target", "cuda"])
+                         "--shape", "llama-7b", "--target", "cuda", "--calib-dataset", args.dataset,
+                         "--calib-items", str(args.calib_items)])
     tokenizer = AutoTokenizer.from_pretrained(work / "engines" / "llama7b" / "tokenizer")
     sys.path.insert(0, str(ROOT / "bench"))
     from random_engines import hf_config
