@@ -214,6 +214,7 @@ def _evaluate(options: RunOptions, announce: Callable[[str], None], stop: StopOn
         else:
             activations = DiskActivations(meter, options.spill_dir)
         steps = len(todo) * len(manifest.blocks)
+        executor_start = time.perf_counter()
         with tqdm(total=steps, desc="scoring", unit="step", disable=not options.progress) as bar, RssSampler() as rss:
             try:
                 stop.check()
@@ -233,9 +234,11 @@ def _evaluate(options: RunOptions, announce: Callable[[str], None], stop: StopOn
                 load.close()
                 activations.close()
         peak_rss = rss.peak_increase
+        executor = (executor_start, time.perf_counter())
     else:
         announce(f"  resume       every batch is in {options.journal}: nothing left to run")
         peak_rss = 0
+        executor = (start + tokenize_s, start + tokenize_s)
     items = _merged_items(done, encoded, batches, finished, outputs)
     total_s = time.perf_counter() - start
     streaming = {
@@ -252,12 +255,23 @@ def _evaluate(options: RunOptions, announce: Callable[[str], None], stop: StopOn
         "peak_held_bytes": meter.peak,
         "peak_rss_increase_bytes": peak_rss,
     }
-    extra = {"streaming": streaming}
+    extra = {"streaming": streaming, "phases": phases(start, executor, total_s, tokenize_s, timings, stats.blocked_s)}
     if done:
         extra["resumed"] = {"journal": str(options.journal), "items": sum(len(v) for v in done.values()),
                             "batches": len(done)}
     return make_results(manifest, options, items, batches, timings, tokenize_s=tokenize_s, total_s=total_s,
                         extra=extra)
+
+
+def phases(start: float, executor: tuple[float, float], total_s: float, tokenize_s: float, timings: Timings,
+           blocked_s: float) -> dict:
+    """Where the latency goes besides load, compute and waiting on storage: before the executor (engines opened,
+    batches made, the plan, read buffers and device set up), inside it but in none of those (the host between
+    blocks), and after it (buffers freed, items scored)."""
+    begin, end = executor
+    inside = end - begin - timings.load_s - timings.compute_s - blocked_s
+    return {"before_executor_s": round(begin - start - tokenize_s, 4), "executor_other_s": round(max(0.0, inside), 4),
+            "after_executor_s": round(start + total_s - end, 4)}
 
 
 def manifest_digest(engines: Path) -> str:

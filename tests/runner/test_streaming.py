@@ -55,6 +55,15 @@ def resident(deep_engines, hellaswag_path):
     return run(deep_engines, hellaswag_path)
 
 
+def test_latency_adds_up_from_its_phases(resident):
+    """load + compute + blocked + the phases around and between them is the latency, no more, no less."""
+    phases, streaming = resident.extra["phases"], resident.extra["streaming"]
+    parts = resident.load_s + resident.compute_s + streaming["blocked_on_storage_s"] + sum(phases.values())
+    assert all(v >= 0 for v in phases.values())
+    assert phases["before_executor_s"] > 0 and phases["after_executor_s"] > 0
+    assert parts == pytest.approx(resident.latency_s, abs=2e-3)
+
+
 def test_resident_run_reads_every_engine_once(deep_engines, resident):
     plan = resident.extra["streaming"]["plan"]
     model_bytes = read_manifest(deep_engines).engine_bytes
