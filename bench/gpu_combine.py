@@ -83,15 +83,15 @@ def combine_7b(steps: Path, results: Path) -> None:
               | {"first_round_s": harness["first_round"]["seconds"]},
         "definitions": {
             "cetrt_end_to_end_s": "ce-run as a process from cold storage: interpreter, imports, tokenizing (cache off), "
-                                  "reading every weight O_DIRECT with the per-chunk sha256 check, loading, scoring",
+                                  "reading every weight O_DIRECT with the per-chunk xxh3-128 check, loading, scoring",
             "hf_end_to_end_s": "bench/hf_harness.py as a process: imports, safetensors from cold disk to the GPU, "
                                "tokenizing, scoring with the harness's method",
             "hf_resident_s": "the same scoring again, weights resident (the old baseline)",
             "cetrt_compute_s": "ce-run's compute timer (blocks run, batch inputs built and uploaded)",
             "latency_over_floor": "ce-run's latency (end to end minus tokenizing and imports, which its timer "
                                   "counts together) over max(bytes read / probe rate, compute)",
-            "tokenize_and_imports_s": "ce-run's tokenize timer: the first import of transformers happens inside it "
-                                      "(about 16 s on this machine: the harness's imports_s shows the same cost)",
+            "tokenize_and_imports_s": "ce-run's tokenize timer: loading the tokenizer (with `tokenizers` alone, "
+                                      "no transformers import since 2026-12-02) and encoding the items",
         },
         "machine": big["machine"], "commands": big["commands"], "step_command": big["command"],
     }

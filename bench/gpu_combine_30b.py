@@ -63,7 +63,7 @@ def terms(prediction, run: dict, latency_s: float) -> dict:
         "total_s": pair(latency_s, s.total_s, "measured: ce-run's latency (all but tokenizing and imports); "
                                               "predicted: compute + load + exposed reads"),
         "compute_s": pair(run["timings"]["compute_s"], s.compute_s),
-        "reads_s": pair(streaming["read_s"], s.io_s, "every byte read and sha256-checked, hidden or not"),
+        "reads_s": pair(streaming["read_s"], s.io_s, "every byte read and its chunk digest (xxh3-128) checked, hidden or not"),
         "exposed_reads_s": pair(streaming["blocked_on_storage_s"], s.exposed_io_s,
                                 "measured: time blocked on the reader"),
         "load_s": pair(run["timings"]["load_s"], s.load_s, "calib's bind_s_per_block is per block of the model it "
@@ -166,7 +166,7 @@ def combine_30b(steps: Path, results: Path, dataset: Path) -> None:
         "definitions": {
             "cetrt_all_items_s": "ce-run as a process from cold storage, resident (budget "
                                  f"{resident['budget']}): imports, tokenizing (cache off), reading every weight "
-                                 "O_DIRECT with the per-chunk sha256 check, loading, scoring",
+                                 "O_DIRECT with the per-chunk xxh3-128 check, loading, scoring",
             "cetrt_useful_tflops": "useful FLOP (layers over packed tokens, attention over the pairs the packed mask "
                                    "allows, head at scored slots) / cetrt_all_items_s",
             "harness_s_per_token": "the harness method's scoring seconds / its tokens (requests' inputs, unpadded)",

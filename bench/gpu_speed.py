@@ -425,7 +425,7 @@ def main() -> None:
     parser.add_argument("--target", default="cuda", help="30B steps: cuda, or cpu to test them here")
     parser.add_argument("--layers-per-engine", type=int, default=None,
                         help="prep30b: decoder layers per engine (default: calib's choice)")
-    parser.add_argument("--calib-items", type=int, default=400, help="prep30b: items the calibration batches come from")
+    parser.add_argument("--calib-items", type=int, default=400, help="prep30b, prep7b: items the calibration batches come from")
     parser.add_argument("--resident-budget", default=None, help="llama30b: the resident run's memory budget "
                         "(default: 1.5x the weights, at most 90%% of this machine's memory)")
     parser.add_argument("--tokens-per-batch", type=int, default=None,
