@@ -201,7 +201,9 @@ def _evaluate(options: RunOptions, announce: Callable[[str], None], stop: StopOn
 
         load = BlockLoader(engines, manifest, backend, LoadSettings(threads=options.threads, io_binding=options.io_binding),
                            stats, meter)
+        device_start = time.perf_counter()  # on a GPU: torch imported, the CUDA context and streams made
         reads, allocate = ReadPlan(requests_in_flight=schedule.requests_in_flight), backend.host_buffers(manifest.target)
+        device_setup_s = time.perf_counter() - device_start
         if plan.resident:
             store = ResidentStore(engines, manifest.blocks, plan.prefetch_depth, load, timings, stats, meter, reads,
                                   allocate)
@@ -239,6 +241,7 @@ def _evaluate(options: RunOptions, announce: Callable[[str], None], stop: StopOn
         announce(f"  resume       every batch is in {options.journal}: nothing left to run")
         peak_rss = 0
         executor = (start + tokenize_s, start + tokenize_s)
+        device_setup_s = 0.0
     items = _merged_items(done, encoded, batches, finished, outputs)
     total_s = time.perf_counter() - start
     streaming = {
@@ -255,7 +258,8 @@ def _evaluate(options: RunOptions, announce: Callable[[str], None], stop: StopOn
         "peak_held_bytes": meter.peak,
         "peak_rss_increase_bytes": peak_rss,
     }
-    extra = {"streaming": streaming, "phases": phases(start, executor, total_s, tokenize_s, timings, stats.blocked_s)}
+    extra = {"streaming": streaming,
+             "phases": phases(start, executor, total_s, tokenize_s, timings, stats.blocked_s, device_setup_s)}
     if done:
         extra["resumed"] = {"journal": str(options.journal), "items": sum(len(v) for v in done.values()),
                             "batches": len(done)}
@@ -264,14 +268,15 @@ def _evaluate(options: RunOptions, announce: Callable[[str], None], stop: StopOn
 
 
 def phases(start: float, executor: tuple[float, float], total_s: float, tokenize_s: float, timings: Timings,
-           blocked_s: float) -> dict:
+           blocked_s: float, device_setup_s: float) -> dict:
     """Where the latency goes besides load, compute and waiting on storage: before the executor (engines opened,
-    batches made, the plan, read buffers and device set up), inside it but in none of those (the host between
-    blocks), and after it (buffers freed, items scored)."""
+    batches made, the plan, the device set up: `device_setup_s` of it), inside it but in none of those (the host
+    between blocks), and after it (buffers freed, items scored). The first three add up to the rest."""
     begin, end = executor
     inside = end - begin - timings.load_s - timings.compute_s - blocked_s
     return {"before_executor_s": round(begin - start - tokenize_s, 4), "executor_other_s": round(max(0.0, inside), 4),
-            "after_executor_s": round(start + total_s - end, 4)}
+            "after_executor_s": round(start + total_s - end, 4),
+            "of_which_device_setup_s": round(device_setup_s, 4)}
 
 
 def manifest_digest(engines: Path) -> str:
