@@ -32,6 +32,11 @@ def _ort():
     return onnxruntime
 
 
+def _fuses_attention(target: Target) -> bool:
+    """The one rule for which builds rewrite attention (cetrt.backends.ort_fusion): those for a GPU."""
+    return target.device == "cuda"
+
+
 def _providers(target: Target) -> list:
     ort = _ort()
     wanted = "CUDAExecutionProvider" if target.device == "cuda" else "CPUExecutionProvider"
@@ -146,16 +151,16 @@ class OnnxRuntimeBackend(Backend):
         return _ort().__version__
 
     def graph_for(self, model, target: Target):
-        return fuse_attention(model)[0] if target.device == "cuda" else model
+        return fuse_attention(model)[0] if _fuses_attention(target) else model
 
     def rewrites(self, target: Target) -> str | None:
-        return FUSION if target.device == "cuda" else None
+        return FUSION if _fuses_attention(target) else None
 
     def build(self, onnx_path: Path, engine_path: Path, block: BlockSpec, target: Target,
               settings: BuildSettings) -> BuildResult:
         start = time.perf_counter()
         details = {"optimization": "extended"}
-        if target.device != "cuda":
+        if not _fuses_attention(target):
             self._optimize(onnx_path, engine_path, target)
         else:  # the fused graph beside the source, where its external weights (if any) resolve
             import onnx
