@@ -76,16 +76,16 @@ def measure(export_dir: Path, exported: ExportedModel, target: Target, dataset: 
         load_times.append(time.perf_counter() - start)
     session.close()
     split = split_block(path)  # one read of the block's weights for the bind, the compute and the call cost
-    engine = _engine(backend, target, split, path)
+    make_engine = _engine_maker(backend, target, split, path)
+    engine = make_engine()
     bind_s = _bind_time(engine, split.weights, backend.host_buffers(target))
+    engine.close()
     progress("compute per layer block and of the head")
     head = next(b for b in exported.blocks if b.spec.kind == "head")
     rows = pack_docs(offline_tokenizer(export_dir / TOKENIZER_DIR), load_docs(dataset, items))
-    sessions = {"layers": (lambda: WeightsBound(_engine(backend, target, split, path), split.weights, owns_engine=True),
-                           block),
+    sessions = {"layers": (lambda: WeightsBound(make_engine(), split.weights, owns_engine=True), block),
                 "head": (lambda: backend.load(EngineSource(path=export_dir / head.onnx_file.path), target,
                                               LoadSettings()), head)}
-    engine.close()
     compute = _compute(sessions, exported, rows, sizes)
     progress("the fixed cost of an engine call")
     merge = _call_cost(backend, target, export_dir, layers, exported, rows, split)
@@ -120,8 +120,8 @@ def _call_cost(backend, target: Target, export_dir: Path, layers, exported: Expo
     feeds = [_with_hidden(batch, exported, rng) for batch in batches]  # the same inputs for both
     seconds = []
     for split in (splits[0], merge_layers(splits)):
-        session = WeightsBound(_engine(backend, target, split, export_dir / layers[0].onnx_file.path), split.weights,
-                               owns_engine=True)
+        make_engine = _engine_maker(backend, target, split, export_dir / layers[0].onnx_file.path)
+        session = WeightsBound(make_engine(), split.weights, owns_engine=True)
         seconds.append(min(sum(_steady_run(session, layers[0], f) for f in feeds) for _ in range(2)) / len(feeds))
         session.close()
     one, two = seconds
@@ -219,11 +219,12 @@ def _in_read_buffers(weights: dict[str, np.ndarray], allocate) -> dict[str, np.n
     return placed
 
 
-def _engine(backend, target: Target, split, path: Path):
-    """A layer engine as ce-build makes one by default: weights as inputs, the graph as the backend builds it
-    for the target (ONNX Runtime on a GPU: attention fused), so calib times what ce-run will run."""
+def _engine_maker(backend, target: Target, split, path: Path):
+    """New sessions of a layer engine as ce-build makes one by default: weights as inputs, the graph as the
+    backend builds it for the target (ONNX Runtime on a GPU: attention fused), so calib times what ce-run will
+    run. The graph is rewritten and serialized once, however many sessions are made from it."""
     graph = backend.graph_for(split.graph, target).SerializeToString()
-    return backend.load(EngineSource(path=path, read=lambda: graph), target, LoadSettings())
+    return lambda: backend.load(EngineSource(path=path, read=lambda: graph), target, LoadSettings())
 
 
 def _typical_first(rows, size: int, exported: ExportedModel) -> list:
