@@ -111,3 +111,52 @@ def test_weights_are_bound_from_the_buffers_the_reader_reads_into():
         assert placed[name].dtype == array.dtype and not np.shares_memory(placed[name], array)
     assert bytes(buffers[0]) == weights["w"].tobytes()  # the copy lives in the reader's buffer
     assert _in_read_buffers(weights, None) is weights  # the CPU: plain memory, as the reader's
+
+
+def test_each_batch_size_is_timed_in_sessions_of_its_own(tokenizer, hellaswag_path):
+    """A run's sessions see one batch size only, so calib opens new ones for each size and closes them after:
+    one session through every size measured larger batches at twice their per-token time on the H200."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from cetrt.calib import schedule
+    from cetrt.spec import HIDDEN, ModelSpec
+    from cetrt.workload.hellaswag import load_docs
+    from cetrt.workload.packing import pack_docs
+
+    made, open_now = [], []
+
+    class Session:
+        def __init__(self, kind):
+            self.kind = kind
+            made.append(kind)
+            open_now.append(self)
+
+        def upload(self, name, array):
+            return array
+
+        def run(self, feeds):
+            return {"out": np.zeros(2)}
+
+        def to_host(self, value):
+            return value
+
+        def close(self):
+            open_now.remove(self)
+
+    model = ModelSpec(architecture="llama", hidden_size=8, num_layers=2, num_heads=2, num_kv_heads=2, head_dim=4,
+                      intermediate_size=12, vocab_size=10, max_positions=2048, embed_dim=8)
+    exported = SimpleNamespace(model=model, dtype="float32")
+    block = SimpleNamespace(spec=SimpleNamespace(first_layer=0, last_layer=1, input_names=(HIDDEN,)))
+
+    def make(kind):
+        assert not [s for s in open_now if s.kind == kind], "a size's session opened while another size's is open"
+        return Session(kind)
+
+    rows = pack_docs(tokenizer, load_docs(str(hellaswag_path), 40))
+    sessions = {"layers": (lambda: make("layers"), block), "head": (lambda: make("head"), block)}
+    results = schedule._compute(sessions, exported, rows, (512, 1024))
+    assert [r["tokens_per_batch"] for r in results] == [512, 1024]
+    assert made == ["layers", "head"] * 2
+    assert open_now == []
