@@ -56,7 +56,8 @@ def combine_7b(steps: Path, results: Path) -> None:
     small = json.loads((steps / "smollm2.json").read_text())
     big = json.loads((steps / "llama7b.json").read_text())
     probe = max(p["gb_per_s"] for p in big["probe"])
-    runs = {name: run_summary(run) for name, run in big["runs"].items()}
+    refused = {name: run["refused"] for name, run in big["runs"].items() if "refused" in run}
+    runs = {name: run_summary(run) for name, run in big["runs"].items() if name not in refused}
     resident = runs["resident"]
     harness = big["harness"]
     floor = max(resident["bytes_read"] / 1e9 / probe, resident["compute_s"])
@@ -70,7 +71,8 @@ def combine_7b(steps: Path, results: Path) -> None:
         "probe_read_gb_per_s": probe,
         "cetrt_read_gb_per_s": resident["read_gb_per_s"],
         "bytes_read": resident["bytes_read"],
-        "budgets": {"1/3": runs["1/3"], "1/6": runs["1/6"]},
+        "budgets": {name: runs.get(name) or {"refused": refused[name]} for name in ("1/3", "1/6")},
+        "schedule": big["runs"]["resident"]["results"]["streaming"]["schedule"],
         "resident": resident,
         "ratios": {
             "reader_over_probe": {name: round(r["read_gb_per_s"] / probe, 3) for name, r in runs.items()},
