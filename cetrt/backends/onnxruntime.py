@@ -47,16 +47,32 @@ def _providers(target: Target) -> list:
             f"target {target.name!r} needs ONNX Runtime's {wanted}, but this onnxruntime has only "
             f"{ort.get_available_providers()}; install onnxruntime-gpu or choose --target cpu"
         )
-    if wanted == "CUDAExecutionProvider":  # FP32 engines are the exact reference: no TF32 behind their back
-        # each session has its own arena: grow it only as requested, or 30+ sessions of a 7B model exhaust 80 GB;
-        # kernels go on the runner's compute stream, in order with its uploads (cetrt.backends.device)
-        # (CETRT_ORT_ARENA=kNextPowerOfTwo: the other strategy, for bench/attention_ab.py --session-study)
-        options = {"use_tf32": "0", "arena_extend_strategy": os.environ.get("CETRT_ORT_ARENA", "kSameAsRequested")}
+    if wanted == "CUDAExecutionProvider":
+        options = cuda_options()
         device = Device.for_target("cuda")
-        if device.shared_stream:
+        if device.shared_stream:  # kernels on the runner's compute stream, in order with its uploads
             options.update(user_compute_stream=str(device.stream_handle), has_user_compute_stream="1")
         return [(wanted, options)]
     return [wanted]
+
+
+# ONNX Runtime's `sdpa_kernel` bit for its memory-efficient (CUTLASS) attention kernel
+# (onnxruntime/contrib_ops/cuda/bert/attention_kernel_options.h)
+EFFICIENT_ATTENTION = 2
+
+
+def cuda_options() -> dict[str, str]:
+    """The CUDA provider's options for every session.
+    - No TF32: FP32 engines are the exact reference.
+    - Each session's arena grows only as requested, or 30+ sessions of a 7B model exhaust 80 GB
+      (CETRT_ORT_ARENA=kNextPowerOfTwo: the other strategy, for bench/attention_ab.py --session-study).
+    - MultiHeadAttention takes the memory-efficient kernel, not cuDNN's flash attention (ORT's choice for a graph
+      with an attention bias): cuDNN builds a plan for every new batch shape, 70-100 ms on each shape's first run
+      in a session where the kernel itself takes under 1 ms; the memory-efficient kernel's first run costs under
+      1 ms more than its later ones, and its later runs took the same time (7B layer on the H200, 10 shapes:
+      bench/results/run_anatomy_first_runs_llama7b.json)."""
+    return {"use_tf32": "0", "arena_extend_strategy": os.environ.get("CETRT_ORT_ARENA", "kSameAsRequested"),
+            "sdpa_kernel": str(EFFICIENT_ATTENTION)}
 
 
 _NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(bool)": np.bool_,
