@@ -19,7 +19,6 @@ import numpy as np
 
 from cetrt.backends.base import Backend, BuildResult, BuildSettings, EngineSource, LoadSettings, Session
 from cetrt.backends.device import Device
-from cetrt.backends.ort_fusion import FUSION, fuse_attention
 from cetrt.errors import MissingDependency, UserError
 from cetrt.spec import BlockSpec, Target
 
@@ -167,9 +166,13 @@ class OnnxRuntimeBackend(Backend):
         return _ort().__version__
 
     def graph_for(self, model, target: Target):
+        from cetrt.backends.ort_fusion import fuse_attention  # onnx: build and calib only, not ce-run
+
         return fuse_attention(model)[0] if _fuses_attention(target) else model
 
     def rewrites(self, target: Target) -> str | None:
+        from cetrt.backends.ort_fusion import FUSION
+
         return FUSION if _fuses_attention(target) else None
 
     def build(self, onnx_path: Path, engine_path: Path, block: BlockSpec, target: Target,
@@ -180,6 +183,8 @@ class OnnxRuntimeBackend(Backend):
             self._optimize(onnx_path, engine_path, target)
         else:  # the fused graph beside the source, where its external weights (if any) resolve
             import onnx
+
+            from cetrt.backends.ort_fusion import fuse_attention
 
             model, fused = fuse_attention(onnx.load(str(onnx_path), load_external_data=False))
             details["fused_attention"] = fused

@@ -16,12 +16,14 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
-from onnx import numpy_helper
 
 from cetrt.spec import TensorSpec
+
+if TYPE_CHECKING:  # onnx only where a graph is split (build, calib): importing it costs ce-run 1.3 s on 2 cores
+    import onnx
 
 _ALIGN = 4096
 
@@ -63,9 +65,6 @@ def weights_from_bytes(data: bytes, index: tuple[WeightEntry, ...]) -> dict[str,
     }
 
 
-_FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
-
-
 @dataclass
 class SplitBlock:
     graph: onnx.ModelProto  # the block with its weights as graph inputs
@@ -78,11 +77,16 @@ class SplitBlock:
 
 
 def is_weight(initializer: onnx.TensorProto) -> bool:
-    return initializer.data_type in _FLOATS and len(initializer.dims) >= 1
+    import onnx
+
+    return initializer.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16) and len(initializer.dims) >= 1
 
 
 def split_block(onnx_path: Path) -> SplitBlock:
     """Load the block (with its external data) and move its weights from initializers to graph inputs."""
+    import onnx
+    from onnx import numpy_helper
+
     model = onnx.load(str(onnx_path))
     weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if is_weight(i)}
     kept = [i for i in model.graph.initializer if not is_weight(i)]
@@ -96,6 +100,8 @@ def split_block(onnx_path: Path) -> SplitBlock:
 
 def signature(model: onnx.ModelProto) -> str:
     """A digest of the weight-free graph, names and doc strings of nodes left out (they may carry layer numbers)."""
+    import onnx
+
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     for node in copy.graph.node:
