@@ -11,6 +11,8 @@ TARGET ?= cpu
 # ORT's x86 CPU kernels have no fast FP16 MatMul: FP32 on the cpu target, FP16 (the engine precision) elsewhere.
 DTYPE ?= $(if $(filter cpu,$(TARGET)),float32,float16)
 LAYERS_PER_BLOCK ?= 1
+# decoder layers merged into one engine (weights inputs); empty: calib's choice from the measured per-call cost
+LAYERS_PER_ENGINE ?=
 # inputs: one engine per block type, weights streamed from a file per block (measured faster); inside: per-block engines
 WEIGHTS ?= inputs
 MAX_LENGTH ?= 512
@@ -20,7 +22,7 @@ NAME ?= $(basename $(notdir $(patsubst %/,%,$(MODEL))))
 # Outputs are keyed by what they depend on, so no setting's files are ever read as another's (each stage also
 # records its inputs and redoes its work when they change; nothing reads a setting from these names).
 ONNX ?= artifacts/onnx/$(NAME)/$(DTYPE)-$(LAYERS_PER_BLOCK)lpb
-OUT ?= engines/$(NAME)/$(BACKEND)-$(TARGET)-$(DTYPE)-$(LAYERS_PER_BLOCK)lpb-$(WEIGHTS)$(if $(CHECK),-check)
+OUT ?= engines/$(NAME)/$(BACKEND)-$(TARGET)-$(DTYPE)-$(LAYERS_PER_BLOCK)lpb-$(WEIGHTS)$(if $(LAYERS_PER_ENGINE),-$(LAYERS_PER_ENGINE)lpe)$(if $(CHECK),-check)
 DATASET ?= ../shared/data/hellaswag/hellaswag_val.jsonl
 LIMIT ?= 200
 
@@ -50,7 +52,8 @@ engines: setup
 	$(BIN)/ce-export --model $(MODEL) --out $(ONNX) --dtype $(DTYPE) --layers-per-block $(LAYERS_PER_BLOCK)
 	$(if $(CHECK),,$(BIN)/ce-calib --onnx $(ONNX) --target $(TARGET) --dataset $(DATASET))
 	$(BIN)/ce-build --onnx $(ONNX) --out $(OUT) --backend $(BACKEND) --target $(TARGET) \
-		--max-length $(MAX_LENGTH) --weights $(WEIGHTS) $(if $(CHECK),--check)
+		--max-length $(MAX_LENGTH) --weights $(WEIGHTS) $(if $(CHECK),--check) \
+		$(if $(LAYERS_PER_ENGINE),--layers-per-engine $(LAYERS_PER_ENGINE))
 
 # An interrupted run leaves results.journal.jsonl: `make run` again resumes from it.
 run: engines

@@ -171,9 +171,13 @@ class Pacing:
 def plan_memory(manifest: Manifest, batches: list[Batch], budget_bytes: int, chunk_tokens: int | None = None,
                 prefetch_depth: int = 1, pacing: Pacing = Pacing()) -> MemoryPlan:
     """The plan for an engines directory: its blocks' streamed bytes and its always-resident engine types."""
+    merged = int(manifest.inputs.get("layers_per_engine") or 1)
+    smaller = (f"build engines of one layer (these merge {merged}, calib's choice: `make engines LAYERS_PER_ENGINE=1`, "
+               "or `ce-build --layers-per-engine 1` on the same export)" if merged > 1 else
+               "export with fewer layers per block")
     return plan_from_sizes(ModelSizes(manifest.model, manifest.dtype, [engine_bytes(b) for b in manifest.blocks],
                                       manifest.shared_engine_bytes),
-                           batches, budget_bytes, chunk_tokens, prefetch_depth, pacing)
+                           batches, budget_bytes, chunk_tokens, prefetch_depth, pacing, smaller)
 
 
 @dataclass(frozen=True)
@@ -188,7 +192,8 @@ class ModelSizes:
 
 
 def plan_from_sizes(sizes: ModelSizes, batches: list[Batch], budget_bytes: int, chunk_tokens: int | None = None,
-                    prefetch_depth: int = 1, pacing: Pacing = Pacing()) -> MemoryPlan:
+                    prefetch_depth: int = 1, pacing: Pacing = Pacing(),
+                    smaller_engines: str = "export with fewer layers per block") -> MemoryPlan:
     """Choose residency, chunk sizes and activation tier for `budget_bytes`; `chunk_tokens` caps every chunk.
 
     `pacing` matters only when every engine stays resident, where a chunk costs no read: with a journal, chunks
@@ -232,5 +237,5 @@ def plan_from_sizes(sizes: ModelSizes, batches: list[Batch], budget_bytes: int, 
     raise UserError(
         f"--memory-budget {budget_bytes / 2**20:.2f} MiB is too small: the largest engine ({largest_block / 2**20:.2f} MiB) "
         f"with {prefetch_depth} read ahead and one batch of activations need {needed / 2**20:.2f} MiB; raise the "
-        "budget, lower --tokens-per-batch, or export with fewer layers per block"
+        f"budget, lower --tokens-per-batch, or {smaller_engines}"
     )

@@ -88,8 +88,18 @@ def test_budget_fractions_give_the_resident_results(deep_engines, hellaswag_path
 
 
 def test_a_budget_below_two_engines_is_refused_with_the_minimum(deep_engines, hellaswag_path):
-    with pytest.raises(UserError, match="too small: the largest engine"):
+    with pytest.raises(UserError, match="too small: the largest engine.*export with fewer layers per block"):
         run(deep_engines, hellaswag_path, "50KB")
+
+
+def test_a_budget_too_small_for_merged_engines_names_the_one_layer_build(deep_export, hellaswag_path):
+    """Engines that merge layers (calib's choice) are made smaller by ce-build alone, not by a new export."""
+    out = deep_export.parent / "engines-merged"
+    if not out.exists():
+        build_engines(BuildOptions(onnx_dir=deep_export, out_dir=out, weights="inputs", layers_per_engine=4))
+    with pytest.raises(UserError, match="too small: .*these merge 4.*--layers-per-engine 1") as refused:
+        run(out, hellaswag_path, "50KB")
+    assert "export with fewer" not in str(refused.value)
 
 
 @pytest.mark.parametrize("change, message", [("delete", "engine file is missing"), ("modify", "does not match manifest.json")])
