@@ -58,6 +58,9 @@ def startup() -> dict:
     return out
 
 
+ORT_DEFAULT = 0  # `sdpa_kernel` 0: ONNX Runtime chooses (cuDNN's flash attention for these graphs on the H200)
+
+
 def first_runs(shape: str, dataset: str, items: int, tokens_per_batch: int, target_name: str = "cuda") -> dict:
     from attention_ab import bound, one_layer
     from random_llama import load_tokenizer_only
@@ -78,9 +81,8 @@ def first_runs(shape: str, dataset: str, items: int, tokens_per_batch: int, targ
         exported = SimpleNamespace(model=spec, dtype="float16")
         batches = make_batches(rows, ShapePlan(tokens_per_batch=tokens_per_batch), spec.max_positions)
         one_per_shape = list({tuple(b.shape): b for b in batches}.values())
-        variants = {}
-        for name, graph, sdpa in (("fused", fuse_attention(split.graph)[0], ORT_DEFAULT),
-                                  ("fused_efficient_attention", fuse_attention(split.graph)[0], EFFICIENT_ATTENTION),
+        variants, fused = {}, fuse_attention(split.graph)[0]
+        for name, graph, sdpa in (("fused", fused, ORT_DEFAULT), ("fused_efficient_attention", fused, EFFICIENT_ATTENTION),
                                   ("export_unfused", split.graph, None)):
             with _sdpa_kernel(sdpa):
                 session = bound(backend, target, graph, split, Path(tmp) / "layer.onnx")
@@ -90,23 +92,19 @@ def first_runs(shape: str, dataset: str, items: int, tokens_per_batch: int, targ
             "distinct_shapes": len(one_per_shape), "variants": variants}
 
 
-ORT_DEFAULT = 0  # `sdpa_kernel` 0: ONNX Runtime chooses (cuDNN's flash attention for these graphs on the H200)
-
-
 @contextlib.contextmanager
 def _sdpa_kernel(mask: int | None):
-    """ce-run's CUDA provider options with `sdpa_kernel` set to `mask` (None: as ce-run sets it), for the sessions
-    made inside."""
+    """ce-run's CUDA provider options (`cuda_options`) with `sdpa_kernel` set to `mask` (None: as ce-run sets it),
+    for the sessions made inside."""
     import cetrt.backends.onnxruntime as ort_backend
 
-    plain = ort_backend._providers
+    plain = ort_backend.cuda_options
     if mask is not None:
-        ort_backend._providers = lambda target: [(p[0], {**p[1], "sdpa_kernel": str(mask)}) if isinstance(p, tuple)
-                                                 else p for p in plain(target)]
+        ort_backend.cuda_options = lambda: {**plain(), "sdpa_kernel": str(mask)}
     try:
         yield
     finally:
-        ort_backend._providers = plain
+        ort_backend.cuda_options = plain
 
 
 def _time_shapes(session, one_per_shape, block, exported, rng) -> dict:

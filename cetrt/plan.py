@@ -168,13 +168,16 @@ class Pacing:
         return math.ceil(read_bytes / self.read_bytes_per_s / self.seconds_per_token)
 
 
+# How a budget too small for the largest engine is met when the engines do not merge layers (else: see plan_memory)
+FEWER_LAYERS_PER_BLOCK = "export with fewer layers per block"
+
+
 def plan_memory(manifest: Manifest, batches: list[Batch], budget_bytes: int, chunk_tokens: int | None = None,
                 prefetch_depth: int = 1, pacing: Pacing = Pacing()) -> MemoryPlan:
     """The plan for an engines directory: its blocks' streamed bytes and its always-resident engine types."""
     merged = int(manifest.inputs.get("layers_per_engine") or 1)
     smaller = (f"build engines of one layer (these merge {merged}, calib's choice: `make engines LAYERS_PER_ENGINE=1`, "
-               "or `ce-build --layers-per-engine 1` on the same export)" if merged > 1 else
-               "export with fewer layers per block")
+               "or `ce-build --layers-per-engine 1` on the same export)" if merged > 1 else FEWER_LAYERS_PER_BLOCK)
     return plan_from_sizes(ModelSizes(manifest.model, manifest.dtype, [engine_bytes(b) for b in manifest.blocks],
                                       manifest.shared_engine_bytes),
                            batches, budget_bytes, chunk_tokens, prefetch_depth, pacing, smaller)
@@ -193,7 +196,7 @@ class ModelSizes:
 
 def plan_from_sizes(sizes: ModelSizes, batches: list[Batch], budget_bytes: int, chunk_tokens: int | None = None,
                     prefetch_depth: int = 1, pacing: Pacing = Pacing(),
-                    smaller_engines: str = "export with fewer layers per block") -> MemoryPlan:
+                    smaller_engines: str = FEWER_LAYERS_PER_BLOCK) -> MemoryPlan:
     """Choose residency, chunk sizes and activation tier for `budget_bytes`; `chunk_tokens` caps every chunk.
 
     `pacing` matters only when every engine stays resident, where a chunk costs no read: with a journal, chunks
