@@ -49,7 +49,18 @@ def run_summary(run: dict) -> dict:
             "tokenize_and_imports_s": results["timings"]["tokenize_s"], "bytes_read": streaming["bytes_read"],
             "read_s": streaming["read_s"], "read_gb_per_s": round(streaming["read_bytes_per_s"] / 1e9, 3),
             "blocked_on_storage_s": streaming["blocked_on_storage_s"], "passes": streaming["plan"]["passes"],
+            "device_setup_s": results["phases"]["of_which_device_setup_s"],
             "acc": results["acc"], "acc_norm": results["acc_norm"], "page_cache_dropped": run["page_cache_dropped"]}
+
+
+def device_ab(ours: dict, torch_device: dict) -> dict:
+    """The GPU buffers through cuda-bindings (the default since 2026-12-02) against torch's (CETRT_DEVICE=torch),
+    the same run otherwise, one after the other on the same machine."""
+    ours, torch_device = run_summary(ours), run_summary(torch_device)
+    keys = ("end_to_end_s", "latency_s", "device_setup_s", "compute_s", "blocked_on_storage_s")
+    return {"cuda_bindings": {k: ours[k] for k in keys}, "torch": {k: torch_device[k] for k in keys},
+            "torch_end_to_end_over_cuda_bindings": round(torch_device["end_to_end_s"] / ours["end_to_end_s"], 3),
+            "same_scores": (ours["acc"], ours["acc_norm"]) == (torch_device["acc"], torch_device["acc_norm"])}
 
 
 def combine_7b(steps: Path, results: Path) -> None:
@@ -73,6 +84,7 @@ def combine_7b(steps: Path, results: Path) -> None:
         "bytes_read": resident["bytes_read"],
         "budgets": {name: runs.get(name) or {"refused": refused[name]} for name in ("1/3", "1/6")},
         "schedule": big["runs"]["resident"]["results"]["streaming"]["schedule"],
+        "device_ab": device_ab(big["runs"]["resident"], big["runs"]["resident_torch_device"]),
         "resident": resident,
         "ratios": {
             "reader_over_probe": {name: round(r["read_gb_per_s"] / probe, 3) for name, r in runs.items()},
@@ -107,6 +119,7 @@ def combine_7b(steps: Path, results: Path) -> None:
         "smollm2_harness_s": small["harness_fp16"]["end_to_end_s"],
         "smollm2_cetrt_s": small["cetrt"]["end_to_end_s"],
         "smollm2_harness_over_cetrt": small["harness_over_cetrt"],
+        "smollm2_device_ab": device_ab(small["cetrt"], small["cetrt_torch_device"]),
         "smollm2_compute_s": {"cetrt": small["cetrt"]["results"]["timings"]["compute_s"],
                               "harness_scoring": small["harness_fp16"]["first_round"]["seconds"]},
         "llama7b_harness_s": harness["resident_rounds"][0]["seconds"],

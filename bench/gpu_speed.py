@@ -6,12 +6,14 @@ both counted the same way, in one call per step; every run a separate process ti
             (what `make engines TARGET=cuda` runs) and its HF FP16 and FP32 weights as safetensors; then all items,
             page cache dropped before each: `ce-run` end to end (process, tokenizing, loading, scoring) against
             bench/hf_harness.py end to end (process, loading from safetensors, tokenizing, scoring); the FP32
-            reference's accuracy; a profile of one batch through a layer block.
+            reference's accuracy; a profile of one batch through a layer block. `ce-run` again with its GPU
+            buffers through torch (CETRT_DEVICE=torch, as before 2026-12-02): the device's A/B.
   prep7b    a LLaMA-7B-shaped random model as engines (bench/random_engines.py, calibrated here) and as HF
             safetensors (other random values, same shape).
-  llama7b   items 0-1999: a plain O_DIRECT probe of the disk; `ce-run` from cold storage resident and at 1/3 and 1/6
-            of the weights; the harness method loading the same-size weights from cold disk, then again resident;
-            the FP16 matrix rate; useful FLOP; a profile of one batch.
+  llama7b   items 0-1999: a plain O_DIRECT probe of the disk; `ce-run` from cold storage resident (again with
+            CETRT_DEVICE=torch: the device's A/B) and at 1/3 and 1/6 of the weights; the harness method loading
+            the same-size weights from cold disk, then again resident; the FP16 matrix rate; useful FLOP; a
+            profile of one batch.
   prep30b   issue 17: a LLaMA-30B-shaped random model as engines (bench/random_engines.py: N layers per engine as
             calib chose it from the per-call cost measured here, unless --layers-per-engine; about 12 layers of
             distinct weight files so it fits the disk) and its calib.json, measured here by the calibration stage
@@ -47,6 +49,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from gpu_bench import drop_page_cache, matmul_tflops  # noqa: E402
 
 BIN = Path(sys.executable).parent
+TORCH_DEVICE = {"CETRT_DEVICE": "torch"}  # the GPU buffers through torch, as before 2026-12-02: the A/B baseline
 COMMANDS: list[str] = []
 
 
@@ -81,13 +84,13 @@ def ce(command: str, *args) -> list:
 
 
 def cetrt_run(engines: Path, dataset: str, out: Path, limit: int | None, budget: str | None = None,
-              extra: tuple = (), cache: bool = False) -> dict:
+              extra: tuple = (), cache: bool = False, env: dict | None = None) -> dict:
     """`ce-run` from cold storage (page cache dropped), timed from the outside; its results.json inside."""
     dropped = drop_page_cache()
     args = ["--engines", engines, "--dataset", dataset, "--json", out, "--quiet", *extra]
     args += ["--limit", str(limit)] if limit else []
     args += ["--memory-budget", budget] if budget else []
-    seconds, done = run(ce("ce-run", *args), env={} if cache else {"CETRT_NO_CACHE": "1"})
+    seconds, done = run(ce("ce-run", *args), env={**({} if cache else {"CETRT_NO_CACHE": "1"}), **(env or {})})
     data = json.loads(out.read_text())
     data.pop("items")
     return {"end_to_end_s": round(seconds, 3), "page_cache_dropped": dropped, "results": data,
@@ -160,6 +163,7 @@ def step_smollm2(args) -> dict:
     engines = work / "engines" / "smollm2"
     cetrt = cetrt_run(engines, args.dataset, work / "smollm2_cetrt.json", args.limit)
     cetrt_cached = cetrt_run(engines, args.dataset, work / "smollm2_cetrt_cached.json", args.limit, cache=True)
+    torch_device = cetrt_run(engines, args.dataset, work / "smollm2_cetrt_torch.json", args.limit, env=TORCH_DEVICE)
     harness = harness_run(work / "hf" / "smollm2-float16", args.dataset, work / "smollm2_hf16.json", args.limit,
                           rounds=1)
     reference = harness_run(work / "hf" / "smollm2-float32", args.dataset, work / "smollm2_hf32.json", args.limit,
@@ -167,7 +171,8 @@ def step_smollm2(args) -> dict:
     _, prof = run([sys.executable, ROOT / "bench" / "profile_block.py", "--engines", engines, "--dataset",
                    args.dataset, "--json", work / "smollm2_profile.json"])
     ref = reference["first_round"]
-    return {"prepared": prepared, "cetrt": cetrt, "cetrt_tokenization_cached": cetrt_cached, "harness_fp16": harness,
+    return {"prepared": prepared, "cetrt": cetrt, "cetrt_tokenization_cached": cetrt_cached,
+            "cetrt_torch_device": torch_device, "harness_fp16": harness,
             "reference_fp32": reference, "profile": json.loads((work / "smollm2_profile.json").read_text()),
             "acc_diff_points_vs_fp32": round(100 * (cetrt["results"]["acc"] - ref["acc"]), 3),
             "acc_norm_diff_points_vs_fp32": round(100 * (cetrt["results"]["acc_norm"] - ref["acc_norm"]), 3),
@@ -219,7 +224,9 @@ def step_llama7b(args) -> dict:
     manifest = read_manifest(engines)
     weights = manifest.engine_bytes
     probe = probe_read([engines / b.files[0].path for b in manifest.blocks if b.spec.kind == "layers"])
-    runs = {"resident": cetrt_run(engines, args.dataset, work / "7b_resident.json", args.limit)}
+    runs = {"resident": cetrt_run(engines, args.dataset, work / "7b_resident.json", args.limit),
+            "resident_torch_device": cetrt_run(engines, args.dataset, work / "7b_resident_torch.json", args.limit,
+                                               env=TORCH_DEVICE)}
     for name, divisor in (("1/3", 3), ("1/6", 6)):
         try:
             runs[name] = cetrt_run(engines, args.dataset, work / f"7b_{divisor}.json", args.limit,

@@ -2,8 +2,9 @@
 the first run of each batch shape in a session.
 
 1. Start-up: fresh processes, page cache dropped before each cold one, timing `import torch`, torch's CUDA
-   context and streams (what ce-run's `of_which_device_setup_s` times), and ONNX Runtime's CUDA provider made
-   ready (its CUDA/cuDNN libraries loaded, a one-node session created), each cold and then warm.
+   context and streams (what ce-run's `of_which_device_setup_s` timed until 2026-12-02), cetrt's device through
+   cuda-bindings (what it times now: streams, pool, one upload and read back), and ONNX Runtime's CUDA provider
+   made ready (its CUDA/cuDNN libraries loaded, a one-node session created), each cold and then warm.
 2. First runs: one random decoder layer of a LLaMA shape (bench/attention_ab.py's), attention fused, weights
    bound, in one fresh session; every distinct batch shape a run of `--items` items at `--tokens-per-batch` makes,
    each run three times: the first run (kernel choice, cuDNN plans, arena growth) against the later ones (what
@@ -32,6 +33,11 @@ from gpu_bench import drop_page_cache  # noqa: E402
 STARTUP = {
     "import_torch": "import torch",
     "torch_cuda_ready": "import torch; s = torch.cuda.Stream(); torch.empty(1, device='cuda'); torch.cuda.synchronize()",
+    "cetrt_device_ready": ("import sys, numpy as np\n"
+                           "from cetrt.backends.device import device_for\n"
+                           "d = device_for('cuda'); assert d.name == 'cuda-bindings', d.name\n"
+                           "d.to_host(d.upload(np.ones(4, np.float16)))\n"
+                           "assert 'torch' not in sys.modules"),
     "ort_cuda_ready": (
         "import onnxruntime as ort, onnx\n"
         "from onnx import helper, TensorProto\n"
@@ -142,6 +148,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=2000)
     parser.add_argument("--tokens-per-batch", type=int, default=8192)
     parser.add_argument("--skip-startup", action="store_true", help="only the first runs")
+    parser.add_argument("--skip-first-runs", action="store_true", help="only the start-up")
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args()
     import platform
@@ -150,7 +157,8 @@ def main() -> None:
     import torch
 
     result = {"benchmark": __doc__.splitlines()[0], "startup": None if args.skip_startup else startup(),
-              "first_runs": first_runs(args.shape, args.dataset, args.items, args.tokens_per_batch),
+              "first_runs": None if args.skip_first_runs else first_runs(args.shape, args.dataset, args.items,
+                                                                        args.tokens_per_batch),
               "machine": {"node": platform.node(), "gpu": torch.cuda.get_device_name(0)},
               "versions": {"onnxruntime": onnxruntime.__version__, "torch": torch.__version__},
               "command": " ".join(sys.argv), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

@@ -4,9 +4,9 @@ Inputs: what `evaluate` has made (manifest, backend, budget, tokenized items, ba
 its own stage plan (cetrt/plan_devices.py), store, block loader, read statistics, memory meter and activations;
 the results and the partial-results file are `evaluate`'s. The budget is per device.
 On CPU every stage runs on the same CPU: the schedule and its correctness are what is tested there. On CUDA each
-stage's worker selects its device (torch.cuda.set_device) and a hidden state moves to the next device with a
-device-to-device copy; the backends' buffers (cetrt/backends/device.py) are still one per process: several GPUs
-are written for here and untested (no multi-GPU machine was lent).
+stage hands its hidden state to the next device with a device-to-device copy (`to_device` of
+cetrt/backends/device.py); the backends' buffers are still one per process: several GPUs are written for here and
+untested (no multi-GPU machine was lent).
 Usage: called by `evaluate` when `RunOptions.devices > 1`.
 """
 
@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
+
+import numpy as np
 
 from tqdm import tqdm
 
@@ -36,11 +38,11 @@ from cetrt.storage import ReadPlan, ReadStats
 
 
 def cuda_transfer(value, device: int):
-    """A hidden state onto CUDA device `device`: peer to peer where the GPUs allow, never through host code here."""
-    import torch
+    """A hidden state onto CUDA device `device`: peer to peer where the GPUs allow, never through host code here.
+    A host array (spilled activations) stays as it is: the next stage's session uploads it."""
+    from cetrt.backends.device import device_for
 
-    torch.cuda.set_device(device)
-    return value.to(torch.device("cuda", device), non_blocking=True) if hasattr(value, "to") else value
+    return value if isinstance(value, np.ndarray) else device_for("cuda").to_device(value, device)
 
 
 def evaluate_devices(options, engines, manifest, backend, budget: int, encoded, batches, schedule, tokenize_s: float,

@@ -1,17 +1,20 @@
-"""Buffers the runner owns, on the device a backend computes on, through torch: one compute stream, one copy
-stream, page-locked host memory for reads, and copies that overlap compute.
+"""Buffers the runner owns, on the device a backend computes on: one compute stream, one copy stream, page-locked
+host memory for reads, and copies that overlap compute. `device_for(kind)` gives the process's one device.
 
+On a GPU that is cuda-bindings' (cetrt/backends/cuda_device.py): no torch, whose import and CUDA start-up cost
+a GPU run 4-7 s. The torch device here serves the CPU's I/O binding, `CETRT_DEVICE=torch`, and machines where
+cuda-bindings cannot talk to the driver (a CUDA 12 driver with cuda-bindings 13: the warning names the fix).
 Backends bind these tensors by address (ONNX Runtime's I/O binding, TensorRT's `set_tensor_address`), so the
-hidden states never leave the device between blocks, every allocation goes through torch's caching allocator
-(no cudaMalloc/cudaFree, which synchronise, per run), and nothing waits on the host until the head's outputs are
+hidden states never leave the device between blocks, every allocation comes from a caching pool (no
+cudaMalloc/cudaFree, which synchronise, per run), and nothing waits on the host until the head's outputs are
 read. Uploads run on the copy stream from page-locked memory; the compute stream waits for them with an
 event, so block i+1's weights travel while block i computes; the host buffer is kept until its copy is done.
 On the CPU the same calls are plain tensors and no streams. ONNX Runtime 1.31.1 given our compute stream as its
 `user_compute_stream` failed in `cudaFreeHost` (CUDA error 800) on the H200 machine, so by default it keeps its
 own stream and synchronises at the end of each run, and uploads are waited for before the run that reads them;
 `CETRT_SHARED_STREAM=1` shares the stream (for another ORT version), `CETRT_PINNED=0` reads into plain memory.
-Usage: `device = Device.for_target("cuda")`; `t = device.upload(array)`; `device.host_buffer(n)` for the
-reader.
+Usage: `device = device_for("cuda")`; `t = device.upload(array)`; `t.data_ptr()`; `device.host_buffer(n)` for
+the reader.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from collections import deque
 
 import numpy as np
 
+from cetrt.errors import UserError
+
 _ALIGN = 4096
 
 
@@ -33,10 +38,36 @@ def _torch():
     return torch
 
 
-class Device:
-    """One per process and device: the streams and the upload bookkeeping shared by every session."""
+def device_for(kind: str):
+    """The process's device for `kind` ("cpu" or "cuda"), made on first use."""
+    return _device_for(kind, os.environ.get("CETRT_DEVICE", ""))
 
-    def __init__(self, kind: str):
+
+@functools.lru_cache(maxsize=None)
+def _device_for(kind: str, wanted: str):
+    shared = kind == "cuda" and os.environ.get("CETRT_SHARED_STREAM", "0") == "1"
+    pinned = kind == "cuda" and os.environ.get("CETRT_PINNED", "1") == "1"
+    if kind == "cuda" and wanted != "torch":
+        from cetrt.backends.cuda_device import CudaRuntimeDevice, CudaUnavailable
+
+        try:
+            return CudaRuntimeDevice(shared_stream=shared, pinned=pinned)
+        except CudaUnavailable as why:
+            warnings.warn(f"cetrt: GPU buffers through torch, which starts 4-7 s slower: {why}. cuda-bindings must "
+                          "match the driver's CUDA major version (pip install 'cuda-bindings==12.*' for a CUDA 12 "
+                          "driver, as on JetPack 6)", stacklevel=2)
+    try:
+        return Device(kind, shared_stream=shared, pinned=pinned)
+    except RuntimeError as e:  # torch without CUDA, or no GPU it can use
+        raise UserError(f"no usable CUDA GPU for these engines ({str(e)[:160]})") from None
+
+
+class Device:
+    """torch's streams and caching allocator, and the upload bookkeeping shared by every session."""
+
+    name = "torch"
+
+    def __init__(self, kind: str, shared_stream: bool = False, pinned: bool = False):
         torch = _torch()
         self.kind = kind  # "cpu" or "cuda"
         self.torch_device = torch.device(kind)
@@ -48,13 +79,7 @@ class Device:
             self.compute = self.copy = None
         self._in_flight: deque = deque()  # (event, host array) of copies not yet known to be done
         # the backend runs on our compute stream (else on its own, and every upload is waited for at once)
-        self.shared_stream = kind == "cuda" and os.environ.get("CETRT_SHARED_STREAM", "0") == "1"
-        self.pinned = kind == "cuda" and os.environ.get("CETRT_PINNED", "1") == "1"
-
-    @classmethod
-    @functools.lru_cache(maxsize=None)
-    def for_target(cls, kind: str) -> "Device":
-        return cls(kind)
+        self.shared_stream, self.pinned = shared_stream, pinned
 
     @property
     def stream_handle(self) -> int:
@@ -93,6 +118,12 @@ class Device:
 
     def to_host(self, tensor) -> np.ndarray:
         return tensor.cpu().numpy() if self.kind == "cuda" else tensor.numpy()
+
+    def to_device(self, tensor, index: int):
+        """A copy on GPU `index` (the multi-GPU pipeline's hand-over; untested: no such machine here)."""
+        torch = _torch()
+        torch.cuda.set_device(index)
+        return tensor.to(torch.device("cuda", index), non_blocking=True)
 
     def host_buffer(self, nbytes: int) -> memoryview | None:
         """Page-locked host memory for the reader to read into (a GPU copies from it asynchronously), aligned

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from cetrt.backends.base import Backend, BuildResult, BuildSettings, EngineSource, LoadSettings, Session
-from cetrt.backends.device import Device
+from cetrt.backends.device import device_for
 from cetrt.errors import MissingDependency, UserError
 from cetrt.spec import BlockSpec, Target
 
@@ -48,7 +48,7 @@ def _providers(target: Target) -> list:
         )
     if wanted == "CUDAExecutionProvider":
         options = cuda_options()
-        device = Device.for_target("cuda")
+        device = device_for("cuda")
         if device.shared_stream:  # kernels on the runner's compute stream, in order with its uploads
             options.update(user_compute_stream=str(device.stream_handle), has_user_compute_stream="1")
         return [(wanted, options)]
@@ -112,11 +112,12 @@ class OnnxRuntimeSession(Session):
 class BoundSession(OnnxRuntimeSession):
     """Runs with I/O binding over tensors the runner owns (cetrt.backends.device): inputs already on the device
     (the previous block's hidden states, uploaded weights and batch inputs) are bound by address as they are,
-    host arrays are uploaded first, and every output is a new tensor from torch's caching allocator, bound by
-    address, that stays on the device until `to_host`. On a GPU, ONNX Runtime runs on the device's compute
-    stream and does not synchronise at the end of a run, so the host queues block after block without waiting."""
+    host arrays are uploaded first, and every output is a new tensor from the device's caching pool, bound by
+    address, that stays on the device until `to_host`. With CETRT_SHARED_STREAM=1, ONNX Runtime runs on the
+    device's compute stream and does not synchronise at the end of a run, so the host queues block after block
+    without waiting."""
 
-    def __init__(self, session, device: Device):
+    def __init__(self, session, device):
         super().__init__(session)
         ort = _ort()
         self._device = device
@@ -227,8 +228,8 @@ class OnnxRuntimeBackend(Backend):
                 ort.capi.onnxruntime_pybind11_state.InvalidGraph) as e:
             raise UserError(f"{source.path}: ONNX Runtime cannot load this engine ({str(e)[:200]}); rebuild it with `make engines`") from None
         if target.device == "cuda" or settings.io_binding:
-            return BoundSession(session, Device.for_target(target.device))
+            return BoundSession(session, device_for(target.device))
         return OnnxRuntimeSession(session)
 
     def host_buffers(self, target: Target):
-        return Device.for_target("cuda").host_buffer if target.device == "cuda" else None
+        return device_for("cuda").host_buffer if target.device == "cuda" else None

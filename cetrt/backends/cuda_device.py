@@ -1,0 +1,171 @@
+"""The runner's GPU buffers without torch: CUDA's runtime through NVIDIA's cuda-bindings.
+
+ce-run on ONNX Runtime's CUDA provider needs device buffers, page-locked host memory, two streams and events;
+torch gave them at 3.9-7.0 s of import and CUDA start-up a run (bench/results/run_anatomy_llama7b.json), the
+largest fixed cost of a GPU run. cuda-bindings imports in about 0.1 s and ONNX Runtime starts the CUDA context
+it needs anyway. Allocations come from CUDA's stream-ordered pool (cudaMallocAsync on the compute stream, the
+pool told to keep what is freed, as torch's caching allocator does), so a run's thousands of outputs never call
+cudaMalloc or cudaFree. Same contract as the torch device (cetrt/backends/device.py): uploads on the copy
+stream, waited for by the compute stream, host bytes kept until their copy is done.
+Usage: `device = CudaRuntimeDevice()`; `a = device.upload(array)`; `a.data_ptr()`; `device.to_host(a)`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import weakref
+from collections import deque
+
+import numpy as np
+
+from cetrt.errors import UserError
+
+_ALIGN = 4096
+_KEEP_ALL = (1 << 64) - 1  # the pool's release threshold: never hand freed memory back to the driver mid-run
+
+
+class CudaUnavailable(Exception):
+    """cuda-bindings is missing or cannot talk to this machine's driver; the reason says which."""
+
+
+def _runtime():
+    try:
+        from cuda.bindings import driver, runtime
+    except ImportError as e:
+        raise CudaUnavailable(f"cuda-bindings is not installed ({e})") from None
+    return runtime, driver
+
+
+class _Cuda:
+    """The CUDA runtime calls, each checked: cuda-bindings returns (error, values...) instead of raising."""
+
+    def __init__(self):
+        self.rt, self.driver = _runtime()
+        try:
+            driver_version = self.driver.cuDriverGetVersion()[1]
+        except Exception as e:  # cuda-pathfinder's DynamicLibNotFoundError: no libcuda at all
+            raise UserError(f"no NVIDIA driver on this machine ({str(e)[:120]}): engines built for a CUDA target need a "
+                            "GPU; export and build for --target cpu to run here") from None
+        runtime_version = self.rt.cudaRuntimeGetVersion()[1]
+        if driver_version // 1000 < runtime_version // 1000:
+            raise CudaUnavailable(f"cuda-bindings {runtime_version // 1000}.x needs a CUDA {runtime_version // 1000} "
+                                  f"driver; this driver is CUDA {driver_version // 1000}.{driver_version % 1000 // 10}")
+
+    def __call__(self, name: str, *args):
+        result = getattr(self.rt, name)(*args)
+        error, values = result[0], result[1:]
+        if error != self.rt.cudaError_t.cudaSuccess:
+            text = self.rt.cudaGetErrorString(error)[1].decode()
+            if error == self.rt.cudaError_t.cudaErrorMemoryAllocation:
+                raise UserError(f"the GPU is out of memory ({name}: {text}); give ce-run a smaller --memory-budget")
+            raise CudaUnavailable(f"{name}: {text} ({error.name})")
+        return values[0] if len(values) == 1 else values
+
+
+class DeviceArray:
+    """A tensor in device memory: address, shape and dtype (what I/O binding needs), returned to the pool on the
+    compute stream when the last reference goes."""
+
+    __slots__ = ("_address", "shape", "dtype", "nbytes", "device_index", "__weakref__")
+
+    def __init__(self, address: int, shape: tuple, dtype: np.dtype, device_index: int, release):
+        self._address, self.shape, self.dtype, self.device_index = address, tuple(shape), np.dtype(dtype), device_index
+        self.nbytes = int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+        finalizer = weakref.finalize(self, release, address)
+        finalizer.atexit = False  # at exit the context goes with the process
+
+    def data_ptr(self) -> int:
+        return self._address
+
+
+class CudaRuntimeDevice:
+    """One per process: the compute and copy streams, the pool and the uploads in flight (same interface as
+    cetrt.backends.device.Device)."""
+
+    kind = "cuda"
+    name = "cuda-bindings"
+
+    def __init__(self, shared_stream: bool, pinned: bool, index: int = 0):
+        cuda = self._cuda = _Cuda()
+        rt = cuda.rt
+        self.index, self.shared_stream, self.pinned = index, shared_stream, pinned
+        cuda("cudaSetDevice", index)
+        self.compute = cuda("cudaStreamCreateWithFlags", rt.cudaStreamNonBlocking)
+        self.copy = cuda("cudaStreamCreateWithFlags", rt.cudaStreamNonBlocking)
+        pool = cuda("cudaDeviceGetDefaultMemPool", index)
+        cuda("cudaMemPoolSetAttribute", pool, rt.cudaMemPoolAttr.cudaMemPoolAttrReleaseThreshold,
+             cuda.driver.cuuint64_t(_KEEP_ALL))
+        self._in_flight: deque = deque()  # (event, host array) of copies not yet known to be done
+
+    @property
+    def stream_handle(self) -> int:
+        return int(self.compute)
+
+    def _release(self, address: int) -> None:
+        self._cuda.rt.cudaFreeAsync(address, self.compute)  # no check: may run while the interpreter unwinds
+
+    def empty(self, shape, dtype, stream=None) -> DeviceArray:
+        nbytes = max(int(np.prod(tuple(shape), dtype=np.int64)) * np.dtype(dtype).itemsize, 1)
+        address = self._cuda("cudaMallocAsync", nbytes, self.compute if stream is None else stream)
+        return DeviceArray(int(address), tuple(shape), dtype, self.index, self._release)
+
+    def upload(self, array) -> DeviceArray:
+        """`array` on the device, copied on the copy stream; the compute stream waits for it. From page-locked
+        memory (the reader's buffers) it returns before the copy is done, unless the backend keeps its own stream
+        (then nothing would order its run after the copy)."""
+        if isinstance(array, DeviceArray):
+            return array
+        cuda, rt = self._cuda, self._cuda.rt
+        host = np.ascontiguousarray(array)
+        self._forget_finished()
+        moved = self.empty(host.shape, host.dtype, stream=self.copy)
+        cuda("cudaMemcpyAsync", moved.data_ptr(), host.ctypes.data, host.nbytes,
+             rt.cudaMemcpyKind.cudaMemcpyHostToDevice, self.copy)
+        done = cuda("cudaEventCreateWithFlags", rt.cudaEventDisableTiming)
+        cuda("cudaEventRecord", done, self.copy)
+        if not self.shared_stream:
+            cuda("cudaEventSynchronize", done)
+        cuda("cudaStreamWaitEvent", self.compute, done, 0)
+        self._in_flight.append((done, host))  # the host bytes must outlive the copy
+        return moved
+
+    def _forget_finished(self) -> None:
+        rt = self._cuda.rt
+        while self._in_flight and rt.cudaEventQuery(self._in_flight[0][0])[0] == rt.cudaError_t.cudaSuccess:
+            rt.cudaEventDestroy(self._in_flight.popleft()[0])
+
+    def to_host(self, value) -> np.ndarray:
+        if isinstance(value, np.ndarray):
+            return value
+        rt = self._cuda.rt
+        out = np.empty(value.shape, value.dtype)
+        self._cuda("cudaMemcpyAsync", out.ctypes.data, value.data_ptr(), value.nbytes,
+                   rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.compute)
+        self._cuda("cudaStreamSynchronize", self.compute)
+        return out
+
+    def host_buffer(self, nbytes: int) -> memoryview | None:
+        """Page-locked host memory for the reader (O_DIRECT-aligned), freed when the last view of it goes."""
+        if not self.pinned:
+            return None
+        address = int(self._cuda("cudaHostAlloc", nbytes + _ALIGN, self._cuda.rt.cudaHostAllocDefault))
+        skip = -address % _ALIGN
+        block = (ctypes.c_ubyte * nbytes).from_address(address + skip)
+        finalizer = weakref.finalize(block, self._cuda.rt.cudaFreeHost, address)
+        finalizer.atexit = False
+        return memoryview(np.frombuffer(block, dtype=np.uint8))
+
+    def to_device(self, value: DeviceArray, index: int) -> DeviceArray:
+        """A copy of `value` on GPU `index` (the multi-GPU pipeline's hand-over; untested: no such machine here)."""
+        if value.device_index == index:
+            return value
+        cuda = self._cuda
+        cuda("cudaSetDevice", index)
+        address = int(cuda("cudaMalloc", max(value.nbytes, 1)))
+        cuda("cudaMemcpyPeer", address, index, value.data_ptr(), value.device_index, value.nbytes)
+        return DeviceArray(address, value.shape, value.dtype, index, lambda a: cuda.rt.cudaFree(a))
+
+    def synchronize(self) -> None:
+        self._cuda("cudaStreamSynchronize", self.compute)
+        self._cuda("cudaStreamSynchronize", self.copy)
+        self._forget_finished()

@@ -1,0 +1,108 @@
+"""The GPU runner's buffers through cuda-bindings (cetrt/backends/cuda_device.py), and how `device_for` chooses.
+
+The choice is tested here with the driver's answers replaced (CI has no GPU); the buffers themselves need one
+(`pytest -m gpu` on the device machine).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from cetrt.backends import device as device_module
+from cetrt.errors import UserError
+
+
+@pytest.fixture
+def fresh_choice():
+    device_module._device_for.cache_clear()
+    yield
+    device_module._device_for.cache_clear()
+
+
+def _driver_says(monkeypatch, answer):
+    from cuda.bindings import driver
+
+    def version():
+        if isinstance(answer, Exception):
+            raise answer
+        return 0, answer
+
+    monkeypatch.setattr(driver, "cuDriverGetVersion", version)
+
+
+def test_no_driver_is_a_user_error_that_names_the_cpu_target(monkeypatch, fresh_choice):
+    _driver_says(monkeypatch, OSError("libcuda.so.1: cannot open shared object file"))
+    with pytest.raises(UserError, match="no NVIDIA driver.*--target cpu"):
+        device_module.device_for("cuda")
+
+
+def test_an_older_driver_falls_back_to_torch_and_says_which_cuda_bindings_to_install(monkeypatch, fresh_choice):
+    from cuda.bindings import runtime
+
+    runtime_major = runtime.cudaRuntimeGetVersion()[1] // 1000
+    _driver_says(monkeypatch, (runtime_major - 1) * 1000 + 60)
+    made = []
+    monkeypatch.setattr(device_module, "Device", lambda kind, **kw: made.append((kind, kw)) or "torch device")
+    with pytest.warns(UserWarning, match=r"through torch.*needs a CUDA %d driver.*cuda-bindings==12\.\*" % runtime_major):
+        assert device_module.device_for("cuda") == "torch device"
+    assert made == [("cuda", {"shared_stream": False, "pinned": True})]
+
+
+def test_cetrt_device_torch_asks_for_the_torch_device(monkeypatch, fresh_choice):
+    monkeypatch.setenv("CETRT_DEVICE", "torch")
+    monkeypatch.setattr(device_module, "Device", lambda kind, **kw: f"torch {kind}")
+    assert device_module.device_for("cuda") == "torch cuda"
+
+
+def test_choosing_the_gpu_device_imports_no_torch():
+    """torch's import is what the device exists to avoid; on a machine without a GPU the choice ends in the
+    no-driver error before any fallback."""
+    code = ("import sys\n"
+            "from cetrt.backends.device import device_for\n"
+            "try:\n    device_for('cuda').upload(__import__('numpy').ones(4))\n"
+            "except Exception as e:\n    print(type(e).__name__)\n"
+            "print('torch' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "False"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.int64, np.bool_])
+def test_uploads_come_back_unchanged(dtype, fresh_choice):
+    from cetrt.backends.cuda_device import CudaRuntimeDevice
+
+    device = CudaRuntimeDevice(shared_stream=False, pinned=True)
+    array = (np.arange(3 * 5 * 7) % 5).reshape(3, 5, 7).astype(dtype)
+    on_gpu = device.upload(array)
+    assert on_gpu.shape == (3, 5, 7) and on_gpu.data_ptr() != 0
+    assert np.array_equal(device.to_host(on_gpu), array)
+
+
+@pytest.mark.gpu
+def test_host_buffers_are_aligned_page_locked_and_upload_from_in_place():
+    from cetrt.backends.cuda_device import CudaRuntimeDevice
+
+    device = CudaRuntimeDevice(shared_stream=False, pinned=True)
+    buffer = device.host_buffer(1 << 20)
+    view = np.frombuffer(buffer, dtype=np.float16)
+    assert view.ctypes.data % 4096 == 0
+    view[:] = np.arange(view.size) % 1000
+    assert np.array_equal(device.to_host(device.upload(view)), view)
+
+
+@pytest.mark.gpu
+def test_freed_buffers_return_to_the_pool():
+    """A run allocates every block's outputs anew: 200 x 256 MiB must reuse memory, not exhaust it."""
+    from cetrt.backends.cuda_device import CudaRuntimeDevice
+
+    device = CudaRuntimeDevice(shared_stream=False, pinned=False)
+    addresses = set()
+    for _ in range(200):
+        addresses.add(device.empty((128, 1 << 20), np.float16).data_ptr())
+    device.synchronize()
+    assert len(addresses) < 10
