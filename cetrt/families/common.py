@@ -11,15 +11,59 @@ import torch
 from torch import nn
 
 
-def fuse_linears(*layers: nn.Linear) -> nn.Linear:
-    """One Linear whose output is the concatenation of several (Q|K|V, gate|up): one MatMul instead of many."""
-    weight = torch.cat([layer.weight.detach() for layer in layers], dim=0)
-    has_bias = layers[0].bias is not None
-    fused = nn.Linear(weight.shape[1], weight.shape[0], bias=has_bias, dtype=weight.dtype)
-    fused.weight = nn.Parameter(weight, requires_grad=False)
-    if has_bias:
-        fused.bias = nn.Parameter(torch.cat([layer.bias.detach() for layer in layers]), requires_grad=False)
-    return fused
+class Projections(nn.Module):
+    """Several Linears over one input (Q, K, V; gate, up), each its own MatMul; returns their outputs in order.
+
+    Not one MatMul over the concatenated weights sliced afterwards: ONNX Runtime runs those Slices as a Split
+    kernel that copies the whole output, the largest kernel after the GEMMs (SmolLM2 on the H200: 14% of a layer
+    block's kernel time; LLaMA-30B: 6%), where separate MatMuls write each output once. TensorRT fuses either
+    form. `FusedProjections` is the other form, kept as bench/projections_ab.py's baseline.
+    """
+
+    def __init__(self, *layers: nn.Linear):
+        super().__init__()
+        self.parts = nn.ModuleList(layers)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(part(x) for part in self.parts)
+
+    @classmethod
+    def from_fused(cls, fused: nn.Linear, sizes: list[int]) -> "Projections":
+        """A checkpoint's fused Linear (Phi-3's qkv_proj, gate_up_proj) as separate Linears of `sizes` outputs."""
+        parts, start = [], 0
+        for size in sizes:
+            part = nn.Linear(fused.in_features, size, bias=fused.bias is not None, dtype=fused.weight.dtype,
+                             device=fused.weight.device)
+            part.weight = nn.Parameter(fused.weight.detach()[start : start + size], requires_grad=False)
+            if fused.bias is not None:
+                part.bias = nn.Parameter(fused.bias.detach()[start : start + size], requires_grad=False)
+            parts.append(part)
+            start += size
+        if start != fused.out_features:
+            raise ValueError(f"a fused projection of {fused.out_features} outputs split as {sizes}")
+        return cls(*parts)
+
+
+class FusedProjections(nn.Module):
+    """One MatMul over the concatenated weights, its output sliced: the export's form before 2026-12-02."""
+
+    def __init__(self, *layers: nn.Linear):
+        super().__init__()
+        weight = torch.cat([layer.weight.detach() for layer in layers], dim=0)
+        has_bias = layers[0].bias is not None
+        self.linear = nn.Linear(weight.shape[1], weight.shape[0], bias=has_bias, dtype=weight.dtype,
+                                device=weight.device)
+        self.linear.weight = nn.Parameter(weight, requires_grad=False)
+        if has_bias:
+            self.linear.bias = nn.Parameter(torch.cat([layer.bias.detach() for layer in layers]), requires_grad=False)
+        self.sizes = [layer.out_features for layer in layers]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out, parts, start = self.linear(x), [], 0
+        for size in self.sizes:  # slices, not Split: onnx has no opset 18 -> 17 adapter for Split
+            parts.append(out[..., start : start + size])
+            start += size
+        return tuple(parts)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """The LLaMA family (`LlamaForCausalLM`): its record, and its blocks for export.
 
-Blocks: embedding, a run of fused decoder layers, the scoring head, built from a loaded model and reusing its
-weights: Q, K and V become one MatMul, gate and up another. Rotary cos/sin are computed inside the layers block
+Blocks: embedding, a run of decoder layers, the scoring head, built from a loaded model and reusing its
+weights: Q, K, V, gate and up each their own MatMul (`Projections`). Rotary cos/sin are computed inside the layers block
 from position ids with the model's own `inv_freq` (so static scaled RoPE variants come along), once per
 block, shared by its layers; a rotary dimension below the head dimension (partial rotary) rotates the first
 part only. Phi-3 and Qwen2 reuse these modules with their own checkpoints' layouts.
@@ -25,7 +25,7 @@ from cetrt.families.base import (
     rms_head_params,
     token_embed_params,
 )
-from cetrt.families.common import ScoringHead, attention, fuse_linears, rms_norm, split_heads
+from cetrt.families.common import FusedProjections, Projections, ScoringHead, attention, rms_norm, split_heads
 from cetrt.spec import ModelSpec
 
 
@@ -38,37 +38,33 @@ class LlamaEmbed(nn.Module):
         return self.embed_tokens(input_ids)
 
 
-class FusedLlamaLayer(nn.Module):
-    """A pre-norm decoder layer with one Q|K|V and one gate|up MatMul; `fused(layer)` gives those two Linears
-    from the checkpoint's layout (separate projections here, already fused in Phi-3)."""
+class LlamaLayer(nn.Module):
+    """A pre-norm decoder layer; `projections(layer)` gives its (Q, K, V) and (gate, up) projections from the
+    checkpoint's layout (separate Linears in LLaMA, fused ones in Phi-3)."""
 
-    def __init__(self, layer: nn.Module, config, fused: Callable[[nn.Module], tuple[nn.Linear, nn.Linear]]):
+    def __init__(self, layer: nn.Module, config, projections: Callable[[nn.Module], tuple[nn.Module, nn.Module]]):
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
         self.eps = config.rms_norm_eps
-        self.intermediate_size = config.intermediate_size
         self.scale = self.head_dim**-0.5
         self.input_norm = layer.input_layernorm.weight
         self.post_norm = layer.post_attention_layernorm.weight
-        self.qkv, self.gate_up = fused(layer)
+        self.qkv, self.gate_up = projections(layer)
         self.o_proj = layer.self_attn.o_proj
         self.down_proj = layer.mlp.down_proj
         self.act = _act(layer.mlp)
 
     def forward(self, hidden, cos, sin, mask):
-        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         x = rms_norm(hidden, self.input_norm, self.eps)
-        qkv = self.qkv(x)  # slices, not Split: onnx has no opset 18 -> 17 adapter for Split
-        q, k, v = qkv[..., :q_size], qkv[..., q_size : q_size + kv_size], qkv[..., q_size + kv_size :]
+        q, k, v = self.qkv(x)
         q = apply_rotary(split_heads(q, self.num_heads, self.head_dim), cos, sin)
         k = apply_rotary(split_heads(k, self.num_kv_heads, self.head_dim), cos, sin)
         v = split_heads(v, self.num_kv_heads, self.head_dim)
         hidden = hidden + self.o_proj(attention(q, k, v, mask, self.scale))
         x = rms_norm(hidden, self.post_norm, self.eps)
-        gate_up = self.gate_up(x)
-        gate, up = gate_up[..., : self.intermediate_size], gate_up[..., self.intermediate_size :]
+        gate, up = self.gate_up(x)
         return hidden + self.down_proj(self.act(gate) * up)
 
 
@@ -76,9 +72,15 @@ def _act(mlp: nn.Module):
     return getattr(mlp, "act_fn", None) or mlp.activation_fn
 
 
-def separate_projections(layer: nn.Module) -> tuple[nn.Linear, nn.Linear]:
+def separate_projections(layer: nn.Module) -> tuple[Projections, Projections]:
     attn, mlp = layer.self_attn, layer.mlp
-    return fuse_linears(attn.q_proj, attn.k_proj, attn.v_proj), fuse_linears(mlp.gate_proj, mlp.up_proj)
+    return Projections(attn.q_proj, attn.k_proj, attn.v_proj), Projections(mlp.gate_proj, mlp.up_proj)
+
+
+def fused_projections(layer: nn.Module) -> tuple[FusedProjections, FusedProjections]:
+    """The export's layout before 2026-12-02 (one Q|K|V and one gate|up MatMul): bench/projections_ab.py's baseline."""
+    attn, mlp = layer.self_attn, layer.mlp
+    return FusedProjections(attn.q_proj, attn.k_proj, attn.v_proj), FusedProjections(mlp.gate_proj, mlp.up_proj)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -93,9 +95,9 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 class LlamaLayers(nn.Module):
-    def __init__(self, layers: list[nn.Module], config, inv_freq: torch.Tensor, attention_scaling: float, fused):
+    def __init__(self, layers: list[nn.Module], config, inv_freq: torch.Tensor, attention_scaling: float, projections):
         super().__init__()
-        self.layers = nn.ModuleList(FusedLlamaLayer(layer, config, fused) for layer in layers)
+        self.layers = nn.ModuleList(LlamaLayer(layer, config, projections) for layer in layers)
         self.register_buffer("inv_freq", inv_freq.detach().float().clone(), persistent=False)
         self.attention_scaling = float(attention_scaling)
 
@@ -119,13 +121,13 @@ class LlamaNorm(nn.Module):
         return rms_norm(x, self.weight, self.eps)
 
 
-def llama_blocks(model, fused=separate_projections):
+def llama_blocks(model, projections=separate_projections):
     """The three block factories of a LLaMA-shaped model: embed module, layers(first, last), head module."""
     inner, config = model.model, model.config
     rotary = inner.rotary_emb
 
     def layers(first: int, last: int) -> nn.Module:
-        return LlamaLayers(list(inner.layers[first:last]), config, rotary.inv_freq, rotary.attention_scaling, fused)
+        return LlamaLayers(list(inner.layers[first:last]), config, rotary.inv_freq, rotary.attention_scaling, projections)
 
     head = ScoringHead(LlamaNorm(inner.norm), model.lm_head)
     return LlamaEmbed(inner.embed_tokens), layers, head

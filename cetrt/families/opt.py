@@ -14,7 +14,7 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 from cetrt.families.base import Family
-from cetrt.families.common import ScoringHead, attention, fuse_linears, layer_norm, split_heads
+from cetrt.families.common import Projections, ScoringHead, attention, layer_norm, split_heads
 from cetrt.spec import ATTENTION_MASK, HIDDEN, INPUT_IDS, POSITION_IDS, ModelSpec
 
 POSITION_OFFSET = 2
@@ -40,11 +40,10 @@ class FusedOptLayer(nn.Module):
         super().__init__()
         attn = layer.self_attn
         self.num_heads = config.num_attention_heads
-        self.hidden_size = config.hidden_size
         self.head_dim = config.hidden_size // self.num_heads
         self.scale = self.head_dim**-0.5
         self.pre_norm = config.do_layer_norm_before
-        self.qkv = fuse_linears(attn.q_proj, attn.k_proj, attn.v_proj)
+        self.qkv = Projections(attn.q_proj, attn.k_proj, attn.v_proj)
         self.out_proj = attn.out_proj
         self.attn_norm = layer.self_attn_layer_norm
         self.fc1, self.fc2 = layer.fc1, layer.fc2
@@ -53,8 +52,7 @@ class FusedOptLayer(nn.Module):
 
     def forward(self, hidden, mask):
         x = layer_norm(hidden, self.attn_norm) if self.pre_norm else hidden
-        qkv, h = self.qkv(x), self.hidden_size  # slices, not Split: no opset 18 -> 17 adapter for Split
-        q, k, v = (split_heads(t, self.num_heads, self.head_dim) for t in (qkv[..., :h], qkv[..., h : 2 * h], qkv[..., 2 * h :]))
+        q, k, v = (split_heads(t, self.num_heads, self.head_dim) for t in self.qkv(x))
         hidden = hidden + self.out_proj(attention(q, k, v, mask, self.scale))
         if not self.pre_norm:
             hidden = layer_norm(hidden, self.attn_norm)

@@ -1,7 +1,7 @@
 """The Phi-3 family (`Phi3ForCausalLM`): LLaMA's blocks over Phi-3's checkpoint layout.
 
-Phi-3 stores Q|K|V as one `qkv_proj` and gate|up as one `gate_up_proj` (gate first, as the export's gate|up
-MatMul wants), so the checkpoint's own fused Linears are used as they are. Its rotary embedding is plain RoPE
+Phi-3 stores Q|K|V as one `qkv_proj` and gate|up as one `gate_up_proj` (gate first); the export splits them into
+the separate projections LLaMA's layer takes (views of the checkpoint's rows, no copies). Its rotary embedding is plain RoPE
 in the 4k-context variants (Phi-3-mini-4k, Phi-3-medium-4k, the 2024 Orin challenge's model); the 128k
 variants' `longrope` changes frequencies with the sequence length and is refused. Phi-3's sliding window
 bounds the positions a packed row may use, so every row stays inside it and scores equal full attention.
@@ -20,16 +20,21 @@ from cetrt.families.base import (
     rms_head_params,
     token_embed_params,
 )
+from cetrt.families.common import Projections
 from cetrt.families.llama import llama_blocks, rope_spec
 from cetrt.spec import ModelSpec
 
 
-def checkpoint_projections(layer: nn.Module) -> tuple[nn.Linear, nn.Linear]:
-    return layer.self_attn.qkv_proj, layer.mlp.gate_up_proj
+def checkpoint_projections(layer: nn.Module) -> tuple[Projections, Projections]:
+    qkv, gate_up = layer.self_attn.qkv_proj, layer.mlp.gate_up_proj
+    q_size = layer.self_attn.o_proj.in_features
+    kv_size = (qkv.out_features - q_size) // 2
+    return (Projections.from_fused(qkv, [q_size, kv_size, kv_size]),
+            Projections.from_fused(gate_up, [gate_up.out_features // 2] * 2))
 
 
 def phi3_blocks(model):
-    return llama_blocks(model, fused=checkpoint_projections)
+    return llama_blocks(model, projections=checkpoint_projections)
 
 
 def _preset(hidden: int, layers: int, ffn: int, heads: int, kv_heads: int) -> ModelSpec:

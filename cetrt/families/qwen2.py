@@ -1,7 +1,7 @@
 """The Qwen2 family (`Qwen2ForCausalLM`): LLaMA's blocks, with biases on Q, K and V.
 
-The export fuses Q|K|V with their biases into one MatMul and Add (`fuse_linears` carries biases), so the
-LLaMA modules serve as they are; the parameter count adds the biases. Where a config turns its sliding window
+Each projection keeps its bias (`Projections` runs the checkpoint's own Linears), so the LLaMA modules serve as
+they are; the parameter count adds the biases. Where a config turns its sliding window
 on, it bounds the positions a packed row may use, as for Phi-3.
 Usage: `get_family("qwen2")`.
 """
