@@ -14,6 +14,8 @@ both counted the same way, in one call per step; every run a separate process ti
             CETRT_DEVICE=torch: the device's A/B) and at 1/3 and 1/6 of the weights; the harness method loading
             the same-size weights from cold disk, then again resident; the FP16 matrix rate; useful FLOP; a
             profile of one batch.
+  device7b  the GPU buffers' A/B alone on the prep7b engines: resident ce-run, cuda-bindings and torch
+            alternating, two rounds.
   prep30b   issue 17: a LLaMA-30B-shaped random model as engines (bench/random_engines.py: N layers per engine as
             calib chose it from the per-call cost measured here, unless --layers-per-engine; about 12 layers of
             distinct weight files so it fits the disk) and its calib.json, measured here by the calibration stage
@@ -241,6 +243,19 @@ def step_llama7b(args) -> dict:
             "profile": json.loads((work / "7b_profile.json").read_text())}
 
 
+def step_device7b(args) -> dict:
+    """The GPU buffers' A/B alone: resident `ce-run`s of the prep7b engines, cuda-bindings and torch alternating,
+    two rounds, page cache dropped before each."""
+    work = args.work
+    engines = work / "engines" / "llama7b"
+    rounds = []
+    for n in range(2):
+        rounds.append({"cuda_bindings": cetrt_run(engines, args.dataset, work / f"7b_ab_ours_{n}.json", args.limit),
+                       "torch": cetrt_run(engines, args.dataset, work / f"7b_ab_torch_{n}.json", args.limit,
+                                          env=TORCH_DEVICE)})
+    return {"rounds": rounds}
+
+
 def engines_30b(args) -> Path:
     return args.work / "engines" / "llama30b"
 
@@ -419,6 +434,7 @@ def step_smoke(args) -> dict:
 
 
 STEPS = {"smoke": step_smoke, "smollm2": step_smollm2, "prep7b": step_prep7b, "llama7b": step_llama7b,
+         "device7b": step_device7b,
          "prep30b": step_prep30b, "llama30b": step_llama30b, "llama30b_third": step_llama30b_third,
          "harness30b": step_harness30b, "profile30b": step_profile30b}
 

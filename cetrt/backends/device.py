@@ -43,6 +43,11 @@ def device_for(kind: str):
     return _device_for(kind, os.environ.get("CETRT_DEVICE", ""))
 
 
+def first_element(value):
+    """A one-element view of a device tensor (a DeviceArray or torch's), to wait for the run that wrote it."""
+    return value.first() if hasattr(value, "first") else value.reshape(-1)[:1]
+
+
 @functools.lru_cache(maxsize=None)
 def _device_for(kind: str, wanted: str):
     shared = kind == "cuda" and os.environ.get("CETRT_SHARED_STREAM", "0") == "1"

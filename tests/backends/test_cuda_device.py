@@ -106,3 +106,40 @@ def test_freed_buffers_return_to_the_pool():
         addresses.add(device.empty((128, 1 << 20), np.float16).data_ptr())
     device.synchronize()
     assert len(addresses) < 10
+
+
+def test_first_element_is_a_one_element_view_that_keeps_its_array_alive():
+    """calib waits for a run by reading one element of its output, of either device's tensors."""
+    import gc
+    import weakref
+
+    from cetrt.backends.cuda_device import DeviceArray
+    from cetrt.backends.device import first_element
+
+    freed = []
+    array = DeviceArray(0x7000, (4, 5), np.float16, 0, release=freed.append)
+    view = first_element(array)
+    assert (view.data_ptr(), view.shape, view.nbytes) == (0x7000, (1,), 2)
+    alive = weakref.ref(array)
+    del array
+    gc.collect()
+    assert alive() is not None and freed == []
+    del view
+    gc.collect()
+    assert freed == [0x7000]
+    assert first_element(np.arange(6).reshape(2, 3)).tolist() == [0]
+
+
+def test_page_locked_blocks_are_reused_by_size_not_allocated_per_read():
+    """cudaHostAlloc pins page by page and cudaFreeHost synchronises the device: a run's reads take blocks back
+    from the pool (a 7B run on the H100 lost 2.7 s of load and 3.7 s of compute without it)."""
+    from cetrt.backends.cuda_device import PinnedPool
+
+    made = []
+    pool = PinnedPool(lambda size: made.append(size) or 0x10000000 * len(made))
+    first = pool.take(300 << 20)
+    assert first == (0x10000000, 300 << 20) and pool.take(1)[1] == 2 << 20
+    pool.give(*first)
+    assert pool.take((300 << 20) - 4096) == first  # same rounded size: the kept block
+    assert pool.take(300 << 20)[0] == 0x30000000 and made == [300 << 20, 2 << 20, 300 << 20]
+    assert pool.allocated_bytes == 602 << 20
