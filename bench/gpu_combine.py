@@ -6,8 +6,9 @@ figure taken from the step files, plus the useful FLOP of the 7B run, counted he
 layers, attention over the pairs the packed mask allows, the head at the scored slots (SmolLM2's tokenizer, the
 one the random 7B engines carry). `llama30b` reads {prep30b,llama30b,llama30b_third,harness30b}.json and writes
 gpu_llama30b.json (bench/gpu_combine_30b.py): the issue's keys, ce-predict against each run term by term, and
-the scaling to all items by token count where a run covered fewer.
-Usage: python bench/gpu_combine.py [7b|llama30b] [--steps bench/results/gpu_steps] [--results bench/results]
+the scaling to all items by token count where a run covered fewer. `device` reads device7b_h100.json and writes
+gpu_device_ab_7b.json: the GPU buffers through cuda-bindings against torch's.
+Usage: python bench/gpu_combine.py [7b|llama30b|device] [--steps bench/results/gpu_steps] [--results bench/results]
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ def combine_7b(steps: Path, results: Path) -> None:
     big = json.loads((steps / "llama7b.json").read_text())
     probe = max(p["gb_per_s"] for p in big["probe"])
     refused = {name: run["refused"] for name, run in big["runs"].items() if "refused" in run}
-    runs = {name: run_summary(run) for name, run in big["runs"].items() if name not in refused}
+    runs = {name: run_summary(run) for name, run in big["runs"].items() if name not in refused
+            and name != "resident_torch_device"}
     resident = runs["resident"]
     harness = big["harness"]
     floor = max(resident["bytes_read"] / 1e9 / probe, resident["compute_s"])
@@ -84,7 +86,8 @@ def combine_7b(steps: Path, results: Path) -> None:
         "bytes_read": resident["bytes_read"],
         "budgets": {name: runs.get(name) or {"refused": refused[name]} for name in ("1/3", "1/6")},
         "schedule": big["runs"]["resident"]["results"]["streaming"]["schedule"],
-        "device_ab": device_ab(big["runs"]["resident"], big["runs"]["resident_torch_device"]),
+        "device_ab": (device_ab(big["runs"]["resident"], big["runs"]["resident_torch_device"])
+                      if "resident_torch_device" in big["runs"] else None),
         "resident": resident,
         "ratios": {
             "reader_over_probe": {name: round(r["read_gb_per_s"] / probe, 3) for name, r in runs.items()},
@@ -119,7 +122,8 @@ def combine_7b(steps: Path, results: Path) -> None:
         "smollm2_harness_s": small["harness_fp16"]["end_to_end_s"],
         "smollm2_cetrt_s": small["cetrt"]["end_to_end_s"],
         "smollm2_harness_over_cetrt": small["harness_over_cetrt"],
-        "smollm2_device_ab": device_ab(small["cetrt"], small["cetrt_torch_device"]),
+        "smollm2_device_ab": (device_ab(small["cetrt"], small["cetrt_torch_device"])
+                              if "cetrt_torch_device" in small else None),
         "smollm2_compute_s": {"cetrt": small["cetrt"]["results"]["timings"]["compute_s"],
                               "harness_scoring": small["harness_fp16"]["first_round"]["seconds"]},
         "llama7b_harness_s": harness["resident_rounds"][0]["seconds"],
@@ -152,15 +156,37 @@ def combine_7b(steps: Path, results: Path) -> None:
     print(json.dumps(end_to_end["ratios"], indent=1))
 
 
+def combine_device(steps: Path, results: Path, name: str = "device7b_h100.json") -> None:
+    """The GPU buffers' A/B (gpu_speed.py device7b): each round's pair, and the medians' ratio."""
+    import statistics
+
+    step = json.loads((steps / name).read_text())
+    pairs = [device_ab(r["cuda_bindings"], r["torch"]) for r in step["rounds"]]
+    median = {side: {k: statistics.median(p[side][k] for p in pairs) for k in pairs[0][side]}
+              for side in ("cuda_bindings", "torch")}
+    out = {"benchmark": "ce-run resident on the prep7b engines (LLaMA-7B shape, random FP16 weights, items 0-1999), "
+                        "GPU buffers through cuda-bindings (the default) against torch's (CETRT_DEVICE=torch), "
+                        "alternating, page cache dropped before each, one call",
+           "rounds": pairs, "median": median,
+           "torch_end_to_end_over_cuda_bindings": round(median["torch"]["end_to_end_s"]
+                                                        / median["cuda_bindings"]["end_to_end_s"], 3),
+           "machine": step["machine"], "commands": step["commands"], "step_command": step["command"],
+           "combined_by": " ".join(["python", *sys.argv])}
+    (results / "gpu_device_ab_7b.json").write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps({k: out[k] for k in ("median", "torch_end_to_end_over_cuda_bindings")}, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("which", nargs="?", default="7b", choices=("7b", "llama30b"))
+    parser.add_argument("which", nargs="?", default="7b", choices=("7b", "llama30b", "device"))
     parser.add_argument("--steps", type=Path, default=STEPS, help="where the step files are")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the results go")
     parser.add_argument("--dataset", type=Path, default=DATASET, help="the dataset the runs scored (for counting)")
     args = parser.parse_args()
     if args.which == "7b":
         combine_7b(args.steps, args.results)
+    elif args.which == "device":
+        combine_device(args.steps, args.results)
     else:
         from gpu_combine_30b import combine_30b
 
