@@ -26,7 +26,11 @@ _KEEP_ALL = (1 << 64) - 1  # the pool's release threshold: never hand freed memo
 
 
 class CudaUnavailable(Exception):
-    """cuda-bindings is missing or cannot talk to this machine's driver; the reason says which."""
+    """cuda-bindings is missing or cannot talk to this machine's driver: the reason, and what would fix it."""
+
+    def __init__(self, reason: str, fix: str = ""):
+        super().__init__(reason)
+        self.fix = fix
 
 
 def _runtime():
@@ -44,13 +48,14 @@ class _Cuda:
         self.rt, self.driver = _runtime()
         try:
             driver_version = self.driver.cuDriverGetVersion()[1]
-        except Exception as e:  # cuda-pathfinder's DynamicLibNotFoundError: no libcuda at all
-            raise UserError(f"no NVIDIA driver on this machine ({str(e)[:120]}): engines built for a CUDA target need a "
-                            "GPU; export and build for --target cpu to run here") from None
+        except Exception as e:  # cuda-pathfinder's DynamicLibNotFoundError: no libcuda where it looks
+            raise CudaUnavailable(f"no NVIDIA driver library where cuda-bindings looks ({str(e)[:100]})") from None
         runtime_version = self.rt.cudaRuntimeGetVersion()[1]
         if driver_version // 1000 < runtime_version // 1000:
             raise CudaUnavailable(f"cuda-bindings {runtime_version // 1000}.x needs a CUDA {runtime_version // 1000} "
-                                  f"driver; this driver is CUDA {driver_version // 1000}.{driver_version % 1000 // 10}")
+                                  f"driver; this driver is CUDA {driver_version // 1000}.{driver_version % 1000 // 10}",
+                                  fix="install the cuda-bindings of the driver's CUDA major version (pip install "
+                                      "'cuda-bindings==12.*' for a CUDA 12 driver, as on JetPack 6)")
 
     def __call__(self, name: str, *args):
         result = getattr(self.rt, name)(*args)

@@ -3,7 +3,8 @@ host memory for reads, and copies that overlap compute. `device_for(kind)` gives
 
 On a GPU that is cuda-bindings' (cetrt/backends/cuda_device.py): no torch, whose import and CUDA start-up cost
 a GPU run 4-7 s. The torch device here serves the CPU's I/O binding, `CETRT_DEVICE=torch`, and machines where
-cuda-bindings cannot talk to the driver (a CUDA 12 driver with cuda-bindings 13: the warning names the fix).
+cuda-bindings cannot talk to the driver (a CUDA 12 driver with cuda-bindings 13: the warning names the fix; or
+no libcuda where cuda-bindings looks). With neither, a CUDA run is a UserError that names the CPU target.
 Backends bind these tensors by address (ONNX Runtime's I/O binding, TensorRT's `set_tensor_address`), so the
 hidden states never leave the device between blocks, every allocation comes from a caching pool (no
 cudaMalloc/cudaFree, which synchronise, per run), and nothing waits on the host until the head's outputs are
@@ -58,12 +59,18 @@ def _device_for(kind: str, wanted: str):
         try:
             return CudaRuntimeDevice(shared_stream=shared, pinned=pinned)
         except CudaUnavailable as why:
-            warnings.warn(f"cetrt: GPU buffers through torch, which starts 4-7 s slower: {why}. cuda-bindings must "
-                          "match the driver's CUDA major version (pip install 'cuda-bindings==12.*' for a CUDA 12 "
-                          "driver, as on JetPack 6)", stacklevel=2)
+            try:
+                device = Device(kind, shared_stream=shared, pinned=pinned)
+            except (RuntimeError, AssertionError) as e:  # torch without CUDA ("not compiled with CUDA"), or no GPU
+                raise UserError(f"no usable CUDA GPU for these engines (cuda-bindings: {why}; torch: {str(e)[:120]}); "
+                                "engines built for a CUDA target need one: export and build for --target cpu to run "
+                                "here") from None
+            warnings.warn(f"cetrt: GPU buffers through torch, which starts 4-7 s slower: {why}"
+                          + (f"; {why.fix}" if why.fix else ""), stacklevel=2)
+            return device
     try:
         return Device(kind, shared_stream=shared, pinned=pinned)
-    except RuntimeError as e:  # torch without CUDA, or no GPU it can use
+    except (RuntimeError, AssertionError) as e:  # torch without CUDA, or no GPU it can use
         raise UserError(f"no usable CUDA GPU for these engines ({str(e)[:160]})") from None
 
 
