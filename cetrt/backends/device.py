@@ -53,25 +53,28 @@ def first_element(value):
 def _device_for(kind: str, wanted: str):
     shared = kind == "cuda" and os.environ.get("CETRT_SHARED_STREAM", "0") == "1"
     pinned = kind == "cuda" and os.environ.get("CETRT_PINNED", "1") == "1"
-    if kind == "cuda" and wanted != "torch":
-        from cetrt.backends.cuda_device import CudaRuntimeDevice, CudaUnavailable
+    if kind != "cuda" or wanted == "torch":
+        return _torch_device(kind, shared, pinned)
+    from cetrt.backends.cuda_device import CudaRuntimeDevice, CudaUnavailable
 
-        try:
-            return CudaRuntimeDevice(shared_stream=shared, pinned=pinned)
-        except CudaUnavailable as why:
-            try:
-                device = Device(kind, shared_stream=shared, pinned=pinned)
-            except (RuntimeError, AssertionError) as e:  # torch without CUDA ("not compiled with CUDA"), or no GPU
-                raise UserError(f"no usable CUDA GPU for these engines (cuda-bindings: {why}; torch: {str(e)[:120]}); "
-                                "engines built for a CUDA target need one: export and build for --target cpu to run "
-                                "here") from None
-            warnings.warn(f"cetrt: GPU buffers through torch, which starts 4-7 s slower: {why}"
-                          + (f"; {why.fix}" if why.fix else ""), stacklevel=2)
-            return device
+    try:
+        return CudaRuntimeDevice(shared_stream=shared, pinned=pinned)
+    except CudaUnavailable as why:
+        device = _torch_device(kind, shared, pinned, why)
+        warnings.warn(f"cetrt: GPU buffers through torch, which starts 4-7 s slower: {why}"
+                      + (f"; {why.fix}" if why.fix else ""), stacklevel=3)
+        return device
+
+
+def _torch_device(kind: str, shared: bool, pinned: bool, why: Exception | None = None) -> "Device":
+    """torch's device; where torch has no GPU either (no CUDA build, or no GPU), a UserError naming the CPU target,
+    with what cuda-bindings said (`why`) if it was asked first."""
     try:
         return Device(kind, shared_stream=shared, pinned=pinned)
-    except (RuntimeError, AssertionError) as e:  # torch without CUDA, or no GPU it can use
-        raise UserError(f"no usable CUDA GPU for these engines ({str(e)[:160]})") from None
+    except (RuntimeError, AssertionError) as e:  # torch without CUDA ("not compiled with CUDA"), or no GPU
+        tried = f"cuda-bindings: {why}; torch: " if why is not None else ""
+        raise UserError(f"no usable CUDA GPU for these engines ({tried}{str(e)[:120]}); engines built for a CUDA "
+                        "target need one: export and build for --target cpu to run here") from None
 
 
 class Device:

@@ -30,17 +30,18 @@ class Projections(nn.Module):
     @classmethod
     def from_fused(cls, fused: nn.Linear, sizes: list[int]) -> "Projections":
         """A checkpoint's fused Linear (Phi-3's qkv_proj, gate_up_proj) as separate Linears of `sizes` outputs."""
-        parts, start = [], 0
-        for size in sizes:
-            part = nn.Linear(fused.in_features, size, bias=fused.bias is not None, dtype=fused.weight.dtype,
-                             device=fused.weight.device)
-            part.weight = nn.Parameter(fused.weight.detach()[start : start + size], requires_grad=False)
-            if fused.bias is not None:
-                part.bias = nn.Parameter(fused.bias.detach()[start : start + size], requires_grad=False)
-            parts.append(part)
-            start += size
-        if start != fused.out_features:
+        if sum(sizes) != fused.out_features:
             raise ValueError(f"a fused projection of {fused.out_features} outputs split as {sizes}")
+        weights = fused.weight.detach().split(sizes, dim=0)  # views of the checkpoint's rows
+        biases = fused.bias.detach().split(sizes) if fused.bias is not None else [None] * len(sizes)
+        parts = []
+        for weight, bias in zip(weights, biases):
+            part = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, dtype=weight.dtype,
+                             device=weight.device)
+            part.weight = nn.Parameter(weight, requires_grad=False)
+            if bias is not None:
+                part.bias = nn.Parameter(bias, requires_grad=False)
+            parts.append(part)
         return cls(*parts)
 
 
