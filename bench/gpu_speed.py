@@ -16,6 +16,9 @@ both counted the same way, in one call per step; every run a separate process ti
             profile of one batch.
   device7b  the GPU buffers' A/B alone on the prep7b engines: resident ce-run, cuda-bindings and torch
             alternating, two rounds.
+  stream7b  ONNX Runtime's stream A/B on the prep7b engines: its own stream synchronised per run (the default)
+            against the runner's compute stream without a sync per run (CETRT_SHARED_STREAM=1), resident, two rounds;
+            then the shared stream at 1/3 of the weights.
   prep30b   issue 17: a LLaMA-30B-shaped random model as engines (bench/random_engines.py: N layers per engine as
             calib chose it from the per-call cost measured here, unless --layers-per-engine; about 12 layers of
             distinct weight files so it fits the disk) and its calib.json, measured here by the calibration stage
@@ -39,6 +42,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
@@ -256,6 +260,44 @@ def step_device7b(args) -> dict:
     return {"rounds": rounds}
 
 
+SHARED_STREAM = {"CETRT_SHARED_STREAM": "1"}  # ONNX Runtime on the runner's compute stream, no sync per run
+
+
+def step_stream7b(args) -> dict:
+    """ONNX Runtime's stream A/B on the prep7b engines: resident `ce-run`s with ORT on its own stream, synchronised
+    after every run (the default), and on the runner's compute stream without a sync per run (CETRT_SHARED_STREAM=1),
+    alternating, two rounds, page cache dropped before each; then the shared stream at 1/3 of the weights (streamed:
+    weights freed and re-read while runs are queued). A failing run is recorded with its words, not raised."""
+    from cetrt.formats.manifest import read_manifest
+
+    work = args.work
+    engines = work / "engines" / "llama7b"
+
+    def attempt(name: str, env: dict | None, budget: str | None = None) -> dict:
+        try:
+            return cetrt_run(engines, args.dataset, work / f"7b_stream_{name}.json", args.limit, budget=budget, env=env)
+        except SystemExit as failed:
+            return {"failed": str(failed)[-1500:]}
+
+    rounds = [{"own_stream": attempt(f"own_{n}", None), "shared_stream": attempt(f"shared_{n}", SHARED_STREAM)}
+              for n in range(2)]
+    third = attempt("shared_third", SHARED_STREAM, budget=str(read_manifest(engines).engine_bytes // 3))
+    differences = [score_difference(work / "7b_stream_own_0.json", work / f"7b_stream_{name}.json")
+                   for name in ("shared_0", "shared_1", "shared_third") if (work / f"7b_stream_{name}.json").is_file()]
+    ran = all("failed" not in r for pair in rounds for r in pair.values()) and "failed" not in third
+    median = {side: statistics.median(r[side]["end_to_end_s"] for r in rounds) for side in ("own_stream", "shared_stream")
+              } if ran else None
+    same = ran and len(differences) == 3 and max(differences) < 1e-2
+    return {"rounds": rounds, "shared_stream_third_budget": third, "max_score_difference_vs_own_stream": differences,
+            "median_end_to_end_s": median, "shared_stream_wins": bool(same and median["shared_stream"] < median["own_stream"])}
+
+
+def score_difference(one: Path, other: Path) -> float:
+    """The largest difference between two results files' per-item log-likelihoods (same items, same order)."""
+    a, b = (json.loads(p.read_text())["items"] for p in (one, other))
+    return max(abs(x - y) for i, j in zip(a, b, strict=True) for x, y in zip(i["scores"], j["scores"], strict=True))
+
+
 def engines_30b(args) -> Path:
     return args.work / "engines" / "llama30b"
 
@@ -434,7 +476,7 @@ def step_smoke(args) -> dict:
 
 
 STEPS = {"smoke": step_smoke, "smollm2": step_smollm2, "prep7b": step_prep7b, "llama7b": step_llama7b,
-         "device7b": step_device7b,
+         "device7b": step_device7b, "stream7b": step_stream7b,
          "prep30b": step_prep30b, "llama30b": step_llama30b, "llama30b_third": step_llama30b_third,
          "harness30b": step_harness30b, "profile30b": step_profile30b}
 
@@ -465,6 +507,7 @@ def main() -> None:
     result = STEPS[args.step](args)
     record = {"step": args.step, "machine": machine(), "command": " ".join(sys.argv), "commands": COMMANDS,
               "seconds": round(time.perf_counter() - start, 1), "dataset": args.dataset, "limit": args.limit,
+              "cetrt_environment": {k: v for k, v in os.environ.items() if k.startswith("CETRT_")},
               **result}
     (args.out / f"{args.step}.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     print(json.dumps({"step": args.step, "seconds": record["seconds"]}))
