@@ -168,17 +168,23 @@ def step_smollm2(args) -> dict:
     prepared = prepare_smollm2(work, args.dataset)
     engines = work / "engines" / "smollm2"
     cetrt = cetrt_run(engines, args.dataset, work / "smollm2_cetrt.json", args.limit)
-    cetrt_cached = cetrt_run(engines, args.dataset, work / "smollm2_cetrt_cached.json", args.limit, cache=True)
-    torch_device = cetrt_run(engines, args.dataset, work / "smollm2_cetrt_torch.json", args.limit, env=TORCH_DEVICE)
+    extra = {}
+    if not args.no_ab:
+        extra["cetrt_tokenization_cached"] = cetrt_run(engines, args.dataset, work / "smollm2_cetrt_cached.json",
+                                                       args.limit, cache=True)
+        extra["cetrt_torch_device"] = cetrt_run(engines, args.dataset, work / "smollm2_cetrt_torch.json", args.limit,
+                                                env=TORCH_DEVICE)
     harness = harness_run(work / "hf" / "smollm2-float16", args.dataset, work / "smollm2_hf16.json", args.limit,
                           rounds=1)
-    reference = harness_run(work / "hf" / "smollm2-float32", args.dataset, work / "smollm2_hf32.json", args.limit,
-                            dtype="float32", rounds=1)
+    if args.reference_from:  # the HF FP32 run of an earlier step file: same model, items and harness code
+        reference = {**json.loads(args.reference_from.read_text())["reference_fp32"], "reused_from": str(args.reference_from)}
+    else:
+        reference = harness_run(work / "hf" / "smollm2-float32", args.dataset, work / "smollm2_hf32.json", args.limit,
+                                dtype="float32", rounds=1)
     _, prof = run([sys.executable, ROOT / "bench" / "profile_block.py", "--engines", engines, "--dataset",
                    args.dataset, "--json", work / "smollm2_profile.json"])
     ref = reference["first_round"]
-    return {"prepared": prepared, "cetrt": cetrt, "cetrt_tokenization_cached": cetrt_cached,
-            "cetrt_torch_device": torch_device, "harness_fp16": harness,
+    return {"prepared": prepared, "cetrt": cetrt, **extra, "harness_fp16": harness,
             "reference_fp32": reference, "profile": json.loads((work / "smollm2_profile.json").read_text()),
             "acc_diff_points_vs_fp32": round(100 * (cetrt["results"]["acc"] - ref["acc"]), 3),
             "acc_norm_diff_points_vs_fp32": round(100 * (cetrt["results"]["acc_norm"] - ref["acc_norm"]), 3),
@@ -498,6 +504,9 @@ def main() -> None:
                         "(default: 1.5x the weights, at most 90%% of this machine's memory)")
     parser.add_argument("--tokens-per-batch", type=int, default=None,
                         help="llama30b, llama30b_third: ce-run's --tokens-per-batch (default: calib's choice)")
+    parser.add_argument("--no-ab", action="store_true", help="smollm2: skip the cached-tokenizing and torch-device runs")
+    parser.add_argument("--reference-from", type=Path, default=None, help="smollm2: take the HF FP32 reference from this "
+                        "earlier smollm2.json instead of running it (same model, items and harness code)")
     parser.add_argument("--budget-divisor", type=int, default=3, help="llama30b_third: the budget is the weights / this "
                         "(a tiny shape's head alone is more than 1/3 of it: 2 there)")
     args = parser.parse_args()

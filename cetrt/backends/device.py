@@ -10,10 +10,12 @@ hidden states never leave the device between blocks, every allocation comes from
 cudaMalloc/cudaFree, which synchronise, per run), and nothing waits on the host until the head's outputs are
 read. Uploads run on the copy stream from page-locked memory; the compute stream waits for them with an
 event, so block i+1's weights travel while block i computes; the host buffer is kept until its copy is done.
-On the CPU the same calls are plain tensors and no streams. ONNX Runtime 1.31.1 given our compute stream as its
-`user_compute_stream` failed in `cudaFreeHost` (CUDA error 800) on the H200 machine, so by default it keeps its
-own stream and synchronises at the end of each run, and uploads are waited for before the run that reads them;
-`CETRT_SHARED_STREAM=1` shares the stream (for another ORT version), `CETRT_PINNED=0` reads into plain memory.
+On the CPU the same calls are plain tensors and no streams. On cuda-bindings' device ONNX Runtime runs on our
+compute stream (`user_compute_stream`) without a sync per run, so the host queues block after block: on the H200,
+7B resident compute 6.9 s against 7.9 s with ORT on its own stream, same scores (bench/results/gpu_stream_ab_7b.json).
+On torch's device it keeps its own stream and synchronises at the end of each run, and uploads are waited for
+before the run that reads them: shared with torch's stream, ORT 1.31.1 failed in `cudaFreeHost` (CUDA error 800)
+on the H200 machine. `CETRT_SHARED_STREAM=0`/`1` overrides either default; `CETRT_PINNED=0` reads into plain memory.
 Usage: `device = device_for("cuda")`; `t = device.upload(array)`; `t.data_ptr()`; `device.host_buffer(n)` for
 the reader.
 """
@@ -51,19 +53,24 @@ def first_element(value):
 
 @functools.lru_cache(maxsize=None)
 def _device_for(kind: str, wanted: str):
-    shared = kind == "cuda" and os.environ.get("CETRT_SHARED_STREAM", "0") == "1"
     pinned = kind == "cuda" and os.environ.get("CETRT_PINNED", "1") == "1"
     if kind != "cuda" or wanted == "torch":
-        return _torch_device(kind, shared, pinned)
+        return _torch_device(kind, _shares_stream(kind, "0"), pinned)
     from cetrt.backends.cuda_device import CudaRuntimeDevice, CudaUnavailable
 
     try:
-        return CudaRuntimeDevice(shared_stream=shared, pinned=pinned)
+        return CudaRuntimeDevice(shared_stream=_shares_stream(kind, "1"), pinned=pinned)
     except CudaUnavailable as why:
-        device = _torch_device(kind, shared, pinned, why)
+        device = _torch_device(kind, _shares_stream(kind, "0"), pinned, why)
         warnings.warn(f"cetrt: GPU buffers through torch, which starts 4-7 s slower: {why}"
                       + (f"; {why.fix}" if why.fix else ""), stacklevel=3)
         return device
+
+
+def _shares_stream(kind: str, default: str) -> bool:
+    """Whether ONNX Runtime runs on the device's compute stream (module docstring): CETRT_SHARED_STREAM, else
+    `default` (cuda-bindings' device "1", torch's "0")."""
+    return kind == "cuda" and os.environ.get("CETRT_SHARED_STREAM", default) == "1"
 
 
 def _torch_device(kind: str, shared: bool, pinned: bool, why: Exception | None = None) -> "Device":

@@ -113,9 +113,9 @@ class BoundSession(OnnxRuntimeSession):
     """Runs with I/O binding over tensors the runner owns (cetrt.backends.device): inputs already on the device
     (the previous block's hidden states, uploaded weights and batch inputs) are bound by address as they are,
     host arrays are uploaded first, and every output is a new tensor from the device's caching pool, bound by
-    address, that stays on the device until `to_host`. With CETRT_SHARED_STREAM=1, ONNX Runtime runs on the
-    device's compute stream and does not synchronise at the end of a run, so the host queues block after block
-    without waiting."""
+    address, that stays on the device until `to_host`. Where the device shares its stream (cuda-bindings' device,
+    by default), ONNX Runtime runs on the device's compute stream and does not synchronise at the end of a run,
+    so the host queues block after block without waiting."""
 
     def __init__(self, session, device):
         super().__init__(session)

@@ -73,6 +73,21 @@ def test_an_older_driver_falls_back_to_torch_and_says_which_cuda_bindings_to_ins
     assert made == [("cuda", {"shared_stream": False, "pinned": True})]
 
 
+@pytest.mark.parametrize("setting, shared", [(None, True), ("0", False), ("1", True)])
+def test_onnx_runtime_shares_cuda_bindings_compute_stream_unless_told_not_to(monkeypatch, fresh_choice, setting, shared):
+    """ORT on the runner's stream (no sync per run) is cuda-bindings' default; torch's device keeps it apart."""
+    from cetrt.backends import cuda_device
+
+    made = []
+    monkeypatch.setattr(cuda_device, "CudaRuntimeDevice", lambda **kw: made.append(kw) or "cuda-bindings device")
+    if setting is None:
+        monkeypatch.delenv("CETRT_SHARED_STREAM", raising=False)
+    else:
+        monkeypatch.setenv("CETRT_SHARED_STREAM", setting)
+    assert device_module.device_for("cuda") == "cuda-bindings device"
+    assert made == [{"shared_stream": shared, "pinned": True}]
+
+
 def test_cetrt_device_torch_asks_for_the_torch_device(monkeypatch, fresh_choice):
     monkeypatch.setenv("CETRT_DEVICE", "torch")
     monkeypatch.setattr(device_module, "Device", lambda kind, **kw: f"torch {kind}")
