@@ -7,8 +7,9 @@ layers, attention over the pairs the packed mask allows, the head at the scored 
 one the random 7B engines carry). `llama30b` reads {prep30b,llama30b,llama30b_third,harness30b}.json and writes
 gpu_llama30b.json (bench/gpu_combine_30b.py): the issue's keys, ce-predict against each run term by term, and
 the scaling to all items by token count where a run covered fewer. `device` reads device7b_h100.json and writes
-gpu_device_ab_7b.json: the GPU buffers through cuda-bindings against torch's.
-Usage: python bench/gpu_combine.py [7b|llama30b|device] [--steps bench/results/gpu_steps] [--results bench/results]
+gpu_device_ab_7b.json: the GPU buffers through cuda-bindings against torch's. `stream` reads stream7b.json and writes
+gpu_stream_ab_7b.json: ONNX Runtime on its own stream against the runner's.
+Usage: python bench/gpu_combine.py [7b|llama30b|device|stream] [--steps bench/results/gpu_steps] [--results bench/results]
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def run_summary(run: dict) -> dict:
             "tokenize_and_imports_s": results["timings"]["tokenize_s"], "bytes_read": streaming["bytes_read"],
             "read_s": streaming["read_s"], "read_gb_per_s": round(streaming["read_bytes_per_s"] / 1e9, 3),
             "blocked_on_storage_s": streaming["blocked_on_storage_s"], "passes": streaming["plan"]["passes"],
-            "device_setup_s": results["phases"]["of_which_device_setup_s"],
+            "device_setup_s": results.get("phases", {}).get("of_which_device_setup_s"),  # None before 2026-12-02
             "acc": results["acc"], "acc_norm": results["acc_norm"], "page_cache_dropped": run["page_cache_dropped"]}
 
 
@@ -140,6 +141,7 @@ def combine_7b(steps: Path, results: Path) -> None:
                                   "hf_fp16": {k: small["harness_fp16"]["first_round"][k] for k in ("acc", "acc_norm")},
                                   "hf_fp32_reference": {k: small["reference_fp32"]["first_round"][k]
                                                         for k in ("acc", "acc_norm")},
+                                  "hf_fp32_reference_from": reference_source(small["reference_fp32"]),
                                   "cetrt_minus_fp32_points": {"acc": small["acc_diff_points_vs_fp32"],
                                                               "acc_norm": small["acc_norm_diff_points_vs_fp32"]}},
             "llama7b_random_weights": {"acc": resident["acc"], "acc_norm": resident["acc_norm"],
@@ -154,6 +156,45 @@ def combine_7b(steps: Path, results: Path) -> None:
     (results / "gpu_engines.json").write_text(json.dumps(engines, indent=2, default=float) + "\n")
     print(json.dumps({k: v for k, v in engines.items() if isinstance(v, (int, float))}, indent=1))
     print(json.dumps(end_to_end["ratios"], indent=1))
+
+
+# step files renamed after a later step reused them (gpu_speed.py smollm2 --reference-from)
+RENAMED = {"bench/results/gpu_steps/smollm2.json": "bench/results/gpu_steps/smollm2_2026-12-02.json"}
+
+
+def reference_source(reference: dict) -> str:
+    """Where the FP32 reference's run is: this step, or the earlier step file it was reused from."""
+    reused = reference.get("reused_from")
+    if not reused:
+        return "run in this step"
+    return f"reused from {RENAMED.get(reused, reused)} (same model, items and harness code; HF FP32, not cetrt)"
+
+
+def combine_stream(steps: Path, results: Path) -> None:
+    """ONNX Runtime's stream A/B (gpu_speed.py stream7b): each round's pair, the medians, the score differences."""
+    import statistics
+
+    step = json.loads((steps / "stream7b.json").read_text())
+    keys = ("end_to_end_s", "latency_s", "compute_s", "load_s", "blocked_on_storage_s", "acc", "acc_norm")
+    rounds = [{side: {k: run_summary(r[side])[k] for k in keys} for side in ("own_stream", "shared_stream")}
+              for r in step["rounds"]]
+    median = {side: {k: statistics.median(r[side][k] for r in rounds) for k in keys[:5]}
+              for side in ("own_stream", "shared_stream")}
+    out = {"benchmark": "ce-run resident on the prep7b engines (LLaMA-7B shape, random FP16 weights, items 0-1999): "
+                        "ONNX Runtime on its own stream, synchronised after every run, against ONNX Runtime on the "
+                        "runner's compute stream without a sync per run (CETRT_SHARED_STREAM=1, the default since), "
+                        "alternating, page cache dropped before each, one call; then the shared stream at 1/3 of the "
+                        "weights",
+           "rounds": rounds, "median": median,
+           "own_over_shared": {k: round(median["own_stream"][k] / median["shared_stream"][k], 3)
+                               for k in ("end_to_end_s", "compute_s")},
+           "max_score_difference_vs_own_stream": dict(zip(("shared_round_0", "shared_round_1", "shared_third_budget"),
+                                                          step["max_score_difference_vs_own_stream"])),
+           "shared_stream_third_budget": run_summary(step["shared_stream_third_budget"]),
+           "machine": step["machine"], "commands": step["commands"], "step_command": step["command"],
+           "combined_by": " ".join(["python", *sys.argv])}
+    (results / "gpu_stream_ab_7b.json").write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps({k: out[k] for k in ("median", "own_over_shared", "max_score_difference_vs_own_stream")}, indent=1))
 
 
 def combine_device(steps: Path, results: Path, name: str = "device7b_h100.json") -> None:
@@ -178,7 +219,7 @@ def combine_device(steps: Path, results: Path, name: str = "device7b_h100.json")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("which", nargs="?", default="7b", choices=("7b", "llama30b", "device"))
+    parser.add_argument("which", nargs="?", default="7b", choices=("7b", "llama30b", "device", "stream"))
     parser.add_argument("--steps", type=Path, default=STEPS, help="where the step files are")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the results go")
     parser.add_argument("--dataset", type=Path, default=DATASET, help="the dataset the runs scored (for counting)")
@@ -187,6 +228,8 @@ def main() -> None:
         combine_7b(args.steps, args.results)
     elif args.which == "device":
         combine_device(args.steps, args.results)
+    elif args.which == "stream":
+        combine_stream(args.steps, args.results)
     else:
         from gpu_combine_30b import combine_30b
 

@@ -8,6 +8,8 @@ tokens and useful FLOP for all items, and ce-predict (cetrt.calib.predict, the c
 own budget, batch size and read-ahead) for each run, term by term against what the run reported, on the run's own
 items and on all items. A run over fewer than all items is scaled to all of them by token count, and the JSON
 says how.
+Where llama30b_third.json is absent, the latest 1/3 run is llama30b_third_<EARLIER_THIRD>.json, predicted with the
+calib.json of its own engines (prep30b_<EARLIER_THIRD>.json), and the JSON says it ran older code.
 Usage: python bench/gpu_combine.py llama30b [--steps DIR] [--results DIR] [--dataset PATH]
 """
 
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from gpu_combine import run_summary, useful_flop
 
+EARLIER_THIRD = "2026-12-02"  # the step files' suffix where the latest 1/3 run predates the resident one
 WINNER_2023_S = 372.24  # LLaMA-30B FP16, all of HellaSwag, four 32 GB V100s (issue 17)
 
 
@@ -96,8 +99,17 @@ def combine_30b(steps: Path, results: Path, dataset: Path) -> None:
     from cetrt.calib.presets import load_counting_tokenizer
     from cetrt.spec import ModelSpec
 
-    prep, resident, third, harness = (json.loads((steps / f"{n}.json").read_text())
-                                      for n in ("prep30b", "llama30b", "llama30b_third", "harness30b"))
+    prep, resident, harness = (json.loads((steps / f"{n}.json").read_text())
+                               for n in ("prep30b", "llama30b", "harness30b"))
+    third_prep, third, third_from = prep, None, "this session's steps"
+    if (steps / "llama30b_third.json").is_file():
+        third = json.loads((steps / "llama30b_third.json").read_text())
+    else:  # the latest 1/3 run is older than the resident one: with the calib.json of its own engines
+        third_prep, third = (json.loads((steps / f"{n}_{EARLIER_THIRD}.json").read_text())
+                             for n in ("prep30b", "llama30b_third"))
+        third_from = (f"llama30b_third_{EARLIER_THIRD}.json with prep30b_{EARLIER_THIRD}.json: the code of "
+                      f"{EARLIER_THIRD} (fused Q/K/V and gate/up projections, GPU buffers through torch, ONNX Runtime "
+                      "on its own stream), not the resident run's; the device time ran out before a 1/3 run of today's")
     spec = ModelSpec.from_json(resident["model_spec"])  # the engines' own shape (SmolLM2's vocabulary)
     tokenizer = load_counting_tokenizer(None)[0]
     h_tokens_all, all_items = harness_tokens(tokenizer, dataset, None)
@@ -106,12 +118,12 @@ def combine_30b(steps: Path, results: Path, dataset: Path) -> None:
     assert h_tokens_run == h_round["tokens"], (h_tokens_run, h_round["tokens"])  # same tokenizer, same dataset
     per_token = h_round["seconds"] / h_round["tokens"]
     runs, predictions = {}, {}
-    for name, step in (("resident", resident), ("1/3", third)):
+    for name, step, its_prep in (("resident", resident, prep), ("1/3", third, third_prep)):
         results_json = step["run"]["results"]
-        own = predicted(spec, prep["calib"], results_json, results_json["n"], dataset, tokenizer,
-                        prep["layers_per_engine"])
-        everything = own if results_json["n"] >= all_items else predicted(spec, prep["calib"], results_json, None,
-                                                                             dataset, tokenizer, prep["layers_per_engine"])
+        own = predicted(spec, its_prep["calib"], results_json, results_json["n"], dataset, tokenizer,
+                        its_prep["layers_per_engine"])
+        everything = own if results_json["n"] >= all_items else predicted(
+            spec, its_prep["calib"], results_json, None, dataset, tokenizer, its_prep["layers_per_engine"])
         assert own.work.tokens() == results_json["tokens"], (own.work.tokens(), results_json["tokens"])
         runs[name] = {**run_summary(step["run"]), **scaled_run(step, everything.work.tokens(), all_items),
                       "budget": step["budget"], "resident": results_json["streaming"]["plan"]["resident"]}
@@ -131,6 +143,7 @@ def combine_30b(steps: Path, results: Path, dataset: Path) -> None:
                      "dropped), the harness method (HF FP16, eager attention) weights resident",
         "cetrt_all_items_s": cetrt_s,
         "cetrt_third_budget_s": runs["1/3"]["all_items_s"],
+        "third_budget_run_from": third_from,
         "harness_s_per_token": per_token,
         "harness_tokens": h_tokens_all,
         "harness_all_items_s": round(harness_all_s, 2),
