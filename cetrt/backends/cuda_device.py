@@ -7,12 +7,17 @@ it needs anyway. Allocations come from CUDA's stream-ordered pool (cudaMallocAsy
 pool told to keep what is freed, as torch's caching allocator does), so a run's thousands of outputs never call
 cudaMalloc or cudaFree. Same contract as the torch device (cetrt/backends/device.py): uploads on the copy
 stream, waited for by the compute stream, host bytes kept until their copy is done.
+On an integrated GPU (the Orin: CPU and GPU share one DRAM) an upload from the reader's page-locked buffers is
+no copy at all: kernels read the mapped buffer itself, which stays out of the pool until the compute stream is
+past its last use, so a weight is held once, not twice (`CETRT_ZERO_COPY=1`/`0` forces either way; written for
+the Orin and tested only by forcing it on a discrete GPU, where each read crosses PCIe).
 Usage: `device = CudaRuntimeDevice()`; `a = device.upload(array)`; `a.data_ptr()`; `device.to_host(a)`.
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
 import weakref
 from collections import deque
@@ -122,6 +127,12 @@ class PinnedPool:
             self._free.setdefault(size, []).append(address)
 
 
+def zero_copy(setting: str, integrated: bool) -> bool:
+    """Whether kernels read the reader's page-locked buffers in place: CETRT_ZERO_COPY ("1" or "0"), else on an
+    integrated GPU only (on a discrete one every access would cross PCIe)."""
+    return {"1": True, "0": False}.get(setting.strip(), integrated)
+
+
 class CudaRuntimeDevice:
     """One per process: the compute and copy streams, the pool and the uploads in flight (same interface as
     cetrt.backends.device.Device)."""
@@ -140,7 +151,10 @@ class CudaRuntimeDevice:
         cuda("cudaMemPoolSetAttribute", pool, rt.cudaMemPoolAttr.cudaMemPoolAttrReleaseThreshold,
              cuda.driver.cuuint64_t(_KEEP_ALL))
         self._in_flight: deque = deque()  # (event, host array) of copies not yet known to be done
-        self._pinned = PinnedPool(lambda size: int(cuda("cudaHostAlloc", size, rt.cudaHostAllocDefault)))
+        integrated = cuda("cudaDeviceGetAttribute", rt.cudaDeviceAttr.cudaDevAttrIntegrated, index) == 1
+        self.zero_copy = zero_copy(os.environ.get("CETRT_ZERO_COPY", ""), integrated)
+        flags = rt.cudaHostAllocMapped if self.zero_copy else rt.cudaHostAllocDefault
+        self._pinned = PinnedPool(lambda size: int(cuda("cudaHostAlloc", size, flags)))
 
     @property
     def stream_handle(self) -> int:
@@ -163,6 +177,9 @@ class CudaRuntimeDevice:
         cuda, rt = self._cuda, self._cuda.rt
         host = np.ascontiguousarray(array)
         self._forget_finished()
+        mapped = self._mapped(host) if self.zero_copy else None
+        if mapped is not None:
+            return mapped
         moved = self.empty(host.shape, host.dtype, stream=self.copy)
         cuda("cudaMemcpyAsync", moved.data_ptr(), host.ctypes.data, host.nbytes,
              rt.cudaMemcpyKind.cudaMemcpyHostToDevice, self.copy)
@@ -173,6 +190,24 @@ class CudaRuntimeDevice:
         cuda("cudaStreamWaitEvent", self.compute, done, 0)
         self._in_flight.append((done, host))  # the host bytes must outlive the copy
         return moved
+
+    def _mapped(self, host: np.ndarray) -> DeviceArray | None:
+        """`host` as the device sees it, if it lies in page-locked memory (the reader's buffers); else None. The
+        host bytes are kept until the compute stream has passed the array's last use."""
+        rt = self._cuda.rt
+        error, attributes = rt.cudaPointerGetAttributes(host.ctypes.data)
+        if error != rt.cudaError_t.cudaSuccess or attributes.type != rt.cudaMemoryType.cudaMemoryTypeHost:
+            return None
+        return DeviceArray(int(attributes.devicePointer), host.shape, host.dtype, self.index,
+                           lambda _address, host=host: self._keep_until_computed(host))
+
+    def _keep_until_computed(self, host: np.ndarray) -> None:
+        """Hold `host` (back in the pool only when dropped) until the compute stream reaches this point."""
+        rt = self._cuda.rt
+        error, done = rt.cudaEventCreateWithFlags(rt.cudaEventDisableTiming)
+        if error == rt.cudaError_t.cudaSuccess:  # no check beyond this: may run while the interpreter unwinds
+            rt.cudaEventRecord(done, self.compute)
+            self._in_flight.append((done, host))
 
     def _forget_finished(self) -> None:
         rt = self._cuda.rt

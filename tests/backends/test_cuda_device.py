@@ -88,6 +88,14 @@ def test_onnx_runtime_shares_cuda_bindings_compute_stream_unless_told_not_to(mon
     assert made == [{"shared_stream": shared, "pinned": True}]
 
 
+@pytest.mark.parametrize("setting, integrated, expected", [("", True, True), ("", False, False), ("1", False, True),
+                                                          ("0", True, False), (" 1 ", False, True)])
+def test_zero_copy_reads_in_place_on_an_integrated_gpu_unless_told_otherwise(setting, integrated, expected):
+    from cetrt.backends.cuda_device import zero_copy
+
+    assert zero_copy(setting, integrated) is expected
+
+
 def test_cetrt_device_torch_asks_for_the_torch_device(monkeypatch, fresh_choice):
     monkeypatch.setenv("CETRT_DEVICE", "torch")
     monkeypatch.setattr(device_module, "Device", lambda kind, **kw: f"torch {kind}")
@@ -129,6 +137,32 @@ def test_host_buffers_are_aligned_page_locked_and_upload_from_in_place():
     assert view.ctypes.data % 4096 == 0
     view[:] = np.arange(view.size) % 1000
     assert np.array_equal(device.to_host(device.upload(view)), view)
+
+
+@pytest.mark.gpu
+def test_zero_copy_reads_the_page_locked_buffer_in_place_and_holds_it_until_computed(monkeypatch):
+    """The Orin's path, forced on a discrete GPU: no device copy, and the read buffer stays out of the pool while
+    the array lives (else the next read would overwrite weights a kernel still reads)."""
+    from cetrt.backends.cuda_device import CudaRuntimeDevice
+
+    monkeypatch.setenv("CETRT_ZERO_COPY", "1")
+    device = CudaRuntimeDevice(shared_stream=True, pinned=True)
+    view = np.frombuffer(device.host_buffer(1 << 20), dtype=np.float32)
+    view[:] = np.arange(view.size)
+    on_gpu = device.upload(view[1024:])
+    assert device.zero_copy and on_gpu.shape == (view.size - 1024,)
+    assert np.array_equal(device.to_host(on_gpu), view[1024:])
+    kept = len(device._pinned._free.get(1 << 21, []))
+    del view
+    assert len(device._pinned._free.get(1 << 21, [])) == kept  # the array still holds the block
+    del on_gpu
+    device.synchronize()
+    import gc
+
+    gc.collect()
+    assert len(device._pinned._free.get(1 << 21, [])) == kept + 1  # back once the stream passed it
+    plain = np.ones(8, np.float32)  # pageable memory: copied as before
+    assert np.array_equal(device.to_host(device.upload(plain)), plain)
 
 
 @pytest.mark.gpu
