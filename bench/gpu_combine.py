@@ -105,7 +105,10 @@ def combine_7b(steps: Path, results: Path) -> None:
             "hf_end_to_end_s": "bench/hf_harness.py as a process: imports, safetensors from cold disk to the GPU, "
                                "tokenizing, scoring with the harness's method",
             "hf_resident_s": "the same scoring again, weights resident (the old baseline)",
-            "cetrt_compute_s": "ce-run's compute timer (blocks run, batch inputs built and uploaded)",
+            "cetrt_compute_s": "ce-run's compute timer (blocks run, batch inputs built and uploaded); with ONNX Runtime "
+                               "on the runner's stream (CETRT_SHARED_STREAM in the step's cetrt_environment, the "
+                               "default since 2026-12-03) the host's view: queueing runs and waiting for the head's "
+                               "outputs, while part of the GPU's work overlaps time counted as blocked on storage",
             "latency_over_floor": "ce-run's latency (end to end minus tokenizing and imports, which its timer "
                                   "counts together) over max(bytes read / probe rate, compute)",
             "tokenize_and_imports_s": "ce-run's tokenize timer: loading the tokenizer (with `tokenizers` alone, "
