@@ -101,7 +101,7 @@ def combine_30b(steps: Path, results: Path, dataset: Path) -> None:
 
     prep, resident, harness = (json.loads((steps / f"{n}.json").read_text())
                                for n in ("prep30b", "llama30b", "harness30b"))
-    third_prep, third, third_from = prep, None, "this session's steps"
+    third_prep, third_from = prep, "this session's steps"
     if (steps / "llama30b_third.json").is_file():
         third = json.loads((steps / "llama30b_third.json").read_text())
     else:  # the latest 1/3 run is older than the resident one: with the calib.json of its own engines

@@ -16,9 +16,9 @@ both counted the same way, in one call per step; every run a separate process ti
             profile of one batch.
   device7b  the GPU buffers' A/B alone on the prep7b engines: resident ce-run, cuda-bindings and torch
             alternating, two rounds.
-  stream7b  ONNX Runtime's stream A/B on the prep7b engines: its own stream synchronised per run (the default)
-            against the runner's compute stream without a sync per run (CETRT_SHARED_STREAM=1), resident, two rounds;
-            then the shared stream at 1/3 of the weights.
+  stream7b  ONNX Runtime's stream A/B on the prep7b engines: its own stream synchronised per run
+            (CETRT_SHARED_STREAM=0) against the runner's compute stream without a sync per run (CETRT_SHARED_STREAM=1,
+            the default since 2026-12-03), resident, two rounds; then the shared stream at 1/3 of the weights.
   prep30b   issue 17: a LLaMA-30B-shaped random model as engines (bench/random_engines.py: N layers per engine as
             calib chose it from the per-call cost measured here, unless --layers-per-engine; about 12 layers of
             distinct weight files so it fits the disk) and its calib.json, measured here by the calibration stage
@@ -60,8 +60,9 @@ COMMANDS: list[str] = []
 
 
 def run(args: list, env: dict | None = None, check: bool = True) -> tuple[float, subprocess.CompletedProcess]:
-    """A command as a user runs it, timed from the outside; its line goes to the result's commands."""
-    COMMANDS.append(" ".join(str(a) for a in args))
+    """A command as a user runs it, timed from the outside; its line (with the environment it adds) goes to the
+    result's commands."""
+    COMMANDS.append(" ".join([*(f"{k}={v}" for k, v in (env or {}).items()), *(str(a) for a in args)]))
     start = time.perf_counter()
     done = subprocess.run([str(a) for a in args], env={**os.environ, **(env or {})}, capture_output=True, text=True)
     seconds = time.perf_counter() - start
@@ -267,11 +268,12 @@ def step_device7b(args) -> dict:
 
 
 SHARED_STREAM = {"CETRT_SHARED_STREAM": "1"}  # ONNX Runtime on the runner's compute stream, no sync per run
+OWN_STREAM = {"CETRT_SHARED_STREAM": "0"}  # ONNX Runtime on its own stream, synchronised after every run
 
 
 def step_stream7b(args) -> dict:
     """ONNX Runtime's stream A/B on the prep7b engines: resident `ce-run`s with ORT on its own stream, synchronised
-    after every run (the default), and on the runner's compute stream without a sync per run (CETRT_SHARED_STREAM=1),
+    after every run (CETRT_SHARED_STREAM=0), and on the runner's compute stream without a sync per run (=1),
     alternating, two rounds, page cache dropped before each; then the shared stream at 1/3 of the weights (streamed:
     weights freed and re-read while runs are queued). A failing run is recorded with its words, not raised."""
     from cetrt.formats.manifest import read_manifest
@@ -285,7 +287,7 @@ def step_stream7b(args) -> dict:
         except SystemExit as failed:
             return {"failed": str(failed)[-1500:]}
 
-    rounds = [{"own_stream": attempt(f"own_{n}", None), "shared_stream": attempt(f"shared_{n}", SHARED_STREAM)}
+    rounds = [{"own_stream": attempt(f"own_{n}", OWN_STREAM), "shared_stream": attempt(f"shared_{n}", SHARED_STREAM)}
               for n in range(2)]
     third = attempt("shared_third", SHARED_STREAM, budget=str(read_manifest(engines).engine_bytes // 3))
     differences = [score_difference(work / "7b_stream_own_0.json", work / f"7b_stream_{name}.json")
