@@ -31,9 +31,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 from cpu_vs_harness import machine  # noqa: E402
 
 from cetrt.formats.blocks import read_blocks  # noqa: E402
-from cetrt.spec import ATTENTION_MASK, HIDDEN, HIDDEN_OUT, POSITION_IDS  # noqa: E402
+from cetrt.spec import HIDDEN, HIDDEN_OUT, POSITION_IDS, SEGMENT_IDS  # noqa: E402
 from cetrt.storage import ReadStats, read_file  # noqa: E402
-from cetrt.workload.packing import attention_mask  # noqa: E402
 
 FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
 RUNS = 4  # per block: the first run (allocations, prepacking) and the steady state of a chunk's later batches
@@ -106,7 +105,7 @@ def main() -> None:
     feeds = {
         HIDDEN: rng.standard_normal((args.batch, args.length, exported.model.hidden_size)).astype(dtype),
         POSITION_IDS: np.tile(np.arange(args.length), (args.batch, 1)).astype(np.int64),
-        ATTENTION_MASK: attention_mask(np.zeros((args.batch, args.length), dtype=np.int8)),
+        SEGMENT_IDS: np.zeros((args.batch, args.length), dtype=np.int32),
     }
     feeds = {k: v for k, v in feeds.items() if k in layers[0].spec.input_names}
     so = ort.SessionOptions()

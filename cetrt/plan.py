@@ -32,11 +32,10 @@ def available_memory() -> int:
     raise UserError("--memory-budget auto reads /proc/meminfo, which this system does not have; give a size")
 
 
-def activation_bytes_per_token(model: ModelSpec, dtype: str, batches: list[Batch]) -> int:
+def activation_bytes_per_token(model: ModelSpec, dtype: str) -> int:
     """What a chunk holds per padded token between blocks: the hidden state, plus the batch inputs kept for
-    the chunk (a row of the FP32 mask, ids, positions, scored slots)."""
-    longest = max(b.length for b in batches)
-    return model.hidden_size * dtype_bytes(dtype) + 4 * longest + 32
+    the chunk (ids and positions, 8 bytes each; segment ids, 4; at most one scored slot, 16)."""
+    return model.hidden_size * dtype_bytes(dtype) + 36
 
 
 def working_bytes(spec: ModelSpec, dtype: str, batch: Batch) -> int:
@@ -204,7 +203,7 @@ def plan_from_sizes(sizes: ModelSizes, batches: list[Batch], budget_bytes: int, 
     chunk, which overlaps the one read of every engine, grows (as memory allows) until its compute covers it."""
     streamed = sum(sizes.block_bytes)
     model = streamed + sizes.resident_bytes
-    per_token = activation_bytes_per_token(sizes.model, sizes.dtype, batches)
+    per_token = activation_bytes_per_token(sizes.model, sizes.dtype)
     hidden_bytes = sizes.model.hidden_size * dtype_bytes(sizes.dtype)
     all_tokens = sum(b.shape[0] * b.shape[1] for b in batches)
     largest_batch = max(b.shape[0] * b.shape[1] for b in batches)

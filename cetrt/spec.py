@@ -16,7 +16,9 @@ from cetrt.errors import UserError
 # Tensor names at the block boundaries: the one place they are spelled.
 INPUT_IDS = "input_ids"
 POSITION_IDS = "position_ids"
-ATTENTION_MASK = "attention_mask"
+SEGMENT_IDS = "segment_ids"  # [B, L] int32: 0 context, k + 1 ending k, PAD_SEGMENT padding; layer blocks build
+# the packed attention mask from them in the graph (cetrt.families.common.packed_mask)
+PAD_SEGMENT = -1
 HIDDEN = "hidden"
 HIDDEN_OUT = "hidden_out"
 SCORE_INDEX = "score_index"

@@ -36,7 +36,6 @@ from cetrt.outputs import check_output_dir, writing
 from cetrt.reuse import changed, versions
 from cetrt.sources import model_hash, resolve_source
 from cetrt.spec import (
-    ATTENTION_MASK,
     DTYPES,
     GREEDY,
     HIDDEN,
@@ -45,6 +44,7 @@ from cetrt.spec import (
     LOGPROBS,
     POSITION_IDS,
     SCORE_INDEX,
+    SEGMENT_IDS,
     TARGET_IDS,
     BlockSpec,
     TensorSpec,
@@ -69,7 +69,7 @@ def block_specs(family: Family, num_layers: int, layers_per_block: int, hidden: 
     tensors = {
         INPUT_IDS: TensorSpec(INPUT_IDS, "int64", ("B", "L")),
         POSITION_IDS: TensorSpec(POSITION_IDS, "int64", ("B", "L")),
-        ATTENTION_MASK: TensorSpec(ATTENTION_MASK, "float32", ("B", 1, "L", "L")),
+        SEGMENT_IDS: TensorSpec(SEGMENT_IDS, "int32", ("B", "L")),
         HIDDEN: TensorSpec(HIDDEN, dtype, ("B", "L", hidden)),
     }
     hidden_out = TensorSpec(HIDDEN_OUT, dtype, ("B", "L", hidden))
@@ -95,7 +95,7 @@ def example_inputs(hidden: int, dtype: torch.dtype, vocab: int) -> dict[str, tor
     return {
         INPUT_IDS: torch.randint(0, vocab, (b, l)),
         POSITION_IDS: torch.arange(l).repeat(b, 1),
-        ATTENTION_MASK: torch.zeros(b, 1, l, l),
+        SEGMENT_IDS: torch.zeros(b, l, dtype=torch.int32),
         HIDDEN: torch.randn(b, l, hidden, dtype=dtype),
         SCORE_INDEX: torch.randint(0, l, (b, s)),
         TARGET_IDS: torch.randint(0, vocab, (b, s)),

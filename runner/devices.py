@@ -58,7 +58,7 @@ def evaluate_devices(options, engines, manifest, backend, budget: int, encoded, 
     chunk_list = stage_chunks(plan, batches)
     cuda = manifest.target.device == "cuda"
     reads, allocate = ReadPlan(requests_in_flight=schedule.requests_in_flight), backend.host_buffers(manifest.target)
-    per_token = activation_bytes_per_token(manifest.model, manifest.dtype, batches)
+    per_token = activation_bytes_per_token(manifest.model, manifest.dtype)
     stages, loaders, meters, stats = [], [], [], []
     try:
         for k, ((first, stop), stage_plan) in enumerate(zip(plan.stages, plan.plans)):

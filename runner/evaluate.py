@@ -212,7 +212,7 @@ def _evaluate(options: RunOptions, announce: Callable[[str], None], stop: StopOn
             store = StreamingStore(engines, sequence, plan.prefetch_depth, load, timings, stats, meter, reads,
                                    allocate)
         if plan.activations == "memory":
-            activations = MemoryActivations(meter, activation_bytes_per_token(manifest.model, manifest.dtype, todo))
+            activations = MemoryActivations(meter, activation_bytes_per_token(manifest.model, manifest.dtype))
         else:
             activations = DiskActivations(meter, options.spill_dir)
         steps = len(todo) * len(manifest.blocks)

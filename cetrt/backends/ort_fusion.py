@@ -26,8 +26,9 @@ _PREFIX = "cetrt_fused"
 
 @dataclass(frozen=True)
 class _Attention:
-    """One matched attention subgraph: its inputs in [B, heads, L, D], the mask, the scale, and the Reshape
-    whose [B, L, heads * D] output the fused node produces instead."""
+    """One matched attention subgraph: its inputs in [B, heads, L, D], the mask ([B, 1, L, L], or [B, L, L] where
+    the exporter merged the two Unsqueezes of a block's only layer into one: `mask_needs_head_axis`), the scale,
+    and the Reshape whose [B, L, heads * D] output the fused node produces instead."""
 
     query: str
     key: str
@@ -35,6 +36,7 @@ class _Attention:
     mask: str
     scale: float
     output: onnx.NodeProto
+    mask_needs_head_axis: bool = False
 
 
 class _Graph:
@@ -114,10 +116,13 @@ def _match(g: _Graph, softmax: onnx.NodeProto) -> _Attention | None:
     merged = g.only_reader(swap.output[0], "Reshape") if swap is not None and _perm(swap) == [0, 2, 1, 3] else None
     if values is None or merged is None:
         return None
+    mask_rank = len(g.shapes.get(mask.input[0]) or [])
+    axes = g.constants.get(mask.input[1]) if len(mask.input) > 1 else None
+    merged_unsqueeze = mask_rank == 3 and axes is not None and numpy_helper.to_array(axes).tolist() == [1, 2]
     attention = _Attention(query=query, key=keys.input[0], value=values.input[0], mask=mask.input[0], scale=scale,
-                           output=merged)
-    ranks = [len(g.shapes.get(name) or []) for name in (attention.query, attention.key, attention.value, attention.mask)]
-    return attention if ranks == [4, 4, 4, 4] else None
+                           output=merged, mask_needs_head_axis=merged_unsqueeze)
+    ranks = [len(g.shapes.get(name) or []) for name in (attention.query, attention.key, attention.value)]
+    return attention if ranks == [4, 4, 4] and (mask_rank == 4 or merged_unsqueeze) else None
 
 
 class _Emitter:
@@ -185,8 +190,10 @@ def fuse_attention(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
             value = _repeat_heads(emit, value, kv_heads, heads // kv_heads, size)
         dtype = g.types[attention.query]
         if (attention.mask, dtype) not in biases:  # one cast of the mask per graph, shared by its layers
-            biases[(attention.mask, dtype)] = (attention.mask if g.types.get(attention.mask) == dtype
-                                               else emit.node("Cast", [attention.mask], to=dtype))
+            bias = attention.mask
+            if attention.mask_needs_head_axis:
+                bias = emit.node("Unsqueeze", [bias, emit.constant([1])])
+            biases[(attention.mask, dtype)] = bias if g.types.get(attention.mask) == dtype else emit.node("Cast", [bias], to=dtype)
         emit.node("MultiHeadAttention", [query, key, value, "", "", biases[(attention.mask, dtype)]],
                   domain=MS_DOMAIN, output=attention.output.output[0], num_heads=heads, scale=attention.scale)
         placed[id(attention.output)] = emit.nodes[start:]

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from cetrt.errors import UserError
-from cetrt.spec import ATTENTION_MASK, HIDDEN, INPUT_IDS, POSITION_IDS, ModelSpec
+from cetrt.spec import HIDDEN, INPUT_IDS, POSITION_IDS, SEGMENT_IDS, ModelSpec
 
 # Rotary embeddings whose frequencies are fixed once (the export computes cos/sin from the model's own
 # `inv_freq` and `attention_scaling`); the others change with the sequence length, which one static graph
@@ -37,7 +37,7 @@ class Family:
     presets: Mapping[str, ModelSpec] = field(default_factory=dict)
 
 
-ROPE_LAYER_INPUTS = (HIDDEN, POSITION_IDS, ATTENTION_MASK)
+ROPE_LAYER_INPUTS = (HIDDEN, POSITION_IDS, SEGMENT_IDS)
 TOKEN_EMBED_INPUTS = (INPUT_IDS,)
 
 

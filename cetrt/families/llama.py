@@ -25,7 +25,15 @@ from cetrt.families.base import (
     rms_head_params,
     token_embed_params,
 )
-from cetrt.families.common import FusedProjections, Projections, ScoringHead, attention, rms_norm, split_heads
+from cetrt.families.common import (
+    FusedProjections,
+    Projections,
+    ScoringHead,
+    attention,
+    packed_mask,
+    rms_norm,
+    split_heads,
+)
 from cetrt.spec import ModelSpec
 
 
@@ -101,13 +109,14 @@ class LlamaLayers(nn.Module):
         self.register_buffer("inv_freq", inv_freq.detach().float().clone(), persistent=False)
         self.attention_scaling = float(attention_scaling)
 
-    def forward(self, hidden, position_ids, attention_mask):
+    def forward(self, hidden, position_ids, segment_ids):
+        mask = packed_mask(segment_ids)  # once per block, shared by its layers
         freqs = position_ids.unsqueeze(-1).float() * self.inv_freq  # [B, L, D/2], FP32
         angles = torch.cat((freqs, freqs), dim=-1).unsqueeze(1)
         cos = (angles.cos() * self.attention_scaling).to(hidden.dtype)
         sin = (angles.sin() * self.attention_scaling).to(hidden.dtype)
         for layer in self.layers:
-            hidden = layer(hidden, cos, sin, attention_mask)
+            hidden = layer(hidden, cos, sin, mask)
         return hidden
 
 

@@ -14,8 +14,8 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 from cetrt.families.base import Family
-from cetrt.families.common import Projections, ScoringHead, attention, layer_norm, split_heads
-from cetrt.spec import ATTENTION_MASK, HIDDEN, INPUT_IDS, POSITION_IDS, ModelSpec
+from cetrt.families.common import Projections, ScoringHead, attention, layer_norm, packed_mask, split_heads
+from cetrt.spec import HIDDEN, INPUT_IDS, POSITION_IDS, SEGMENT_IDS, ModelSpec
 
 POSITION_OFFSET = 2
 
@@ -68,9 +68,10 @@ class OptLayers(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(FusedOptLayer(layer, config) for layer in layers)
 
-    def forward(self, hidden, attention_mask):
+    def forward(self, hidden, segment_ids):
+        mask = packed_mask(segment_ids)  # once per block, shared by its layers
         for layer in self.layers:
-            hidden = layer(hidden, attention_mask)
+            hidden = layer(hidden, mask)
         return hidden
 
 
@@ -149,7 +150,7 @@ FAMILY = Family(
     hf_class="OPTForCausalLM",
     model_types=("opt",),
     embed_inputs=(INPUT_IDS, POSITION_IDS),
-    layer_inputs=(HIDDEN, ATTENTION_MASK),
+    layer_inputs=(HIDDEN, SEGMENT_IDS),
     spec_from_config=opt_spec,
     layer_params=opt_layer_params,
     embed_params=opt_embed_params,

@@ -18,7 +18,7 @@ from cetrt.files import FileRecord, read_versioned_json, write_json_atomic
 from cetrt.spec import BlockSpec, ModelSpec
 
 BLOCKS_FILE = "blocks.json"
-BLOCKS_VERSION = 1
+BLOCKS_VERSION = 2  # 2: layer blocks take segment ids [B, L] and build the packed mask in the graph
 TOKENIZER_DIR = "tokenizer"  # beside the blocks, and copied as is beside the engines
 _FIX = "re-run the export (`make engines` or `ce-export`)"
 

@@ -23,7 +23,7 @@ from cetrt.formats.weights import WeightEntry
 from cetrt.spec import BlockSpec, ModelSpec, Target, TensorSpec
 
 MANIFEST_FILE = "manifest.json"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: layer blocks take segment ids [B, L] (blocks.json version 2)
 _FIX = "rebuild the engines with `make engines` (or `ce-build`)"
 
 

@@ -3,7 +3,9 @@
 Each ending is fed without its last token (the harness's input is (context + continuation)[:-1]); its first
 token is scored from the context's last position, the rest from its own positions. Ending positions continue
 from the context length; ending tokens see all of the context and their own ending causally, never another
-ending. Rows are sorted by length and padded to a few lengths, batched as the `ShapePlan` says.
+ending: each row carries segment ids that say so, from which the layer blocks build the attention mask in the
+graph (`cetrt.families.common.packed_mask`). Rows are sorted by length and padded to a few lengths, batched as
+the `ShapePlan` says.
 Usage: `batches = make_batches([pack(i, e) for i, e in enumerate(encoded)], ShapePlan())`; `batch.arrays()`.
 """
 
@@ -14,13 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from cetrt.errors import UserError
-from cetrt.spec import ATTENTION_MASK, INPUT_IDS, POSITION_IDS, SCORE_INDEX, TARGET_IDS
+from cetrt.spec import INPUT_IDS, PAD_SEGMENT, POSITION_IDS, SCORE_INDEX, SEGMENT_IDS, TARGET_IDS
 from cetrt.workload.hellaswag import Doc
 from cetrt.workload.shapes import ShapePlan
 from cetrt.workload.tokens import EncodedDoc, encode_docs
-
-PAD_SEGMENT = -1
-MASKED = np.float32(-1e9)  # finite, so a fully masked row (never built) could not turn softmax into NaN
 
 
 @dataclass(frozen=True)
@@ -68,17 +67,6 @@ def pack(item: int, encoded: EncodedDoc) -> PackedRow:
     )
 
 
-def attention_mask(segments: np.ndarray) -> np.ndarray:
-    """Additive mask [B, 1, L, L] from segment ids [B, L]; padding attends to itself only."""
-    b, l = segments.shape
-    query, key = segments[:, :, None], segments[:, None, :]
-    causal = np.tril(np.ones((l, l), dtype=bool))[None]
-    allowed = causal & ((key == 0) | (key == query)) & (key != PAD_SEGMENT) & (query != PAD_SEGMENT)
-    allowed |= np.eye(l, dtype=bool)[None] & (query == PAD_SEGMENT)
-    mask = np.where(allowed, np.float32(0), MASKED)
-    return mask[:, None, :, :]
-
-
 @dataclass(frozen=True)
 class Batch:
     rows: tuple[PackedRow, ...]
@@ -99,7 +87,7 @@ class Batch:
         b = len(self.rows)
         ids = np.zeros((b, self.length), dtype=np.int64)
         positions = np.zeros((b, self.length), dtype=np.int64)
-        segments = np.full((b, self.length), PAD_SEGMENT, dtype=np.int8)
+        segments = np.full((b, self.length), PAD_SEGMENT, dtype=np.int32)
         score_index = np.zeros((b, self.slots), dtype=np.int64)
         targets = np.zeros((b, self.slots), dtype=np.int64)
         for i, row in enumerate(self.rows):
@@ -111,7 +99,7 @@ class Batch:
         return {
             INPUT_IDS: ids,
             POSITION_IDS: positions,
-            ATTENTION_MASK: attention_mask(segments),
+            SEGMENT_IDS: segments,  # the layer blocks build the packed mask from them
             SCORE_INDEX: score_index,
             TARGET_IDS: targets,
         }

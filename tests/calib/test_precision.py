@@ -24,8 +24,7 @@ from cetrt.formats.calib import CALIB_FILE, CalibRecord, write_calib
 from cetrt.formats.manifest import read_manifest
 from cetrt.islands import ISLANDS_KEY, float32_twin, islands_of, save_model, with_fp32_islands
 from cetrt.runner.evaluate import RunOptions, evaluate
-from cetrt.spec import ATTENTION_MASK, HIDDEN, POSITION_IDS
-from cetrt.workload.packing import attention_mask
+from cetrt.spec import HIDDEN, POSITION_IDS, SEGMENT_IDS
 
 from tiny_models import make_overflow_model
 
@@ -54,10 +53,10 @@ def test_ordinary_fp16_export_needs_no_island(zoo, hellaswag_path, tmp_path, arc
 def _layer_feeds(hidden_size: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
     b, l = 2, 9
-    segments = np.zeros((b, l), dtype=np.int8)
+    segments = np.zeros((b, l), dtype=np.int32)
     segments[:, 6:] = 1
     return {HIDDEN: rng.standard_normal((b, l, hidden_size)).astype(np.float16),
-            POSITION_IDS: np.tile(np.arange(l), (b, 1)).astype(np.int64), ATTENTION_MASK: attention_mask(segments)}
+            POSITION_IDS: np.tile(np.arange(l), (b, 1)).astype(np.int64), SEGMENT_IDS: segments}
 
 
 def _run(model: onnx.ModelProto, feeds: dict) -> np.ndarray:

@@ -11,8 +11,7 @@ import torch
 from cetrt.export.loading import load_model
 from cetrt.families import get_family
 from cetrt.formats.blocks import read_blocks
-from cetrt.spec import ATTENTION_MASK, HIDDEN, INPUT_IDS, POSITION_IDS, SCORE_INDEX, TARGET_IDS
-from cetrt.workload.packing import attention_mask
+from cetrt.spec import HIDDEN, INPUT_IDS, POSITION_IDS, SCORE_INDEX, SEGMENT_IDS, TARGET_IDS
 
 from tiny_models import ARCHS
 
@@ -21,14 +20,14 @@ B, L, S = 3, 13, 6  # not the export's example shape: the dims must really be dy
 
 def block_inputs(spec, hidden_size: int, vocab: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
-    segments = np.zeros((B, L), dtype=np.int8)
+    segments = np.zeros((B, L), dtype=np.int32)
     segments[:, 6:9], segments[:, 9:12], segments[1, 11:] = 1, 2, -1  # context, two endings, padding
     positions = np.tile(np.arange(L), (B, 1))
     positions[:, 9:12] = np.arange(6, 9)  # the second ending restarts after the context
     pool = {
         INPUT_IDS: rng.integers(0, vocab, (B, L)),
         POSITION_IDS: positions.astype(np.int64),
-        ATTENTION_MASK: attention_mask(segments),
+        SEGMENT_IDS: segments,
         HIDDEN: rng.standard_normal((B, L, hidden_size)).astype(np.float32),
         SCORE_INDEX: rng.integers(0, L, (B, S)),
         TARGET_IDS: rng.integers(0, vocab, (B, S)),
@@ -66,7 +65,7 @@ def test_chained_blocks_match_hugging_face(zoo, arch):
     embed, layers, head = family.block_modules(loaded.model)
     ids = torch.randint(3, loaded.spec.vocab_size, (2, 11), generator=torch.Generator().manual_seed(1))
     feeds = {INPUT_IDS: ids, POSITION_IDS: torch.arange(11).repeat(2, 1),
-             ATTENTION_MASK: torch.from_numpy(attention_mask(np.zeros((2, 11), dtype=np.int8)))}
+             SEGMENT_IDS: torch.zeros((2, 11), dtype=torch.int32)}
     positions = feeds[POSITION_IDS]
     with torch.no_grad():
         hidden = embed(*(feeds[name] for name in family.embed_inputs))

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from cetrt.errors import UserError
-from cetrt.spec import ATTENTION_MASK, POSITION_IDS, SCORE_INDEX, TARGET_IDS
+from cetrt.families.common import MASKED, packed_mask
+from cetrt.spec import POSITION_IDS, SCORE_INDEX, SEGMENT_IDS, TARGET_IDS
 from cetrt.workload.hellaswag import Doc
-from cetrt.workload.packing import MASKED, attention_mask, make_batches, pack
+from cetrt.workload.packing import make_batches, pack
 from cetrt.workload.shapes import ShapePlan
 from cetrt.workload.tokens import EncodedDoc
 
@@ -31,13 +33,14 @@ def test_row_layout_drops_each_endings_last_token_and_continues_positions():
 
 
 def test_mask_context_causal_endings_see_context_and_themselves_only():
-    segments = np.array([[0, 0, 1, 1, 2, 2, -1]], dtype=np.int8)
-    allowed = attention_mask(segments)[0, 0] == 0
+    segments = torch.tensor([[0, 0, 1, 1, 2, 2, -1]], dtype=torch.int32)
+    mask = packed_mask(segments)
+    allowed = (mask[0, 0] == 0).int().numpy()
     assert allowed[1].tolist() == [1, 1, 0, 0, 0, 0, 0]  # context: causal
     assert allowed[3].tolist() == [1, 1, 1, 1, 0, 0, 0]  # ending 1: context + itself, causal
     assert allowed[5].tolist() == [1, 1, 0, 0, 1, 1, 0]  # ending 2 never sees ending 1
     assert allowed[6].tolist() == [0, 0, 0, 0, 0, 0, 1]  # padding sees itself only: no NaN rows
-    assert attention_mask(segments).dtype == np.float32 and attention_mask(segments).min() == MASKED
+    assert mask.shape == (1, 1, 7, 7) and mask.dtype == torch.float32 and mask.min() == MASKED
 
 
 def test_batches_cover_every_row_once_in_few_padded_shapes():
@@ -51,7 +54,11 @@ def test_batches_cover_every_row_once_in_few_padded_shapes():
         assert len(b.rows) * b.length <= max(1024, b.length)
     assert len({b.length for b in batches}) <= 6
     arrays = batches[0].arrays()
-    assert arrays[ATTENTION_MASK].shape == (len(batches[0].rows), 1, batches[0].length, batches[0].length)
+    assert arrays[SEGMENT_IDS].shape == (len(batches[0].rows), batches[0].length)
+    assert arrays[SEGMENT_IDS].dtype == np.int32  # what the export declares: the engines take it as is
+    length = batches[0].rows[0].length
+    assert arrays[SEGMENT_IDS][0, :length].tolist() == batches[0].rows[0].segments.tolist()
+    assert (arrays[SEGMENT_IDS][0, length:] == -1).all()
     assert arrays[SCORE_INDEX].shape == arrays[TARGET_IDS].shape == (len(batches[0].rows), batches[0].slots)
     assert arrays[POSITION_IDS].dtype == np.int64
 
