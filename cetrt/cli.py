@@ -151,7 +151,10 @@ def build_command(onnx_dir, out_dir, backend, target, check, max_length, tokens_
 @click.option("--prefetch-depth", type=click.IntRange(1, 4), default=None,
               help="Engines read ahead of the one computing, when streaming (default: calib.json's schedule, else 1).")
 @click.option("--spill-dir", type=click.Path(path_type=Path), default=None,
-              help="Where activations go when they must spill to disk (default: the system's temp dir).")
+              help="Where activations go when they spill to disk (default: the system's temp dir).")
+@click.option("--spill", is_flag=True,
+              help="Keep a chunk's hidden states on disk between blocks and stream the engines, whatever the budget: "
+                   "one pass over the weights (the planner does this by itself only where it reads less).")
 @click.option("--threads", type=POSITIVE, default=None, help="Intra-op threads for CPU backends (default: all cores).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--devices", type=click.IntRange(1), default=1, show_default=True,
@@ -159,7 +162,7 @@ def build_command(onnx_dir, out_dir, backend, target, check, max_length, tokens_
                    "batches; --memory-budget is then per device (on CPU every stage runs on the same CPU).")
 @user_errors
 def run_command(engines, dataset, limit, json_path, tokens_per_batch, memory_budget, chunk_tokens, prefetch_depth,
-                spill_dir, threads, quiet, devices):
+                spill_dir, spill, threads, quiet, devices):
     """Score HellaSwag with prebuilt engines and print acc and acc_norm."""
     from cetrt.formats.results import write_results
     from cetrt.outputs import check_output_file
@@ -172,7 +175,7 @@ def run_command(engines, dataset, limit, json_path, tokens_per_batch, memory_bud
         check_output_file(json_path, "--json")  # before the run; space is checked once the item count is known
     options = RunOptions(engines=engines, dataset=dataset or default_dataset(), limit=limit,
                          tokens_per_batch=tokens_per_batch, memory_budget=memory_budget, chunk_tokens=chunk_tokens,
-                         prefetch_depth=prefetch_depth, spill_dir=spill_dir, threads=threads,
+                         prefetch_depth=prefetch_depth, spill_dir=spill_dir, spill=spill, threads=threads,
                          partial_results=partial_path(json_path) if json_path else None,
                          journal=journal_path(json_path) if json_path else None, progress=not quiet,
                          devices=devices)

@@ -172,14 +172,14 @@ FEWER_LAYERS_PER_BLOCK = "export with fewer layers per block"
 
 
 def plan_memory(manifest: Manifest, batches: list[Batch], budget_bytes: int, chunk_tokens: int | None = None,
-                prefetch_depth: int = 1, pacing: Pacing = Pacing()) -> MemoryPlan:
+                prefetch_depth: int = 1, pacing: Pacing = Pacing(), spill: bool = False) -> MemoryPlan:
     """The plan for an engines directory: its blocks' streamed bytes and its always-resident engine types."""
     merged = int(manifest.inputs.get("layers_per_engine") or 1)
     smaller = (f"build engines of one layer (these merge {merged}, calib's choice: `make engines LAYERS_PER_ENGINE=1`, "
                "or `ce-build --layers-per-engine 1` on the same export)" if merged > 1 else FEWER_LAYERS_PER_BLOCK)
     return plan_from_sizes(ModelSizes(manifest.model, manifest.dtype, [engine_bytes(b) for b in manifest.blocks],
                                       manifest.shared_engine_bytes),
-                           batches, budget_bytes, chunk_tokens, prefetch_depth, pacing, smaller)
+                           batches, budget_bytes, chunk_tokens, prefetch_depth, pacing, smaller, spill)
 
 
 @dataclass(frozen=True)
@@ -195,12 +195,15 @@ class ModelSizes:
 
 def plan_from_sizes(sizes: ModelSizes, batches: list[Batch], budget_bytes: int, chunk_tokens: int | None = None,
                     prefetch_depth: int = 1, pacing: Pacing = Pacing(),
-                    smaller_engines: str = FEWER_LAYERS_PER_BLOCK) -> MemoryPlan:
+                    smaller_engines: str = FEWER_LAYERS_PER_BLOCK, spill: bool = False) -> MemoryPlan:
     """Choose residency, chunk sizes and activation tier for `budget_bytes`; `chunk_tokens` caps every chunk.
 
     `pacing` matters only when every engine stays resident, where a chunk costs no read: with a journal, chunks
     are cut to about JOURNAL_INTERVAL_S of compute so that finished work reaches the disk that often; the first
-    chunk, which overlaps the one read of every engine, grows (as memory allows) until its compute covers it."""
+    chunk, which overlaps the one read of every engine, grows (as memory allows) until its compute covers it.
+    Streamed, a chunk's hidden states stay in memory unless chunks that small would read the weights more often
+    than spilling every hidden state to disk and back costs in storage traffic (the third tier: one pass).
+    `spill` asks for the third tier whatever the budget (`ce-run --spill`): engines streamed, hidden states on disk."""
     streamed = sum(sizes.block_bytes)
     model = streamed + sizes.resident_bytes
     per_token = activation_bytes_per_token(sizes.model, sizes.dtype)
@@ -224,17 +227,22 @@ def plan_from_sizes(sizes: ModelSizes, batches: list[Batch], budget_bytes: int, 
         )
 
     room_resident = budget_bytes - model
-    if room_resident >= largest_batch * per_token:
+    if not spill and room_resident >= largest_batch * per_token:
         room = room_resident // per_token
         first = min(room, _leading_tokens(batches, pacing.covering_tokens(model)))
         return chunked(True, model, "memory", min(room, pacing.journal_tokens() or all_tokens), first)
     streaming_engines = sizes.resident_bytes + (1 + prefetch_depth) * largest_block
     room_streaming = budget_bytes - streaming_engines
-    if room_streaming >= largest_batch * per_token:
-        return chunked(False, streaming_engines, "memory", room_streaming // per_token)
     in_flight = 2 * largest_batch * hidden_bytes  # the batch read from its file and the one written back
-    if room_streaming >= in_flight:
-        return chunked(False, streaming_engines, "disk", all_tokens)
+    spilled = chunked(False, streaming_engines, "disk", all_tokens) if room_streaming >= in_flight else None
+    if not spill and room_streaming >= largest_batch * per_token:
+        in_memory = chunked(False, streaming_engines, "memory", room_streaming // per_token)
+        # a pass over the weights per chunk, against one pass plus every hidden state written and read back
+        spill_bytes = 2 * all_tokens * hidden_bytes * (len(sizes.block_bytes) - 1)
+        if spilled is None or in_memory.bytes_to_read <= spilled.bytes_to_read + spill_bytes:
+            return in_memory
+    if spilled is not None:
+        return spilled
     needed = streaming_engines + in_flight
     raise UserError(
         f"--memory-budget {budget_bytes / 2**20:.2f} MiB is too small: the largest engine ({largest_block / 2**20:.2f} MiB) "

@@ -1,6 +1,7 @@
 """A spilled run, watched while it runs: activations really on disk, the memory meter never below what is held.
 
-The budget is the largest the planner still sends to the third tier (disk) for the tiny LLaMA's engines. Every
+The run asks for the third tier (`ce-run --spill`: hidden states on disk, engines streamed) for the tiny LLaMA's
+engines. Every
 block run is observed through a wrapped session: the spill folder's files (all of the chunk's hidden states
 must be there between blocks, as files of their full size), the hidden state fed (a memory map of such a
 file), and the executor's memory meter against the bytes independently known to be held at that moment: the
@@ -14,32 +15,13 @@ import pytest
 
 import cetrt.runner.loading as loading
 from cetrt.backends.base import Session
-from cetrt.errors import UserError
 from cetrt.formats.manifest import read_manifest
-from cetrt.plan import engine_bytes, plan_memory
-from cetrt.runner.evaluate import RunOptions, evaluate, load_tokenizer, shape_plan
+from cetrt.plan import engine_bytes
+from cetrt.runner.evaluate import RunOptions, evaluate
 from cetrt.spec import HIDDEN
-from cetrt.workload.hellaswag import load_docs
-from cetrt.workload.packing import make_batches, pack_docs
 
 N_DOCS = 12
 TOKENS_PER_BATCH = 256
-
-
-def disk_tier_budget(engines, hellaswag_path) -> int:
-    """The largest budget (in 1% steps down from the whole model) that the planner spills for this run."""
-    manifest = read_manifest(engines)
-    rows = pack_docs(load_tokenizer(engines, manifest), load_docs(hellaswag_path, N_DOCS))
-    plan = shape_plan(manifest, RunOptions(engines=engines), TOKENS_PER_BATCH)
-    batches = make_batches(rows, plan, manifest.model.max_positions)
-    budget = manifest.engine_bytes
-    while True:
-        budget = budget * 99 // 100
-        try:
-            if plan_memory(manifest, batches, budget).activations == "disk":
-                return budget
-        except UserError:
-            raise AssertionError("no budget spills: the planner went from memory straight to refusal") from None
 
 
 class Watched(Session):
@@ -66,7 +48,7 @@ def engines(zoo):
 def test_spilled_activations_are_files_on_disk_and_the_meter_counts_what_is_held(engines, hellaswag_path, tmp_path,
                                                                               monkeypatch):
     manifest = read_manifest(engines)
-    budget = disk_tier_budget(engines, hellaswag_path)
+    budget = manifest.engine_bytes  # resident would fit: the third tier asked for (ce-run --spill)
     spill = tmp_path / "spill"
     spill.mkdir()
     seen = {"files": [], "fed": [], "short": []}
@@ -94,7 +76,8 @@ def test_spilled_activations_are_files_on_disk_and_the_meter_counts_what_is_held
 
     monkeypatch.setattr(loading.BlockLoader, "__call__", watched_load)
     spilled = evaluate(RunOptions(engines=engines, dataset=str(hellaswag_path), limit=N_DOCS, progress=False,
-                                  tokens_per_batch=TOKENS_PER_BATCH, memory_budget=str(budget), spill_dir=spill))
+                                  tokens_per_batch=TOKENS_PER_BATCH, memory_budget=str(budget), spill_dir=spill,
+                                  spill=True))
     monkeypatch.undo()
     resident = evaluate(RunOptions(engines=engines, dataset=str(hellaswag_path), limit=N_DOCS, progress=False,
                                    tokens_per_batch=TOKENS_PER_BATCH))

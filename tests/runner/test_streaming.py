@@ -27,6 +27,7 @@ from tiny_models import export_deep_llama
 
 N_DOCS = 24
 TOKENS_PER_BATCH = 128
+FEW_BATCHES = 4 * TOKENS_PER_BATCH  # a chunk cap that makes several chunks of the 24 documents
 N_LAYERS = 32
 N_BLOCKS = N_LAYERS + 2
 
@@ -76,7 +77,10 @@ def test_resident_run_reads_every_engine_once(deep_engines, resident):
 @pytest.mark.parametrize("fraction, tier", [(2, "memory"), (4, "memory"), (10, "disk")])
 def test_budget_fractions_give_the_resident_results(deep_engines, hellaswag_path, resident, fraction, tier):
     budget = read_manifest(deep_engines).engine_bytes // fraction
-    streamed = run(deep_engines, hellaswag_path, str(budget))
+    # chunks of a few batches: 24 documents' activations fit a fraction of the model in one chunk (a hidden state
+    # and 36 bytes a token since the mask is built in the graph), and the test is of several passes; the third
+    # tier asked for (--spill): in memory, chunks cost fewer bytes here than spilling (cetrt/plan.py)
+    streamed = run(deep_engines, hellaswag_path, str(budget), chunk_tokens=FEW_BATCHES, spill=tier == "disk")
     info = streamed.extra["streaming"]
     plan = info["plan"]
     assert not plan["resident"] and plan["activations"] == tier
@@ -126,7 +130,7 @@ def test_an_engine_that_changes_mid_run_stops_the_run_and_keeps_finished_chunks(
     partial = tmp_path / "results.partial.json"
     budget = read_manifest(deep_engines).engine_bytes // 4
     with pytest.raises(UserError, match=message) as error:
-        run(engines, hellaswag_path, str(budget), partial_results=partial)
+        run(engines, hellaswag_path, str(budget), partial_results=partial, chunk_tokens=FEW_BATCHES)
     assert "written to" in str(error.value)
     data = json.loads(partial.read_text())
     assert data["complete"] is False and 0 < data["n"] < N_DOCS
@@ -164,7 +168,7 @@ def test_a_journaled_resident_run_reads_behind_a_larger_first_chunk(deep_engines
 SPEC = ModelSpec(architecture="llama", hidden_size=8, num_layers=2, num_heads=2, num_kv_heads=2, head_dim=4,
                  intermediate_size=12, vocab_size=10, max_positions=64, embed_dim=8)
 SIZES = ModelSizes(SPEC, "float32", [1000] * 10)
-PER_TOKEN = 8 * 4 + 4 * 3 + 32  # the FP32 hidden state, a mask row of 3 positions, ids, positions, slots
+PER_TOKEN = 8 * 4 + 36  # the FP32 hidden state; ids and positions, 8 bytes each; segment ids, 4; a scored slot, 16
 # 0.5 s a token: a journal chunk is 60 tokens; reading 10,000 B at 100 B/s takes 100 s, the compute of 200 tokens
 PACED = Pacing(seconds_per_token=0.5, read_bytes_per_s=100.0, journal=True)
 
@@ -220,3 +224,13 @@ def test_streamed_plans_ignore_the_pacing(budget, tier, sizes):
     assert not paced.resident and paced.activations == tier
     assert paced == plan_from_sizes(SIZES, batches, budget) and paced.first_chunk_tokens == paced.chunk_tokens
     assert _sizes(paced, batches) == sizes
+
+
+def test_the_third_tier_is_chosen_where_it_reads_less_than_small_chunks():
+    batches = _batches()  # 600 tokens; spilling writes and reads back 2 x 600 x 32 B after 9 blocks: 345,600 B
+    small = plan_from_sizes(SIZES, batches, 2 * 1000 + 12 * PER_TOKEN)  # in memory: 2-batch chunks, 50 passes
+    assert small.activations == "disk" and small.chunks == 1 and small.bytes_to_read == 10_000  # < 500,000 B
+    roomy = plan_from_sizes(SIZES, batches, 2 * 1000 + 60 * PER_TOKEN)  # 10 passes: 100,000 B, less than spilling
+    assert roomy.activations == "memory" and roomy.chunks == 10
+    forced = plan_from_sizes(SIZES, batches, 10**6, spill=True)  # ce-run --spill, though everything fits
+    assert forced.activations == "disk" and not forced.resident and forced.chunks == 1
