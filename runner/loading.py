@@ -24,6 +24,15 @@ class BlockLoader:
         self._stats, self._meter = stats, meter
         self._types: dict[str, Session] = {}
 
+    def prepare(self) -> None:
+        """What a run needs before its first block and that does not depend on the documents: the backend's device
+        (on a GPU: the CUDA context, streams and page-locked pool) and every engine type (weights as inputs), read,
+        loaded and kept, which on ONNX Runtime CUDA also loads its provider's libraries. ce-run does this beside
+        tokenizing, so neither waits for the other."""
+        self._backend.host_buffers(self._manifest.target)
+        for engine_type in self._manifest.engine_types:
+            self._engine_type(engine_type.name)
+
     def __call__(self, block: EngineBlock, source: EngineSource) -> Session:
         if block.engine_type is None:
             return self._backend.load(source, self._manifest.target, self._settings)

@@ -1,0 +1,63 @@
+"""The device and the engine types are made ready beside tokenizing (runner/loading.py `BlockLoader.prepare`):
+the same scores as preparing them when first needed, the engine types really loaded before the executor, and
+a bad engine type still refused by name."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+
+import pytest
+
+import cetrt.runner.evaluate as evaluate_module
+import cetrt.runner.loading as loading
+from cetrt.errors import UserError
+from cetrt.formats.manifest import read_manifest
+from cetrt.runner.evaluate import RunOptions, evaluate
+
+N_DOCS = 8
+
+
+def _run(engines, hellaswag_path):
+    return evaluate(RunOptions(engines=engines, dataset=str(hellaswag_path), limit=N_DOCS, progress=False))
+
+
+def test_engine_types_load_on_another_thread_while_tokenizing_and_score_the_same(zoo, hellaswag_path, monkeypatch):
+    engines = zoo.engines("llama")
+    types = {t.name for t in read_manifest(engines).engine_types}
+    assert types, "the default layout shares engine types: the case this preparation is for"
+    loaded_on: dict[str, str] = {}
+    original = loading.BlockLoader._engine_type
+
+    def watched(self, name):
+        if name not in self._types:
+            loaded_on[name] = threading.current_thread().name
+        return original(self, name)
+
+    monkeypatch.setattr(loading.BlockLoader, "_engine_type", watched)
+    beside = _run(engines, hellaswag_path)
+    assert set(loaded_on) == types and all(n.startswith("cetrt-prepare") for n in loaded_on.values())
+    assert beside.extra["phases"]["prepared_beside_tokenizing_s"] > 0
+
+    loaded_on.clear()
+    monkeypatch.setenv("CETRT_PREPARE_BESIDE", "0")
+    serial = _run(engines, hellaswag_path)
+    assert set(loaded_on) == types and all(n == threading.main_thread().name for n in loaded_on.values())
+    assert serial.extra["phases"]["prepared_beside_tokenizing_s"] == 0
+    assert [i.scores for i in beside.items] == [i.scores for i in serial.items]
+
+
+def test_a_corrupt_engine_type_is_refused_by_name_from_the_preparing_thread(zoo, hellaswag_path, tmp_path):
+    engines = tmp_path / "engines"
+    shutil.copytree(zoo.engines("llama"), engines)
+    victim = engines / read_manifest(engines).engine_types[0].files[0].path
+    victim.write_bytes(victim.read_bytes()[:-1] + b"\0")
+    with pytest.raises(UserError, match=victim.name):
+        _run(engines, hellaswag_path)
+
+
+def test_preparing_is_skipped_when_asked(monkeypatch):
+    monkeypatch.setenv("CETRT_PREPARE_BESIDE", "0")
+    assert not evaluate_module.prepare_beside_tokenizing()
+    monkeypatch.delenv("CETRT_PREPARE_BESIDE")
+    assert evaluate_module.prepare_beside_tokenizing()
