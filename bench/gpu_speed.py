@@ -28,6 +28,9 @@ both counted the same way, in one call per step; every run a separate process ti
             LlamaForCausalLM of the same shape built on the GPU, weights resident (--limit, default 500 items), its
             tokens and seconds (gpu_combine.py scales them to all items by token count). Each records the matrix rate.
   profile30b  bench/profile_block.py on the 30B engines at 2,048 and 8,192 tokens per batch.
+  startab   the start-up A/B: ce-run preparing the device and engine types beside tokenizing (the default) against
+            the old order (CETRT_PREPARE_BESIDE=0), alternating rounds, on the smollm2 step's engines or SmolLM2-shaped
+            random ones made here.
   The 30B steps take --shape/--layers/--target, so `--shape smollm2-135m --layers 2 --target cpu` tests them here.
 Each step writes <step>.json under --out (machine, versions, commands); `combine` (here, not on the device)
 writes bench/results/gpu_engines.json and bench/results/gpu_end_to_end_7b.json from them.
@@ -300,6 +303,30 @@ def step_stream7b(args) -> dict:
             "median_end_to_end_s": median, "shared_stream_wins": bool(same and median["shared_stream"] < median["own_stream"])}
 
 
+def step_startab(args) -> dict:
+    """The start-up A/B: `ce-run` making the device and the engine types ready beside tokenizing (the default since
+    2026-12-03) against the old order (CETRT_PREPARE_BESIDE=0), alternating, --rounds rounds, page cache dropped and
+    tokenizing not cached before each; on the smollm2 step's engines if --work has them, else on SmolLM2-shaped
+    random engines made here with calib (bench/random_engines.py)."""
+    work = args.work
+    engines, made = work / "engines" / "smollm2", None
+    if not (engines / "manifest.json").is_file():
+        engines = work / "engines" / "smollm2_random"
+        if not (engines / "manifest.json").is_file():
+            seconds, done = run([sys.executable, ROOT / "bench" / "random_engines.py", "--out", engines, "--shape",
+                                 "smollm2-135m", "--target", args.target, "--calib-dataset", args.dataset,
+                                 "--calib-items", str(args.calib_items)])
+            made = {"seconds": round(seconds, 1), "printed": done.stdout[-500:]}
+    runs: dict[str, list] = {"serial": [], "beside": []}
+    for _ in range(args.rounds):
+        for name, env in (("serial", {"CETRT_PREPARE_BESIDE": "0"}), ("beside", None)):
+            runs[name].append(cetrt_run(engines, args.dataset, work / f"start_{name}.json", args.limit, env=env))
+    medians = {name: statistics.median(r["end_to_end_s"] for r in done) for name, done in runs.items()}
+    return {"engines": str(engines), "random_engines": made, "runs": runs, "median_end_to_end_s": medians,
+            "serial_over_beside": round(medians["serial"] / medians["beside"], 3),
+            "max_score_difference_last_round": score_difference(work / "start_serial.json", work / "start_beside.json")}
+
+
 def score_difference(one: Path, other: Path) -> float:
     """The largest difference between two results files' per-item log-likelihoods (same items, same order)."""
     a, b = (json.loads(p.read_text())["items"] for p in (one, other))
@@ -486,7 +513,7 @@ def step_smoke(args) -> dict:
 STEPS = {"smoke": step_smoke, "smollm2": step_smollm2, "prep7b": step_prep7b, "llama7b": step_llama7b,
          "device7b": step_device7b, "stream7b": step_stream7b,
          "prep30b": step_prep30b, "llama30b": step_llama30b, "llama30b_third": step_llama30b_third,
-         "harness30b": step_harness30b, "profile30b": step_profile30b}
+         "harness30b": step_harness30b, "profile30b": step_profile30b, "startab": step_startab}
 
 
 def main() -> None:
@@ -509,6 +536,7 @@ def main() -> None:
     parser.add_argument("--no-ab", action="store_true", help="smollm2: skip the cached-tokenizing and torch-device runs")
     parser.add_argument("--reference-from", type=Path, default=None, help="smollm2: take the HF FP32 reference from this "
                         "earlier smollm2.json instead of running it (same model, items and harness code)")
+    parser.add_argument("--rounds", type=int, default=3, help="startab: alternating rounds of each order")
     parser.add_argument("--budget-divisor", type=int, default=3, help="llama30b_third: the budget is the weights / this "
                         "(a tiny shape's head alone is more than 1/3 of it: 2 there)")
     args = parser.parse_args()
