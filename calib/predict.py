@@ -76,6 +76,7 @@ class TimedSchedule:
     exposed_io_s: float  # the part of it the run waits for
     total_s: float
     device_plan: DevicePlan | None = None  # N devices: the stages, their plans and the bubble (plan is device 0's)
+    spill_s: float = 0.0  # the third tier: hidden states written and read back at storage speed, on the critical path
 
     def summary(self) -> dict:
         return {"tokens_per_batch": self.tokens_per_batch, "predicted_s": round(self.total_s, 2),
@@ -130,20 +131,25 @@ def time_schedule(model: ModelSpec, dtype: str, batches: list[Batch], tokens_per
     per_slot = device.head_s_per_slot(tokens_per_batch)
     head_s = [len(b.rows) * b.slots * per_slot if per_slot is not None else seconds(flop.head_flop(model, b), blocks[-1])
               for b in batches]
-    steps = []
+    steps, spill_s = [], 0.0
+    hidden_bytes = model.hidden_size * dtype_bytes(dtype)
     for number, chunk in enumerate(plan.chunk_indices(batches)):
         reading = not plan.resident or number == 0
         layer, head = sum(layer_s[i] for i in chunk), sum(head_s[i] for i in chunk)
+        spilled = sum(batches[i].shape[0] * batches[i].shape[1] for i in chunk) * hidden_bytes
+        one_way = spilled / storage.bytes_per_s if plan.activations == "disk" else 0.0
         for k, size in enumerate(blocks):
             compute = head if k == len(blocks) - 1 else layer * counts[k]
+            spill = one_way * ((k > 0) + (k < len(blocks) - 1))  # read back before a block, written after it
+            spill_s += spill
             load = device.load_s_per_block * max(1, counts[k])  # calib binds one layer's weights: per layer
-            steps.append((read_s(size, storage, device) if reading else 0.0, load if reading else 0.0, compute))
+            steps.append((read_s(size, storage, device) if reading else 0.0, load if reading else 0.0, compute + spill))
     total_s, waited_s = pipeline_s(steps, plan.prefetch_depth)
     return TimedSchedule(
         tokens_per_batch=tokens_per_batch, plan=plan, flop=flop.run_flop(model, batches), flop_per_s=rate,
-        rate_source=rate_source, compute_s=sum(s[2] for s in steps), load_s=sum(s[1] for s in steps),
+        rate_source=rate_source, compute_s=sum(s[2] for s in steps) - spill_s, load_s=sum(s[1] for s in steps),
         io_s=read_s(plan.bytes_to_read, storage, device), exposed_io_s=waited_s,
-        total_s=total_s,
+        total_s=total_s, spill_s=spill_s,
     )
 
 
@@ -256,7 +262,7 @@ class Prediction:
             "tokens": self.work.tokens(), "padded_tokens": sum(b.shape[0] * b.shape[1] for b in batches),
             "batches": len(batches), "tokens_per_batch": s.tokens_per_batch, "prefetch_depth": plan.prefetch_depth,
             "flop": s.flop, "peak_flop_per_s": self.peak_flops, "flop_per_s": s.flop_per_s,
-            "floor_s": self.floor_s, "compute_s": s.compute_s, "load_s": s.load_s, "io_s": s.io_s,
+            "floor_s": self.floor_s, "compute_s": s.compute_s, "load_s": s.load_s, "io_s": s.io_s, "spill_s": s.spill_s,
             "exposed_io_s": s.exposed_io_s, "predicted_s": s.total_s,
             "passes": plan.passes, "chunks": plan.chunks, "chunk_tokens": plan.chunk_tokens,
             "bytes_read": plan.bytes_to_read, "peak_memory_bytes": plan.peak_bytes,
@@ -291,6 +297,8 @@ class Prediction:
                             f"+ {plan.slack_bytes / gib:.2f} working", "peak_memory"),
             ("TOTAL", _duration(s.total_s), "total"),
         ]
+        if s.spill_s:
+            rows.insert(-3, ("spilled", f"hidden states to disk and back: {_duration(s.spill_s)}", "storage"))
         if s.device_plan is not None:
             d = s.device_plan
             split = ", ".join(f"{a}-{b - 1}" for a, b in d.stages)

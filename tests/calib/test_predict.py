@@ -73,9 +73,10 @@ def test_passes_come_from_the_runners_planner(work):
     assert fits.chosen.plan.resident and fits.chosen.plan.passes == 1
     streams = _predict(work)  # LLaMA-30B (60 GiB) on the Orin's 28 GiB
     assert not streams.chosen.plan.resident
-    tight = _predict(work, budget=TIGHT)
-    assert tight.chosen.plan.passes > 1
-    assert tight.to_json()["bytes_read"] == tight.chosen.plan.passes * tight.chosen.plan.model_bytes
+    tight = _predict(work, budget=TIGHT)  # chunks that fit in memory would each read 60 GiB: hidden states spill
+    assert tight.chosen.plan.activations == "disk" and tight.chosen.plan.passes == 1 and tight.chosen.spill_s > 0
+    assert tight.to_json()["bytes_read"] == tight.chosen.plan.model_bytes and tight.to_json()["spill_s"] > 0
+    assert "spilled" in tight.describe()
 
 
 @pytest.mark.parametrize("budget", [None, TIGHT])
