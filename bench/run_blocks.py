@@ -12,12 +12,14 @@ Usage: python bench/run_blocks.py --engines /tmp/gpu/engines/smollm2 --dataset d
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+from unittest import mock
 
 from cetrt.backends import onnxruntime as ort_backend
 from cetrt.backends.device import device_for
@@ -49,33 +51,41 @@ class Clock:
         return wrapper
 
 
-def instrument(clock: Clock, device_kind: str) -> None:
-    packing.Batch.arrays = clock.timed("arrays_s", packing.Batch.arrays)
-    ort_backend.BoundSession.upload = clock.timed("upload_s", ort_backend.BoundSession.upload)
-    for session in (ort_backend.OnnxRuntimeSession, ort_backend.BoundSession):
-        session.run = clock.timed("run_s", session.__dict__["run"])
-    for store in (executor.ResidentStore, executor.StreamingStore):
-        get, release = store.get, store.release
+@contextlib.contextmanager
+def instrumented(clock: Clock, device_kind: str):
+    """The runner's classes with `clock` around their calls, put back as they were on leaving."""
+    with contextlib.ExitStack() as stack:
+        def patch(owner, name: str, value) -> None:
+            stack.enter_context(mock.patch.object(owner, name, value))
 
-        def timed_get(self, block, get=get):
-            session = get(self, block)
-            clock.block = f"{block.spec.index:02d} {block.spec.name}"
-            clock.block_start = time.perf_counter()
-            return session
+        patch(packing.Batch, "arrays", clock.timed("arrays_s", packing.Batch.arrays))
+        patch(ort_backend.BoundSession, "upload", clock.timed("upload_s", ort_backend.BoundSession.upload))
+        for session in (ort_backend.OnnxRuntimeSession, ort_backend.BoundSession):
+            patch(session, "run", clock.timed("run_s", session.__dict__["run"]))
+        for store in (executor.ResidentStore, executor.StreamingStore):
+            get, release = store.get, store.release
 
-        def timed_release(self, block, release=release):
-            device_for(device_kind).synchronize()
-            clock.add("wall_s", time.perf_counter() - clock.block_start)
-            release(self, block)
-        store.get, store.release = timed_get, timed_release
+            def timed_get(self, block, get=get):
+                session = get(self, block)
+                clock.block = f"{block.spec.index:02d} {block.spec.name}"
+                clock.block_start = time.perf_counter()
+                return session
+
+            def timed_release(self, block, release=release):
+                device_for(device_kind).synchronize()
+                clock.add("wall_s", time.perf_counter() - clock.block_start)
+                release(self, block)
+            patch(store, "get", timed_get)
+            patch(store, "release", timed_release)
+        yield
 
 
 def one_pass(options, device_kind: str) -> dict:
     clock = Clock()
-    instrument(clock, device_kind)
-    start = time.perf_counter()
-    results = evaluate_module.evaluate(options)
-    seconds = time.perf_counter() - start
+    with instrumented(clock, device_kind):
+        start = time.perf_counter()
+        results = evaluate_module.evaluate(options)
+        seconds = time.perf_counter() - start
     blocks = {name: {k: round(v, 4) for k, v in values.items()} | {"runs": clock.calls[name].get("run_s", 0)}
               for name, values in clock.seconds.items()}
     timings = {"tokenize_s": round(results.tokenize_s, 4), "load_s": round(results.load_s, 4),
@@ -97,15 +107,7 @@ def main() -> None:
 
     device_kind = read_manifest(args.engines).target.device
     options = evaluate_module.RunOptions(engines=args.engines, dataset=args.dataset, limit=args.limit, progress=False)
-    originals = (packing.Batch.arrays, ort_backend.BoundSession.upload, ort_backend.BoundSession.run,
-                 ort_backend.OnnxRuntimeSession.run, executor.ResidentStore.get, executor.ResidentStore.release, executor.StreamingStore.get,
-                 executor.StreamingStore.release)
-    passes = []
-    for _ in range(args.passes):
-        (packing.Batch.arrays, ort_backend.BoundSession.upload, ort_backend.BoundSession.run,
-         ort_backend.OnnxRuntimeSession.run, executor.ResidentStore.get,
-         executor.ResidentStore.release, executor.StreamingStore.get, executor.StreamingStore.release) = originals
-        passes.append(one_pass(options, device_kind))
+    passes = [one_pass(options, device_kind) for _ in range(args.passes)]
     import onnxruntime
 
     out = {"benchmark": __doc__.splitlines()[0], "engines": str(args.engines), "limit": args.limit, "passes": passes,

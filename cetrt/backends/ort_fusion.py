@@ -193,7 +193,8 @@ def fuse_attention(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
             bias = attention.mask
             if attention.mask_needs_head_axis:
                 bias = emit.node("Unsqueeze", [bias, emit.constant([1])])
-            biases[(attention.mask, dtype)] = bias if g.types.get(attention.mask) == dtype else emit.node("Cast", [bias], to=dtype)
+            same_type = g.types.get(attention.mask) == dtype
+            biases[(attention.mask, dtype)] = bias if same_type else emit.node("Cast", [bias], to=dtype)
         emit.node("MultiHeadAttention", [query, key, value, "", "", biases[(attention.mask, dtype)]],
                   domain=MS_DOMAIN, output=attention.output.output[0], num_heads=heads, scale=attention.scale)
         placed[id(attention.output)] = emit.nodes[start:]

@@ -19,8 +19,8 @@ def packed_mask(segment_ids: torch.Tensor) -> torch.Tensor:
     """The additive FP32 mask [B, 1, L, L] of packing with a shared prefix, from segment ids [B, L] (0 context,
     k + 1 ending k, PAD_SEGMENT padding): a token sees earlier tokens of the context and of its own ending, never
     another ending; padding sees itself only. Built in the graph, once per layer block: the host sends B x L
-    int32 instead of B x L x L FP32 (1.44 GB for SmolLM2 on all items) and never builds it (0.9-1.7 s of a 5 s
-    GPU run, bench/results/run_blocks_smollm2.json)."""
+    int32 instead of B x L x L FP32 (1.44 GB for SmolLM2 on all items) and never builds it (the host's batch
+    inputs, mostly this mask, took 0.9-1.7 s of 5.0-6.7 s of GPU compute: run_blocks_smollm2_host_mask.json)."""
     positions = torch.arange(segment_ids.shape[1], device=segment_ids.device)
     causal = (positions[:, None] >= positions[None, :]).unsqueeze(0)  # [1, L, L]
     query, key = segment_ids.unsqueeze(2), segment_ids.unsqueeze(1)  # [B, L, 1], [B, 1, L]
@@ -112,8 +112,8 @@ def split_heads(x: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor:
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
     """Scaled dot-product attention with grouped K/V heads, softmax in FP32.
 
-    q [B, Hq, L, D], k and v [B, Hkv, L, D], mask [B, 1, L, L] additive FP32 (`packed_mask`). Query heads are grouped over
-    the K/V heads by broadcasting (no copies of K and V); returns [B, L, Hq*D].
+    q [B, Hq, L, D], k and v [B, Hkv, L, D], mask [B, 1, L, L] additive FP32 (`packed_mask`). Query heads are
+    grouped over the K/V heads by broadcasting (no copies of K and V); returns [B, L, Hq*D].
     """
     b, hq, l, d = q.shape
     hkv = k.shape[1]
