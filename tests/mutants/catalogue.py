@@ -68,7 +68,8 @@ MUTANTS: tuple[Mutant, ...] = (
            'chosen = min((c for c in compute if c["flop_per_s"] >= NEAR_BEST * best), key=lambda c: c["tokens_per_batch"])',
            'chosen = max(compute, key=lambda c: c["tokens_per_batch"])', (SCHEDULE,)),
     Mutant("ce-predict's total is compute only", "calib/predict.py",
-           "        total_s=total_s,\n    )", "        total_s=sum(s[2] for s in steps),\n    )", (BY_HAND,)),
+           "        total_s=total_s, spill_s=spill_s,\n    )",
+           "        total_s=sum(s[2] for s in steps), spill_s=spill_s,\n    )", (BY_HAND,)),
     Mutant("error: printed to stdout", "cetrt/cli.py",
            'click.echo(f"error: {e}", err=True)', 'click.echo(f"error: {e}")', (STDERR,)),
     # More, aimed at the new tests.
