@@ -1,8 +1,8 @@
 """The runner stage: an engines directory and a dataset in, scored items and metrics out.
 
 Steps, each timed: open the manifest, load documents, tokenize the harness's way (while a thread makes the device
-and the engine types ready: `BlockLoader.prepare`), pack and batch, plan memory for the budget, run the blocks layer-major (engines resident or streamed), score. Latency is everything but
-tokenization. With a `journal` path, every finished chunk's items are appended to the run journal
+and the engine types ready: `BlockLoader.prepare`), pack and batch, plan memory for the budget, run the blocks
+layer-major (engines resident or streamed), score. Latency is everything but tokenization. With a `journal` path, every finished chunk's items are appended to the run journal
 (runner/journal.py) and a rerun with the same arguments resumes from it; SIGINT and SIGTERM stop the run at the
 next batch (runner/interrupt.py). If the run fails or is stopped part way, the items that finished are also
 written to the `partial_results` path, and the one-line error names both.
@@ -149,6 +149,9 @@ def evaluate(options: RunOptions, announce: Callable[[str], None] = lambda text:
 
 def _evaluate(options: RunOptions, announce: Callable[[str], None], stop: StopOnSignal) -> RunResults:
     start = time.perf_counter()
+    if options.spill and options.devices > 1:
+        raise UserError("--spill with --devices > 1: the pipeline of devices plans each stage's activations itself; "
+                        "drop one of the two")
     engines, manifest, backend = open_engines(options)
     budget = budget_bytes(manifest, options.memory_budget)
     dataset = options.dataset or default_dataset()

@@ -96,6 +96,11 @@ def test_missing_engines_directory(tmp_path, hellaswag_path):
     _fails_cleanly(run_command, ["--engines", tmp_path / "nope", "--dataset", hellaswag_path], "no such engines directory")
 
 
+def test_spill_with_several_devices_is_refused(tmp_path, hellaswag_path):
+    _fails_cleanly(run_command, ["--engines", tmp_path / "nope", "--dataset", hellaswag_path, "--spill", "--devices", "2"],
+                   "--spill with --devices > 1")
+
+
 def test_missing_dataset(zoo, tmp_path):
     _fails_cleanly(run_command, ["--engines", zoo.engines("llama"), "--dataset", tmp_path / "nope.jsonl"], "no such dataset file")
 
