@@ -82,5 +82,6 @@ def main() -> None:
     print(json.dumps({k: result[k] for k in ("batches", "arrays_now_s", "arrays_with_host_mask_s", "host_mask_over_now",
                                              "bytes_to_device")}))
 
+
 if __name__ == "__main__":
     main()

@@ -74,8 +74,8 @@ def cuda_options() -> dict[str, str]:
             "sdpa_kernel": str(EFFICIENT_ATTENTION)}
 
 
-_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(bool)": np.bool_, "tensor(int32)": np.int32,
-          "tensor(int64)": np.int64}
+_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(bool)": np.bool_,
+          "tensor(int32)": np.int32, "tensor(int64)": np.int64}
 
 
 def _version(text: str) -> tuple[int, ...]:

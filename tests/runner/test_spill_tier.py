@@ -1,11 +1,10 @@
 """A spilled run, watched while it runs: activations really on disk, the memory meter never below what is held.
 
 The run asks for the third tier (`ce-run --spill`: hidden states on disk, engines streamed) for the tiny LLaMA's
-engines. Every
-block run is observed through a wrapped session: the spill folder's files (all of the chunk's hidden states
-must be there between blocks, as files of their full size), the hidden state fed (a memory map of such a
-file), and the executor's memory meter against the bytes independently known to be held at that moment: the
-engine of every block whose session is open, and the engine types those blocks run on.
+engines. Every block run is observed through a wrapped session: the spill folder's files (all of the chunk's
+hidden states must be there between blocks, as files of their full size), the hidden state fed (a memory map of
+such a file), and the executor's memory meter against the bytes independently known to be held at that moment:
+the engine of every block whose session is open, and the engine types those blocks run on.
 """
 
 from __future__ import annotations
