@@ -143,6 +143,8 @@ def build_command(onnx_dir, out_dir, backend, target, check, max_length, tokens_
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write results.json here.")
 @click.option("--tokens-per-batch", type=POSITIVE, default=None,
               help="Padded tokens per batch (default: calib.json's schedule beside the engines, else 4096).")
+@click.option("--length-multiple", type=POSITIVE, default=None,
+              help="Pad rows to a multiple of this many tokens (default 8; engines with fixed profiles: their plan's).")
 @click.option("--memory-budget", type=MemoryBudget(machine=True), default=None,
               help="Memory for engines and activations: a size (8GiB, 512MiB), or 'auto' (free memory). "
                    "Default: the target's budget from the manifest.")
@@ -161,8 +163,8 @@ def build_command(onnx_dir, out_dir, backend, target, check, max_length, tokens_
               help="Split the blocks into this many contiguous stages, one per device, as a pipeline over the "
                    "batches; --memory-budget is then per device (on CPU every stage runs on the same CPU).")
 @user_errors
-def run_command(engines, dataset, limit, json_path, tokens_per_batch, memory_budget, chunk_tokens, prefetch_depth,
-                spill_dir, spill, threads, quiet, devices):
+def run_command(engines, dataset, limit, json_path, tokens_per_batch, length_multiple, memory_budget, chunk_tokens,
+                prefetch_depth, spill_dir, spill, threads, quiet, devices):
     """Score HellaSwag with prebuilt engines and print acc and acc_norm."""
     from cetrt.formats.results import write_results
     from cetrt.outputs import check_output_file
@@ -174,8 +176,8 @@ def run_command(engines, dataset, limit, json_path, tokens_per_batch, memory_bud
     if json_path:
         check_output_file(json_path, "--json")  # before the run; space is checked once the item count is known
     options = RunOptions(engines=engines, dataset=dataset or default_dataset(), limit=limit,
-                         tokens_per_batch=tokens_per_batch, memory_budget=memory_budget, chunk_tokens=chunk_tokens,
-                         prefetch_depth=prefetch_depth, spill_dir=spill_dir, spill=spill, threads=threads,
+                         tokens_per_batch=tokens_per_batch, length_multiple=length_multiple,
+                         memory_budget=memory_budget, chunk_tokens=chunk_tokens, prefetch_depth=prefetch_depth, spill_dir=spill_dir, spill=spill, threads=threads,
                          partial_results=partial_path(json_path) if json_path else None,
                          journal=journal_path(json_path) if json_path else None, progress=not quiet,
                          devices=devices)

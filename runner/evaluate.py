@@ -57,7 +57,7 @@ class RunOptions:
     dataset: str | None = None  # None: the one default (cetrt.workload.hellaswag.default_dataset)
     limit: int | None = None
     tokens_per_batch: int | None = None  # None: calib.json's schedule beside the engines, else 4096
-    length_multiple: int = 32
+    length_multiple: int | None = None  # rows padded to a multiple of this; None: the engines' plan, else ShapePlan's
     memory_budget: str | None = None  # a size ("8GiB"), "auto" (free memory), or None: the target's budget
     chunk_tokens: int | None = None  # cap on a chunk's padded tokens (default: as large as the budget allows)
     prefetch_depth: int | None = None  # None: calib.json's schedule, else 1
@@ -113,11 +113,14 @@ def run_schedule(engines: Path, manifest: Manifest, options: RunOptions) -> RunS
 
 
 def shape_plan(manifest: Manifest, options: RunOptions, tokens_per_batch: int) -> ShapePlan:
-    """The engines' recorded plan (fixed optimization profiles) if they have one, else the run's options."""
+    """The engines' recorded plan (fixed optimization profiles) if they have one, else the run's options; a given
+    length multiple applies to either (a profile's L range takes any length in it)."""
+    multiple = {"length_multiple": options.length_multiple} if options.length_multiple else {}
     if "shape_plan" in manifest.build_options:  # smaller batches than the build's still fit its profiles
         recorded = ShapePlan.from_json(manifest.build_options["shape_plan"])
-        return dataclasses.replace(recorded, tokens_per_batch=min(recorded.tokens_per_batch, tokens_per_batch))
-    return ShapePlan(tokens_per_batch=tokens_per_batch, length_multiple=options.length_multiple)
+        return dataclasses.replace(recorded, tokens_per_batch=min(recorded.tokens_per_batch, tokens_per_batch),
+                                   **multiple)
+    return ShapePlan(tokens_per_batch=tokens_per_batch, **multiple)
 
 
 def budget_bytes(manifest: Manifest, option: str | None) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -69,7 +71,7 @@ def test_positions_beyond_the_model_are_refused_with_a_message():
 
 
 def test_rows_longer_than_the_engines_accept_are_refused_with_the_fix():
-    with pytest.raises(UserError, match="MAX_LENGTH=64"):
+    with pytest.raises(UserError, match="MAX_LENGTH=48"):
         make_batches([pack(0, encoded(ctx=tuple(range(40))))], ShapePlan(max_length=32))
 
 
@@ -80,3 +82,26 @@ def test_every_batch_falls_inside_an_optimization_profile():
     for batch in make_batches(rows, plan):
         plan.profile_for(len(batch.rows), batch.length, batch.slots)  # raises if outside
     assert len(plan.profiles()) == 3
+
+
+def test_rows_pad_to_multiples_of_8_by_default_and_the_option_changes_it(zoo, hellaswag_path, tmp_path):
+    """ce-run's default pads less than multiples of 32 and scores the same; --length-multiple reaches the batches."""
+    from click.testing import CliRunner
+
+    from cetrt.cli import run_command
+
+    results = {}
+    for name, extra in (("default", []), ("32", ["--length-multiple", "32"])):
+        out = tmp_path / f"{name}.json"
+        done = CliRunner().invoke(run_command, ["--engines", str(zoo.engines("llama")), "--dataset", str(hellaswag_path),
+                                                "--limit", "40", "--quiet", "--json", str(out), *extra])
+        assert done.exit_code == 0, done.output
+        results[name] = json.loads(out.read_text())
+    lengths = {name: [length for _, length in r["batch_shapes"]] for name, r in results.items()}
+    assert all(length % 8 == 0 for length in lengths["default"])
+    assert any(length % 32 for length in lengths["default"])  # not 32's multiples by chance
+    assert all(length % 32 == 0 for length in lengths["32"])
+    assert results["default"]["padded_tokens"] < results["32"]["padded_tokens"]
+    assert results["default"]["tokens"] == results["32"]["tokens"]
+    for one, other in zip(results["default"]["items"], results["32"]["items"], strict=True):
+        assert np.allclose(one["scores"], other["scores"], atol=1e-4)
