@@ -28,6 +28,8 @@ both counted the same way, in one call per step; every run a separate process ti
             LlamaForCausalLM of the same shape built on the GPU, weights resident (--limit, default 500 items), its
             tokens and seconds (gpu_combine.py scales them to all items by token count). Each records the matrix rate.
   profile30b  bench/profile_block.py on the 30B engines at 2,048 and 8,192 tokens per batch.
+  lengthab  the padding A/B on the prep7b engines: resident ce-run with rows padded to multiples of 32 (the default
+            before 2026-12-03, `--length-multiple 32`) against the default (8), alternating, --rounds rounds.
   startab   the start-up A/B: ce-run preparing the device and engine types beside tokenizing (the default) against
             the old order (CETRT_PREPARE_BESIDE=0), alternating rounds, on the smollm2 step's engines or SmolLM2-shaped
             random ones made here.
@@ -327,6 +329,27 @@ def step_startab(args) -> dict:
             "max_score_difference_last_round": score_difference(work / "start_serial.json", work / "start_beside.json")}
 
 
+def step_lengthab(args) -> dict:
+    """The padding A/B: resident `ce-run`s of the prep7b engines with rows padded to multiples of 32 (the default
+    before 2026-12-03) and with the default (8), alternating, --rounds rounds, page cache dropped before each."""
+    work = args.work
+    engines = work / "engines" / "llama7b"
+    sides = {"multiple_32": ("--length-multiple", "32"), "default_8": ()}
+    runs: dict[str, list] = {name: [] for name in sides}
+    for _ in range(args.rounds):
+        for name, extra in sides.items():
+            runs[name].append(cetrt_run(engines, args.dataset, work / f"length_{name}.json", args.limit, extra=extra))
+    median = {name: {key: statistics.median(r["end_to_end_s"] if key == "end_to_end_s" else r["results"]["timings"][key]
+                                            for r in done) for key in ("end_to_end_s", "compute_s")}
+              for name, done in runs.items()}
+    padded = {name: done[-1]["results"]["padded_tokens"] for name, done in runs.items()}
+    return {"runs": runs, "median": median, "padded_tokens": padded,
+            "compute_32_over_8": round(median["multiple_32"]["compute_s"] / median["default_8"]["compute_s"], 3),
+            "end_to_end_32_over_8": round(median["multiple_32"]["end_to_end_s"] / median["default_8"]["end_to_end_s"], 3),
+            "max_score_difference_last_round": score_difference(work / "length_multiple_32.json",
+                                                                work / "length_default_8.json")}
+
+
 def score_difference(one: Path, other: Path) -> float:
     """The largest difference between two results files' per-item log-likelihoods (same items, same order)."""
     a, b = (json.loads(p.read_text())["items"] for p in (one, other))
@@ -513,7 +536,8 @@ def step_smoke(args) -> dict:
 STEPS = {"smoke": step_smoke, "smollm2": step_smollm2, "prep7b": step_prep7b, "llama7b": step_llama7b,
          "device7b": step_device7b, "stream7b": step_stream7b,
          "prep30b": step_prep30b, "llama30b": step_llama30b, "llama30b_third": step_llama30b_third,
-         "harness30b": step_harness30b, "profile30b": step_profile30b, "startab": step_startab}
+         "harness30b": step_harness30b, "profile30b": step_profile30b, "startab": step_startab,
+         "lengthab": step_lengthab}
 
 
 def main() -> None:
@@ -536,7 +560,7 @@ def main() -> None:
     parser.add_argument("--no-ab", action="store_true", help="smollm2: skip the cached-tokenizing and torch-device runs")
     parser.add_argument("--reference-from", type=Path, default=None, help="smollm2: take the HF FP32 reference from this "
                         "earlier smollm2.json instead of running it (same model, items and harness code)")
-    parser.add_argument("--rounds", type=int, default=3, help="startab: alternating rounds of each order")
+    parser.add_argument("--rounds", type=int, default=3, help="startab, lengthab: alternating rounds of each side")
     parser.add_argument("--budget-divisor", type=int, default=3, help="llama30b_third: the budget is the weights / this "
                         "(a tiny shape's head alone is more than 1/3 of it: 2 there)")
     args = parser.parse_args()
