@@ -36,7 +36,7 @@ from cetrt.calib.workload import Workload, count_workload
 from cetrt.errors import UserError
 from cetrt.families import get_family
 from cetrt.merging import grouped
-from cetrt.plan import MemoryPlan, ModelSizes, Pacing, available_memory, parse_size, plan_from_sizes
+from cetrt.plan import MemoryPlan, ModelSizes, Pacing, available_memory, parse_size, plan_from_sizes, spill_crossings
 from cetrt.plan_devices import DevicePlan, plan_devices
 from cetrt.spec import DEFAULT_WEIGHTS, ModelSpec, Target, dtype_bytes
 from cetrt.workload.packing import Batch
@@ -131,7 +131,7 @@ def time_schedule(model: ModelSpec, dtype: str, batches: list[Batch], tokens_per
     per_slot = device.head_s_per_slot(tokens_per_batch)
     head_s = [len(b.rows) * b.slots * per_slot if per_slot is not None else seconds(flop.head_flop(model, b), blocks[-1])
               for b in batches]
-    steps, spill_s = [], 0.0
+    steps, compute_s, spill_s = [], 0.0, 0.0
     hidden_bytes = model.hidden_size * dtype_bytes(dtype)
     for number, chunk in enumerate(plan.chunk_indices(batches)):
         reading = not plan.resident or number == 0
@@ -140,14 +140,14 @@ def time_schedule(model: ModelSpec, dtype: str, batches: list[Batch], tokens_per
         one_way = spilled / storage.bytes_per_s if plan.activations == "disk" else 0.0
         for k, size in enumerate(blocks):
             compute = head if k == len(blocks) - 1 else layer * counts[k]
-            spill = one_way * ((k > 0) + (k < len(blocks) - 1))  # read back before a block, written after it
-            spill_s += spill
+            spill = one_way * spill_crossings(k, len(blocks))
+            compute_s, spill_s = compute_s + compute, spill_s + spill
             load = device.load_s_per_block * max(1, counts[k])  # calib binds one layer's weights: per layer
             steps.append((read_s(size, storage, device) if reading else 0.0, load if reading else 0.0, compute + spill))
     total_s, waited_s = pipeline_s(steps, plan.prefetch_depth)
     return TimedSchedule(
         tokens_per_batch=tokens_per_batch, plan=plan, flop=flop.run_flop(model, batches), flop_per_s=rate,
-        rate_source=rate_source, compute_s=sum(s[2] for s in steps) - spill_s, load_s=sum(s[1] for s in steps),
+        rate_source=rate_source, compute_s=compute_s, load_s=sum(s[1] for s in steps),
         io_s=read_s(plan.bytes_to_read, storage, device), exposed_io_s=waited_s,
         total_s=total_s, spill_s=spill_s,
     )

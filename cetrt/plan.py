@@ -193,6 +193,13 @@ class ModelSizes:
     resident_bytes: int = 0
 
 
+def spill_crossings(block: int, blocks: int) -> int:
+    """How often block `block` of `blocks` moves a chunk's hidden states through the disk on the third tier: read
+    back before it (all but the embed block) and written after it (all but the head). The planner weighs the bytes,
+    `ce-predict` the seconds, both from this."""
+    return (block > 0) + (block < blocks - 1)
+
+
 def plan_from_sizes(sizes: ModelSizes, batches: list[Batch], budget_bytes: int, chunk_tokens: int | None = None,
                     prefetch_depth: int = 1, pacing: Pacing = Pacing(),
                     smaller_engines: str = FEWER_LAYERS_PER_BLOCK, spill: bool = False) -> MemoryPlan:
@@ -238,7 +245,8 @@ def plan_from_sizes(sizes: ModelSizes, batches: list[Batch], budget_bytes: int, 
     if not spill and room_streaming >= largest_batch * per_token:
         in_memory = chunked(False, streaming_engines, "memory", room_streaming // per_token)
         # a pass over the weights per chunk, against one pass plus every hidden state written and read back
-        spill_bytes = 2 * all_tokens * hidden_bytes * (len(sizes.block_bytes) - 1)
+        blocks = len(sizes.block_bytes)
+        spill_bytes = all_tokens * hidden_bytes * sum(spill_crossings(k, blocks) for k in range(blocks))
         if spilled is None or in_memory.bytes_to_read <= spilled.bytes_to_read + spill_bytes:
             return in_memory
     if spilled is not None:
