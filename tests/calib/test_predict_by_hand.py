@@ -112,10 +112,10 @@ def test_a_first_chunk_whose_compute_covers_the_reads_leaves_only_the_first_engi
     timed = dataclasses.replace(DEVICE, seconds_per_layer_token=1 / 6)  # as the FLOP rate: a 6-token batch in 1 s
     slow = Storage("slow", 100.0, "made up")  # every engine read once: 185.92 s, beyond a 30 s journal chunk
     chosen = predict("tiny", eight, "float32", work, timed, slow, 10**6, "test").chosen
-    # 8/6 s a token through the model: the journal's 30 s is 22 tokens (3 batches); the reads' 185.92 s is 140
-    # tokens, the first chunk 24 batches (144); 360 tokens in all: 24 + 12 x 3 batches
-    assert (chosen.plan.first_chunk_tokens, chosen.plan.chunk_tokens, chosen.plan.chunks) == (144, 22, 13)
-    # embed read 0-3.2 (waited), load to 3.7; layer 1 read 3.7-26.1 (waited 22.4), load to 26.6, compute 24 s;
+    # 8/6 s a token through the model: the journal's 30 s is 22 tokens (3 batches); 1.3 x the reads' 185.92 s
+    # (COVER_MARGIN) is 182 tokens, the first chunk 31 batches (186); 360 tokens in all: 31 + 9 x 3 + 2 batches
+    assert (chosen.plan.first_chunk_tokens, chosen.plan.chunk_tokens, chosen.plan.chunks) == (186, 22, 11)
+    # embed read 0-3.2 (waited), load to 3.7; layer 1 read 3.7-26.1 (waited 22.4), load to 26.6, compute 31 s;
     # every later read (22.4 s, or 3.52 s for the head) starts at the previous load and ends before its compute
     # does. A first chunk of the journal's 3 batches (3 s a layer) would wait 3.2 + 22.4 + 7 x 19.4 + 0.52 s.
     assert chosen.exposed_io_s == pytest.approx(3.2 + 22.4)

@@ -18,7 +18,7 @@ from cetrt import storage
 from cetrt.build.engines import BuildOptions, build_engines
 from cetrt.errors import UserError
 from cetrt.formats.manifest import read_manifest
-from cetrt.plan import JOURNAL_INTERVAL_S, ModelSizes, Pacing, chunks, journal_chunk_tokens, plan_from_sizes
+from cetrt.plan import COVER_MARGIN, JOURNAL_INTERVAL_S, ModelSizes, Pacing, chunks, journal_chunk_tokens, plan_from_sizes
 from cetrt.runner.evaluate import RunOptions, evaluate
 from cetrt.spec import ModelSpec
 from cetrt.workload.packing import Batch, PackedRow
@@ -145,9 +145,9 @@ def test_a_journaled_resident_run_reads_behind_a_larger_first_chunk(deep_engines
     padded = [rows * length for rows, length in resident.batch_shapes]
     largest = max(padded)
     # calib's rates, made up: a journal chunk is one token (so one batch at most the largest), and reading every
-    # engine takes the compute of just under four of the largest batches
+    # engine, with the planner's margin, takes the compute of just under four of the largest batches
     seconds_per_token = JOURNAL_INTERVAL_S
-    read_rate = read_manifest(deep_engines).engine_bytes / ((4 * largest - 0.5) * seconds_per_token)
+    read_rate = COVER_MARGIN * read_manifest(deep_engines).engine_bytes / ((4 * largest - 0.5) * seconds_per_token)
     schedule = runner.run_schedule
     monkeypatch.setattr(runner, "calib_seconds_per_token", lambda engines, manifest: seconds_per_token)
     monkeypatch.setattr(runner, "run_schedule", lambda *args: dataclasses.replace(schedule(*args),
@@ -188,11 +188,11 @@ def test_a_resident_journaled_plan_reads_behind_a_first_chunk_whose_compute_cove
     batches = _batches()
     plan = plan_from_sizes(SIZES, batches, 10**6, pacing=PACED)
     assert plan.resident and plan.chunk_tokens == journal_chunk_tokens(0.5) == 60
-    # the fewest leading batches whose compute takes the 100 s of reads: 34 (204 tokens; 33 make 99 s)
-    assert plan.first_chunk_tokens == 204 and 204 * 0.5 >= 100 > 198 * 0.5
-    assert _sizes(plan, batches) == [34] + [10] * 6 + [6] and plan.chunks == 8
-    assert plan.peak_bytes == 10_000 + 204 * PER_TOKEN and plan.bytes_to_read == 10_000
-    assert plan.to_json()["first_chunk_tokens"] == 204 and "the first of up to 204" in plan.describe()
+    # the fewest leading batches whose compute takes 1.3 x the 100 s of reads: 44 (264 tokens; 43 make 129 s)
+    assert COVER_MARGIN == 1.3 and plan.first_chunk_tokens == 264 and 264 * 0.5 >= 130 > 258 * 0.5
+    assert _sizes(plan, batches) == [44] + [10] * 5 + [6] and plan.chunks == 7
+    assert plan.peak_bytes == 10_000 + 264 * PER_TOKEN and plan.bytes_to_read == 10_000
+    assert plan.to_json()["first_chunk_tokens"] == 264 and "the first of up to 264" in plan.describe()
 
 
 def test_the_first_chunk_never_exceeds_the_activation_room_or_the_chunk_cap():
