@@ -169,11 +169,14 @@ class Target:
 
 _H200_30B_EFFICIENCY = (
     "cetrt's measured compute at the product's size on an H200 (ORT CUDA EP, LLaMA-30B shape, 1 layer per engine, "
-    "attention fused, separate projections, 8,192 tokens per batch as calib chose, all 10,042 items: 1.06e17 useful "
-    "FLOP, padding excluded, in 211.5 s of compute = 502 TFLOP/s = 51% of the 989 TFLOP/s dense FP16 datasheet "
-    "peak, 2026-12-03, bench/results/gpu_llama30b.json; 47% on 2026-12-02 with fused projections, 43% and 44% in "
-    "earlier runs at 2,048 tokens); ONNX Runtime's engines, not TensorRT's"
+    "attention fused, separate projections, rows padded to multiples of 8, 4,096 tokens per batch as calib chose, all "
+    "10,042 items: 1.088e17 FLOP of the batches as run, padding included as the predictor counts it, in 204.9 s of "
+    "compute = 531 TFLOP/s = 54% of the 989 TFLOP/s dense FP16 datasheet peak; 52% counting useful FLOP only; "
+    "2026-12-03, bench/results/gpu_llama30b.json. The run before (multiples of 32, 8,192 tokens a batch): 51% useful, "
+    "56% of its padded FLOP, and the predictor took the 51% as if it were the latter; 47% useful on 2026-12-02 with fused projections, 43% and 44% in earlier runs at 2,048 tokens); ONNX Runtime's engines, not "
+    "TensorRT's"
 )
+_H200_30B_FRACTION = 0.54  # of peak, on the FLOP of the batches as run: _H200_30B_EFFICIENCY
 _H100_EFFICIENCY = (
     "cetrt's measured whole-run compute on an H100 (ORT CUDA EP, LLaMA-7B shape, 2,000 items, 2,048 tokens per "
     "batch: 2.55e15 engine FLOP by calib/flop.py in 9.49 s of compute = 268 TFLOP/s = 27% of 989; "
@@ -202,7 +205,7 @@ TARGETS: dict[str, Target] = {
             note="Jetson AGX Orin 32GB: 32 GB shared by CPU and GPU, about 28 GB usable (datasheet, not measured)",
             peak_fp16_flops=14 * 2048 * 930e6, memory_bandwidth_bytes_per_s=204.8e9,
             peak_source=_ORIN_SOURCE.format(sms=14, cores="1,792", tcs=56, mhz=930, ghz=0.93, tflops=26.7),
-            default_efficiency=0.51,
+            default_efficiency=_H200_30B_FRACTION,
             efficiency_source="assumption: not measured on an Orin; the fraction of peak of " + _H200_30B_EFFICIENCY,
         ),
         Target(
@@ -211,7 +214,7 @@ TARGETS: dict[str, Target] = {
             note="Jetson AGX Orin 64GB (datasheet, not measured)",
             peak_fp16_flops=16 * 2048 * 1.3e9, memory_bandwidth_bytes_per_s=204.8e9,
             peak_source=_ORIN_SOURCE.format(sms=16, cores="2,048", tcs=64, mhz="1,300", ghz=1.3, tflops=42.6),
-            default_efficiency=0.51,
+            default_efficiency=_H200_30B_FRACTION,
             efficiency_source="assumption: not measured on an Orin; the fraction of peak of " + _H200_30B_EFFICIENCY,
         ),
         Target(
@@ -242,7 +245,7 @@ TARGETS: dict[str, Target] = {
             peak_fp16_flops=125e12, memory_bandwidth_bytes_per_s=900e9,
             peak_source="datasheet: NVIDIA Tesla V100 (SXM2 32GB), 125 TFLOP/s dense FP16 tensor per GPU (FP32 "
                         "accumulate at the same rate), 900 GB/s HBM2; per device, 4 devices",
-            default_efficiency=0.51,
+            default_efficiency=_H200_30B_FRACTION,
             efficiency_source="assumption: not measured on a V100; the fraction of peak of " + _H200_30B_EFFICIENCY,
             devices=4,
         ),
