@@ -77,6 +77,11 @@ def test_passes_come_from_the_runners_planner(work):
     assert tight.chosen.plan.activations == "disk" and tight.chosen.plan.passes == 1 and tight.chosen.spill_s > 0
     assert tight.to_json()["bytes_read"] == tight.chosen.plan.model_bytes and tight.to_json()["spill_s"] > 0
     assert "spilled" in tight.describe()
+    # by hand: every padded token's hidden state (6,656 FP16 values) written after each of the 61 blocks before the
+    # head and read back before each of the 61 after the embed, at NVMe's rate
+    padded = sum(b.shape[0] * b.shape[1] for b in work.batches[tight.chosen.tokens_per_batch])
+    crossings = 2 * (MODEL_PRESETS["llama-30b"].num_layers + 1)
+    assert tight.chosen.spill_s == pytest.approx(padded * 6656 * 2 * crossings / parse_storage("nvme").bytes_per_s)
 
 
 @pytest.mark.parametrize("budget", [None, TIGHT])

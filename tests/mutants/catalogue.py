@@ -19,6 +19,7 @@ BY_HAND = "tests/calib/test_predict_by_hand.py"
 STDERR = "tests/test_cli.py::test_errors_go_to_stderr_alone"
 RSS = "tests/runner/test_rss_budget.py"
 STORAGE = "tests/test_storage.py"
+LENGTH = "tests/runner/test_packing.py::test_rows_pad_to_multiples_of_8_by_default_and_the_option_changes_it"
 
 
 @dataclass(frozen=True)
@@ -108,4 +109,10 @@ MUTANTS: tuple[Mutant, ...] = (
            "return CHUNK_DIGESTS[CHUNK_DIGEST](data) == self.chunks[index]", (STORAGE,)),
     Mutant("an unknown chunk digest accepted at open", "cetrt/files.py",
            "if algorithm not in CHUNK_DIGESTS:", "if algorithm not in CHUNK_DIGESTS and False:", (STORAGE,)),
+    # 2026-12-03: rows padded to a given multiple; the third tier's traffic stated once.
+    Mutant("ce-run ignores --length-multiple", "runner/evaluate.py",
+           'multiple = {"length_multiple": options.length_multiple} if options.length_multiple else {}',
+           "multiple = {}", (LENGTH,)),
+    Mutant("the spill crosses the disk once a block", "cetrt/plan.py",
+           "return (block > 0) + (block < blocks - 1)", "return 1", ("tests/calib/test_predict.py",)),
 )
