@@ -115,4 +115,7 @@ MUTANTS: tuple[Mutant, ...] = (
            "multiple = {}", (LENGTH,)),
     Mutant("the spill crosses the disk once a block", "cetrt/plan.py",
            "return (block > 0) + (block < blocks - 1)", "return 1", ("tests/calib/test_predict.py",)),
+    Mutant("streamed chunks as large as memory allows, the last one the remainder", "cetrt/plan.py",
+           "return min(tokens, -(-total // n) + largest)", "return tokens",
+           ("tests/runner/test_streaming.py::test_streamed_chunks_split_the_tokens_evenly_in_as_many_passes",)),
 )

@@ -234,3 +234,15 @@ def test_the_third_tier_is_chosen_where_it_reads_less_than_small_chunks():
     assert roomy.activations == "memory" and roomy.chunks == 10
     forced = plan_from_sizes(SIZES, batches, 10**6, spill=True)  # ce-run --spill, though everything fits
     assert forced.activations == "disk" and not forced.resident and forced.chunks == 1
+
+
+def test_streamed_chunks_split_the_tokens_evenly_in_as_many_passes():
+    batches = _batches()  # 600 tokens; engines of 10,000 B, two held while streaming; room for 400 tokens: 2 passes
+    sizes, budget = ModelSizes(SPEC, "float32", [10_000] * 10), 2 * 10_000 + 400 * PER_TOKEN
+    plan = plan_from_sizes(sizes, batches, budget)
+    assert not plan.resident and plan.activations == "memory" and plan.passes == plan.chunks == 2
+    # 300 tokens each and a batch to spare (306), not 400 then 200: the second pass computes as long as the first
+    assert plan.chunk_tokens == 306 and _sizes(plan, batches) == [51, 49]
+    assert plan.peak_bytes == 2 * 10_000 + 306 * PER_TOKEN and plan.bytes_to_read == 2 * 100_000
+    capped = plan_from_sizes(sizes, batches, budget, chunk_tokens=250)  # --chunk-tokens 250: 3 passes of 200
+    assert capped.chunks == 3 and _sizes(capped, batches) == [34, 34, 32]
