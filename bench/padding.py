@@ -49,9 +49,8 @@ def main() -> None:
         chosen = rows[:limit]
         table = [counts(chosen, m, t) for t in TOKENS_PER_BATCH for m in MULTIPLES]
         by = {(c["length_multiple"], c["tokens_per_batch"]): c for c in table}
-        slices[name] = {"items": len(chosen), "table": table,
-                        "padded_tokens_8_over_32": {str(t): round(by[8, t]["padded_tokens"] / by[32, t]["padded_tokens"], 4)
-                                                    for t in TOKENS_PER_BATCH}}
+        ratios = {str(t): round(by[8, t]["padded_tokens"] / by[32, t]["padded_tokens"], 4) for t in TOKENS_PER_BATCH}
+        slices[name] = {"items": len(chosen), "table": table, "padded_tokens_8_over_32": ratios}
     import transformers
 
     result = {"benchmark": __doc__.splitlines()[0], "tokenizer": named, "slices": slices,

@@ -177,7 +177,8 @@ def run_command(engines, dataset, limit, json_path, tokens_per_batch, length_mul
         check_output_file(json_path, "--json")  # before the run; space is checked once the item count is known
     options = RunOptions(engines=engines, dataset=dataset or default_dataset(), limit=limit,
                          tokens_per_batch=tokens_per_batch, length_multiple=length_multiple,
-                         memory_budget=memory_budget, chunk_tokens=chunk_tokens, prefetch_depth=prefetch_depth, spill_dir=spill_dir, spill=spill, threads=threads,
+                         memory_budget=memory_budget, chunk_tokens=chunk_tokens, prefetch_depth=prefetch_depth,
+                         spill_dir=spill_dir, spill=spill, threads=threads,
                          partial_results=partial_path(json_path) if json_path else None,
                          journal=journal_path(json_path) if json_path else None, progress=not quiet,
                          devices=devices)

@@ -134,14 +134,13 @@ def _leading_tokens(batches: list[Batch], tokens: int) -> int:
     return total
 
 
-def _even_chunk_tokens(batches: list[Batch], tokens: int) -> int:
-    """A chunk size of at most `tokens` that cuts the batches into as few chunks as `tokens` does, of about equal
-    size. Streamed, each chunk is a pass over the weights, and a chunk computes while the next block is read: as
-    large as memory allows, the last chunk got the remainder, too small to hide its reads (the 30B run at 1/3 of
-    the weights: 88% and 12% of the tokens, 23 s blocked on storage in its second pass). Every chunk the greedy cut
-    closes holds more than (this size - the largest batch) = the mean, so there are no more chunks than before."""
-    total = sum(b.shape[0] * b.shape[1] for b in batches)
-    largest = max(b.shape[0] * b.shape[1] for b in batches)
+def _even_chunk_tokens(batches: list[Batch], tokens: int, total: int, largest: int) -> int:
+    """A chunk size of at most `tokens` that cuts the batches (`total` padded tokens, the largest batch `largest`)
+    into as few chunks as `tokens` does, of about equal size. Streamed, each chunk is a pass over the weights, and a
+    chunk computes while the next block is read: as large as memory allows, the last chunk got the remainder, too
+    small to hide its reads (the 30B run at 1/3 of the weights: 88% and 12% of the tokens, 23 s blocked on storage
+    in its second pass). Every chunk the greedy cut closes holds more than (this size - the largest batch) = the
+    mean, so there are no more chunks than before."""
     n = count_chunks(batches, tokens)
     return min(tokens, -(-total // n) + largest)
 
@@ -181,8 +180,8 @@ class Pacing:
 
 
 # A resident run's first chunk computes this much longer than the reads it hides take at calib's rates. At 1.0 the
-# 30B run of 2026-12-03 (gpu_llama30b.json) computed its first chunk in about the 38 s its reads took and still
-# waited 6.5 s on storage: a block whose read ran late held up the next, and reads there ran 7% below calib's rate.
+# 30B run of 2026-12-03 waited 6.5 s on storage, its reads 7% below calib's rate (1.71 against 1.85 GB/s); at 1.3
+# the next run waited 1.0 s (gpu_steps/llama30b_2026-12-03_pad32.json, gpu_llama30b.json; another machine).
 COVER_MARGIN = 1.3
 
 
@@ -240,8 +239,12 @@ def plan_from_sizes(sizes: ModelSizes, batches: list[Batch], budget_bytes: int, 
     cap = chunk_tokens or all_tokens
     largest_block = max(sizes.block_bytes)
 
+    def fitting(tokens: int) -> int:
+        """A chunk size within the cap that still takes the largest batch."""
+        return max(largest_batch, min(tokens, cap))
+
     def chunked(resident: bool, engines_held: int, activations: str, tokens: int, first: int = 0) -> MemoryPlan:
-        tokens = max(largest_batch, min(tokens, cap))
+        tokens = fitting(tokens)
         first = max(tokens, min(first, cap))
         n = count_chunks(batches, tokens, first)
         held = min(first, all_tokens) * per_token if activations == "memory" else 2 * largest_batch * hidden_bytes
@@ -262,8 +265,8 @@ def plan_from_sizes(sizes: ModelSizes, batches: list[Batch], budget_bytes: int, 
     in_flight = 2 * largest_batch * hidden_bytes  # the batch read from its file and the one written back
     spilled = chunked(False, streaming_engines, "disk", all_tokens) if room_streaming >= in_flight else None
     if not spill and room_streaming >= largest_batch * per_token:
-        in_memory = chunked(False, streaming_engines, "memory",
-                            _even_chunk_tokens(batches, max(largest_batch, min(room_streaming // per_token, cap))))
+        even = _even_chunk_tokens(batches, fitting(room_streaming // per_token), all_tokens, largest_batch)
+        in_memory = chunked(False, streaming_engines, "memory", even)
         # a pass over the weights per chunk, against one pass plus every hidden state written and read back
         blocks = len(sizes.block_bytes)
         spill_bytes = all_tokens * hidden_bytes * sum(spill_crossings(k, blocks) for k in range(blocks))

@@ -173,8 +173,8 @@ _H200_30B_EFFICIENCY = (
     "10,042 items: 1.088e17 FLOP of the batches as run, padding included as the predictor counts it, in 204.9 s of "
     "compute = 531 TFLOP/s = 54% of the 989 TFLOP/s dense FP16 datasheet peak; 52% counting useful FLOP only; "
     "2026-12-03, bench/results/gpu_llama30b.json. The run before (multiples of 32, 8,192 tokens a batch): 51% useful, "
-    "56% of its padded FLOP, and the predictor took the 51% as if it were the latter; 47% useful on 2026-12-02 with fused projections, 43% and 44% in earlier runs at 2,048 tokens); ONNX Runtime's engines, not "
-    "TensorRT's"
+    "56% of its padded FLOP, and the predictor took the 51% as if it were the latter; 47% useful on 2026-12-02 "
+    "with fused projections, 43% and 44% in earlier runs at 2,048 tokens); ONNX Runtime's engines, not TensorRT's"
 )
 _H200_30B_FRACTION = 0.54  # of peak, on the FLOP of the batches as run: _H200_30B_EFFICIENCY
 _H100_EFFICIENCY = (

@@ -1,15 +1,15 @@
 """Batch shapes: the one place that decides how packed rows are padded and how big a batch may be.
 
-The runner pads rows to a multiple of `length_multiple` and fills a batch up to `tokens_per_batch` padded
-tokens. The multiple is 8, the smallest ONNX Runtime's fused FP16 attention takes with a bias (its
-memory-efficient kernel needs L % 8; a smaller one falls back to the unfused kernels): on all HellaSwag items
-it pads 2.1% of the tokens where 32 padded 9.5% (bench/padding.py), compute that every layer paid for. the build turns the same plan into optimization profiles (min / opt / max of B, L and S), one per
-length range, so every batch the runner makes falls inside a profile. With profiles (a `max_length`), a batch
-holds at most `tokens_per_batch // high` rows, `high` the top of its length range: a profile's largest corner
-(max B x max L) is then no larger than the largest batch, instead of pairing the short end's B with the long
-end's L (4x the tokens for the range 1..128). Short rows of a range fill their batches less: more
-`length_splits` trade build time (one set of kernels per profile) for fuller batches. The manifest records the plan, and the
-runner uses the recorded one for engines that need it.
+The runner pads rows to a multiple of `length_multiple` and fills a batch up to `tokens_per_batch` padded tokens.
+The multiple is 8, the smallest ONNX Runtime's fused FP16 attention takes with a bias (its memory-efficient kernel
+needs L % 8; a smaller one falls back to the unfused kernels): on all HellaSwag items it pads 2.1% of the tokens
+where 32 padded 9.5% (bench/padding.py), compute that every layer paid for. The build turns the same plan into
+optimization profiles (min / opt / max of B, L and S), one per length range, so every batch the runner makes falls
+inside a profile. With profiles (a `max_length`), a batch holds at most `tokens_per_batch // high` rows, `high` the
+top of its length range: a profile's largest corner (max B x max L) is then no larger than the largest batch,
+instead of pairing the short end's B with the long end's L (4x the tokens for the range 1..128). Short rows of a
+range fill their batches less: more `length_splits` trade build time (one set of kernels per profile) for fuller
+batches. The manifest records the plan, and the runner uses the recorded one for engines that need it.
 Usage: `plan = ShapePlan(); plan.profiles()`; `plan.profile_for(batch=12, length=192, slots=180)`.
 """
 

@@ -93,8 +93,9 @@ def test_rows_pad_to_multiples_of_8_by_default_and_the_option_changes_it(zoo, he
     results = {}
     for name, extra in (("default", []), ("32", ["--length-multiple", "32"])):
         out = tmp_path / f"{name}.json"
-        done = CliRunner().invoke(run_command, ["--engines", str(zoo.engines("llama")), "--dataset", str(hellaswag_path),
-                                                "--limit", "40", "--quiet", "--json", str(out), *extra])
+        args = ["--engines", zoo.engines("llama"), "--dataset", hellaswag_path, "--limit", "40", "--quiet",
+                "--json", out]
+        done = CliRunner().invoke(run_command, [*map(str, args), *extra])
         assert done.exit_code == 0, done.output
         results[name] = json.loads(out.read_text())
     lengths = {name: [length for _, length in r["batch_shapes"]] for name, r in results.items()}

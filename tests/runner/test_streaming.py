@@ -18,7 +18,8 @@ from cetrt import storage
 from cetrt.build.engines import BuildOptions, build_engines
 from cetrt.errors import UserError
 from cetrt.formats.manifest import read_manifest
-from cetrt.plan import COVER_MARGIN, JOURNAL_INTERVAL_S, ModelSizes, Pacing, chunks, journal_chunk_tokens, plan_from_sizes
+from cetrt.plan import (COVER_MARGIN, JOURNAL_INTERVAL_S, ModelSizes, Pacing, chunks, journal_chunk_tokens,
+                         plan_from_sizes)
 from cetrt.runner.evaluate import RunOptions, evaluate
 from cetrt.spec import ModelSpec
 from cetrt.workload.packing import Batch, PackedRow
