@@ -52,7 +52,9 @@ class ShapePlan:
         if self.tokens_per_batch < 1 or self.length_multiple < 1:
             raise UserError(f"tokens per batch ({self.tokens_per_batch}) and length multiple ({self.length_multiple}) must be positive")
         if self.max_length is not None and self.max_length % self.length_multiple:
-            raise UserError(f"max length {self.max_length} must be a multiple of the length multiple {self.length_multiple}")
+            raise UserError(f"max length {self.max_length} must be a multiple of the length multiple "
+                            f"{self.length_multiple}: pad to a multiple that divides it (ce-run --length-multiple) or build with a MAX_LENGTH "
+                            f"that {self.length_multiple} divides")
 
     def padded_length(self, length: int) -> int:
         return -(-length // self.length_multiple) * self.length_multiple

@@ -11,7 +11,7 @@ from cetrt.options import machine_memory
 
 @pytest.mark.parametrize("option, value", [
     ("--tokens-per-batch", "0"), ("--chunk-tokens", "-1"), ("--threads", "-2"), ("--limit", "0"),
-    ("--memory-budget", "lots"), ("--memory-budget", "0GiB"), ("--prefetch-depth", "9"),
+    ("--memory-budget", "lots"), ("--memory-budget", "0GiB"), ("--prefetch-depth", "9"), ("--length-multiple", "0"),
 ])
 def test_run_options_out_of_range(tmp_path, option, value):
     """The engines directory does not even exist: the option is refused first, at parse time."""

@@ -106,3 +106,17 @@ def test_rows_pad_to_multiples_of_8_by_default_and_the_option_changes_it(zoo, he
     assert results["default"]["tokens"] == results["32"]["tokens"]
     for one, other in zip(results["default"]["items"], results["32"]["items"], strict=True):
         assert np.allclose(one["scores"], other["scores"], atol=1e-4)
+
+
+def test_a_length_multiple_that_the_engines_profiles_do_not_divide_is_refused_with_the_fix():
+    """Engines with fixed profiles record their plan; a given multiple replaces its multiple and must divide its
+    max length."""
+    from types import SimpleNamespace
+
+    from cetrt.runner.evaluate import RunOptions, shape_plan
+
+    manifest = SimpleNamespace(build_options={"shape_plan": ShapePlan(tokens_per_batch=2048, max_length=384).to_json()})
+    assert shape_plan(manifest, RunOptions(engines="e", length_multiple=16), 1024).length_multiple == 16
+    assert shape_plan(manifest, RunOptions(engines="e"), 1024).length_multiple == 8  # the recorded one
+    with pytest.raises(UserError, match=r"max length 384 .* length multiple 7: .*--length-multiple.*MAX_LENGTH"):
+        shape_plan(manifest, RunOptions(engines="e", length_multiple=7), 1024)
