@@ -37,7 +37,7 @@ class Projections(nn.Module):
     Not one MatMul over the concatenated weights sliced afterwards: ONNX Runtime runs those Slices as a Split
     kernel that copies the whole output, the largest kernel after the GEMMs (SmolLM2 on the H200: 14% of a layer
     block's kernel time; LLaMA-30B: 6%), where separate MatMuls write each output once. TensorRT fuses either
-    form. `FusedProjections` is the other form, kept as bench/projections_ab.py's baseline.
+    form. `FusedProjections` is the other form, kept as bench/layer_forms_ab.py's baseline.
     """
 
     def __init__(self, *layers: nn.Linear):
