@@ -118,4 +118,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("streamed chunks as large as memory allows, the last one the remainder", "cetrt/plan.py",
            "return min(tokens, -(-total // n) + largest)", "return tokens",
            ("tests/runner/test_streaming.py::test_streamed_chunks_split_the_tokens_evenly_in_as_many_passes",)),
+    Mutant("RoPE's sin negated on the wrong half", "cetrt/families/llama.py",
+           "torch.cat((-sin, sin), dim=-1)", "torch.cat((sin, -sin), dim=-1)",
+           (LM_EVAL, "tests/families/test_families.py::test_make_engines_and_ce_run_score_like_hugging_face[qwen2]")),
 )
