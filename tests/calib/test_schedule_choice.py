@@ -160,3 +160,27 @@ def test_each_batch_size_is_timed_in_sessions_of_its_own(tokenizer, hellaswag_pa
     assert [r["tokens_per_batch"] for r in results] == [512, 1024]
     assert made == ["layers", "head"] * 2
     assert open_now == []
+
+
+def test_the_call_cost_is_timed_on_the_fullest_batches_of_its_size(tokenizer, hellaswag_path):
+    """The batches the call cost is measured on hold the most tokens of their size, not the first ones in length
+    order, which held about half of it (on the H200 a small model's one-layer and two-layer times there were
+    noise, and calib merged 1 layer where it had merged 30)."""
+    from types import SimpleNamespace
+
+    from cetrt.calib.schedule import _typical_first, fullest_batches
+    from cetrt.families import presets
+    from cetrt.workload.hellaswag import load_docs
+    from cetrt.workload.packing import make_batches, pack_docs
+    from cetrt.workload.shapes import ShapePlan
+
+    exported = SimpleNamespace(model=presets()["llama-7b"], dtype="float16")
+    rows = pack_docs(tokenizer, load_docs(str(hellaswag_path), 400))
+    chosen = fullest_batches(rows, 4096, exported, 4)
+    tokens = sorted((b.shape[0] * b.shape[1] for b in make_batches(rows, ShapePlan(tokens_per_batch=4096),
+                                                                   exported.model.max_positions)), reverse=True)
+    assert [b.shape[0] * b.shape[1] for b in chosen] == tokens[:4]
+    assert all(b.shape[0] * b.shape[1] <= 4096 for b in chosen)
+    first_in_length_order = _typical_first(rows, 4096, exported)[:4]
+    held = [sum(b.shape[0] * b.shape[1] for b in batches) for batches in (chosen, first_in_length_order)]
+    assert held[0] > 1.2 * held[1]
