@@ -10,11 +10,11 @@ before they are built, and full TensorRT is not here: calib.json says which back
   the runner's reader leaves them;
 - compute time of a layer block (built as ce-build builds it by default: weights as inputs, attention fused
   for ONNX Runtime on a GPU) and of the head at several batch sizes, each size in sessions of its own as a
-  run's, on real packed batches of the dataset, each batch's second run (a shared engine type sees each batch shape again in every layer, so
+  run's, on real packed batches of the dataset filled to each size as a run's are, each batch's second run (a shared engine type sees each batch shape again in every layer, so
   first-run costs amortize);
 - the fixed cost of an engine call: one layer and two layers merged into one engine (cetrt.merging), weights
-  bound as the runner binds them, on the same batches (the fullest of 4,096 tokens): 2 x t(1) - t(2) is what a
-  call costs beyond its layers.
+  bound as the runner binds them, on the same batches of 4,096 tokens: 2 x t(1) - t(2) is what a call costs
+  beyond its layers.
 Chosen: tokens per batch (the smallest reaching 95% of the best measured throughput), the layers merged per
 engine (the fewest that bring the call cost under 5% of the compute, within 1/16 of the device's memory), the
 requests in flight
@@ -56,7 +56,7 @@ STORAGE_BYTES = 2 << 30  # read at most this much to measure bandwidth (over all
 REQUESTS_IN_FLIGHT = (1, 2, 4, 8)
 NEAR_BEST = 0.95
 MERGE_TOKENS = 4096  # batch size at which the per-call cost is measured
-MERGE_BATCHES = 4  # the fullest batches of that size (fullest_batches), each timed on its second run
+MERGE_BATCHES = 4  # batches of that size (_typical_first), each timed on its second run
 MERGE_PASSES = 3  # over all of them; the fastest pass counts
 CALL_SHARE = 0.05  # merge layers until the per-call cost is at most this share of an engine's compute
 MERGE_MEMORY_SHARE = 1 / 16  # a merged engine's weights at most this share of the device's memory
@@ -119,7 +119,7 @@ def _call_cost(backend, target: Target, export_dir: Path, layers, exported: Expo
     if len(layers) < 2:
         return None
     splits = [first, split_block(export_dir / layers[1].onnx_file.path)]
-    batches = fullest_batches(rows, MERGE_TOKENS, exported, MERGE_BATCHES)
+    batches = _typical_first(rows, MERGE_TOKENS, exported)[:MERGE_BATCHES]
     rng = np.random.default_rng(0)
     feeds = [_with_hidden(batch, exported, rng) for batch in batches]  # the same inputs for both
     seconds = []
@@ -236,18 +236,23 @@ def _engine_maker(backend, target: Target, split, path: Path):
 
 
 def _typical_first(rows, size: int, exported: ExportedModel) -> list:
-    """The packed batches of `size` tokens, typical lengths first (the middle of the length order)."""
-    batches = make_batches(rows, ShapePlan(tokens_per_batch=size), exported.model.max_positions)
-    return batches[len(batches) // 2:] + batches[: len(batches) // 2]
-
-
-def fullest_batches(rows, size: int, exported: ExportedModel, count: int) -> list:
-    """The `count` packed batches of `size` tokens that hold the most padded tokens: the batch size the call cost is
-    said to be measured at. The first batches in length order (`_typical_first`) held 672 to 3,224 of 4,096
-    tokens (SmolLM2's tokenizer, 400 items), where a small model's runs are bound by launching kernels and the
-    one-layer against two-layer difference is noise: two merged layers timed 2.5x one on the H200."""
-    batches = make_batches(rows, ShapePlan(tokens_per_batch=size), exported.model.max_positions)
-    return sorted(batches, key=lambda b: b.shape[0] * b.shape[1], reverse=True)[:count]
+    """Full batches of `size` tokens, one per padded length, typical lengths first (nearest the median): each
+    length's rows, repeated as needed, fill its batch as a run's 10,042 items fill theirs. Cut from calib's few
+    hundred items as a run cuts them, the batches held about half their size (400 items: the first four of
+    4,096 tokens held 672 to 3,224, and 8,192 and 16,384 cut the same batches), so sizes were compared on
+    batches of nearly one size."""
+    plan = ShapePlan(tokens_per_batch=size)
+    by_length: dict[int, list] = {}
+    for row in rows:
+        by_length.setdefault(plan.padded_length(row.length), []).append(row)
+    middle = sorted(plan.padded_length(row.length) for row in rows)[len(rows) // 2]  # the median row's length
+    batches = []
+    for length in sorted(by_length, key=lambda n: (abs(n - middle), n)):
+        same = by_length[length]
+        count = plan.batch_size(length)
+        filled = (same * -(-count // len(same)))[:count]
+        batches.extend(make_batches(filled, plan, exported.model.max_positions))
+    return batches
 
 
 def _with_hidden(batch, exported: ExportedModel, rng) -> dict:
