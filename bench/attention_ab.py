@@ -32,7 +32,7 @@ from cetrt.calib.schedule import _steady_run, _typical_first, _with_hidden
 from cetrt.export.onnx_export import export_block
 from cetrt.export.pipeline import block_specs, example_inputs
 from cetrt.families import get_family
-from cetrt.families.llama import llama_blocks, rotate_by_flip, separate_projections
+from cetrt.families.llama import llama_blocks, separate_projections
 from cetrt.formats.weights import split_block
 from cetrt.spec import Target
 from cetrt.workload.hellaswag import load_docs
@@ -45,9 +45,9 @@ from random_llama import load_tokenizer_only, materialize  # noqa: E402
 TOKENS_PER_SIZE = 16384
 
 
-def one_layer(shape: str, tokenizer, tmp: Path, projections=separate_projections, rotary=rotate_by_flip):
+def one_layer(shape: str, tokenizer, tmp: Path, projections=separate_projections):
     """The export of one random decoder layer of `shape`, split into graph and weights (the same weights for every
-    `projections` and `rotary` form: the generator's seed is fixed)."""
+    `projections` form: the generator's seed is fixed)."""
     from transformers import LlamaForCausalLM
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
@@ -59,7 +59,7 @@ def one_layer(shape: str, tokenizer, tmp: Path, projections=separate_projections
     spec = family.spec_from_config(config)
     block = block_specs(family, 1, 1, spec.hidden_size, "float16")[1]
     materialize(model.model.layers[0], torch.Generator().manual_seed(0))
-    _, layers, _ = llama_blocks(model, projections=projections, rotary=rotary)
+    _, layers, _ = llama_blocks(model, projections=projections)
     files = export_block(layers(0, 1).eval(), example_inputs(spec.hidden_size, torch.float16, spec.vocab_size), block,
                          tmp / "layer.onnx")
     return spec, block, split_block(files[0])

@@ -4,12 +4,12 @@ attention fused for both as the CUDA build fuses it, in one process, on the same
 --compare projections: separate Q/K/V and gate/up MatMuls (the export's form since 2026-12-02) against one fused
 MatMul each whose output is sliced. ONNX Runtime ran the fused form's Slices as a Split kernel copying the
 projections' whole output (LLaMA-30B layer at 8,192 tokens: 0.87 of 15.1 ms in the 2026-12-02 profile).
---compare rotary: RoPE's halves swapped by one reversing Slice (`rotate_by_flip`, since 2026-12-03) against a
-Split and a Concat (`rotate_by_halves`).
+(--compare rotary, RoPE's halves swapped by one reversing Slice against a Split and a Concat, is in git history,
+commit 6dd37c5: layer_forms_rotary_h200.json; the export went back to rotate-half, see the README.)
 Each batch is timed on its second run, as calib times it (bench/attention_ab.py's timing), over about 16k padded
 tokens a size; the two forms' outputs on one batch are compared, and the ops of each form's graph after ONNX
 Runtime's optimizer on the target's provider are counted (what the build's engine holds).
-Usage: python bench/layer_forms_ab.py --compare rotary --dataset d.jsonl --shapes llama-7b llama-30b --json out.json
+Usage: python bench/layer_forms_ab.py --compare projections --dataset d.jsonl --shapes llama-7b --json out.json
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import torch
 from cetrt.backends import get_backend
 from cetrt.backends.ort_fusion import fuse_attention
 from cetrt.calib.schedule import _typical_first, _with_hidden
-from cetrt.families.llama import fused_projections, rotate_by_flip, rotate_by_halves, separate_projections
+from cetrt.families.llama import fused_projections, separate_projections
 from cetrt.spec import HIDDEN_OUT, Target
 from cetrt.workload.hellaswag import load_docs
 from cetrt.workload.packing import pack_docs
@@ -41,7 +41,6 @@ from random_llama import load_tokenizer_only  # noqa: E402
 # per comparison: the export's form first, then the baseline, each as one_layer's keyword arguments
 COMPARISONS = {
     "projections": {"separate": {"projections": separate_projections}, "fused": {"projections": fused_projections}},
-    "rotary": {"flip": {"rotary": rotate_by_flip}, "halves": {"rotary": rotate_by_halves}},
 }
 
 

@@ -169,11 +169,11 @@ class Target:
 
 _H200_30B_EFFICIENCY = (
     "cetrt's measured compute at the product's size on an H200 (ORT CUDA EP, LLaMA-30B shape, 1 layer per engine, "
-    "attention fused, separate projections, RoPE's halves swapped by one Slice, rows padded to multiples of 8, "
-    "4,096 tokens per batch as calib chose, all 10,042 items: 1.088e17 FLOP of the batches as run, padding "
-    "included as the predictor counts it, in 202.8 s of compute = 536 TFLOP/s = 54% of the 989 TFLOP/s dense FP16 "
-    "datasheet peak; 53% counting useful FLOP only; 2026-12-03, bench/results/flop_as_run_llama30b.json and "
-    "gpu_llama30b.json. Earlier that day, with RoPE's Split and Concat: 531 TFLOP/s, 54% "
+    "attention fused, separate projections, RoPE's halves swapped by one Slice (since reverted), rows padded to "
+    "multiples of 8, 4,096 tokens per batch as calib chose, all 10,042 items: 1.088e17 FLOP of the batches as run, "
+    "padding included as the predictor counts it, in 202.8 s of compute = 536 TFLOP/s = 54% of the 989 TFLOP/s "
+    "dense FP16 datasheet peak; 53% counting useful FLOP only; 2026-12-03, bench/results/flop_as_run_llama30b.json "
+    "and gpu_llama30b.json. Earlier that day, with RoPE's Split and Concat (the export's form): 531 TFLOP/s, 54% "
     "(flop_as_run_llama30b_split_rope.json); padded to multiples of 32 at 8,192 tokens a batch: 51% useful, 56% of "
     "its padded FLOP (flop_as_run_llama30b_pad32.json), and the predictor took the 51% as if it were the latter; "
     "47% useful on 2026-12-02 with fused projections, 43% and 44% in earlier runs at 2,048 tokens); ONNX "

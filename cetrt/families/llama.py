@@ -4,8 +4,7 @@ Blocks: embedding, a run of decoder layers, the scoring head, built from a loade
 weights: Q, K, V, gate and up each their own MatMul (`Projections`). Rotary cos/sin are computed inside the layers block
 from position ids with the model's own `inv_freq` (so static scaled RoPE variants come along), once per
 block, shared by its layers; a rotary dimension below the head dimension (partial rotary) rotates the first
-part only. RoPE is applied to Q and K in their [B, L, heads * D] layout, before the heads are split off, with
-the halves swapped by one reversing Slice (`rotate_by_flip`). Phi-3 and Qwen2 reuse these modules with their own checkpoints' layouts.
+part only. Phi-3 and Qwen2 reuse these modules with their own checkpoints' layouts.
 Usage: `embed, layers, head = llama_blocks(model)`; `layers(first, last)` gives a block module.
 """
 
@@ -49,12 +48,10 @@ class LlamaEmbed(nn.Module):
 
 class LlamaLayer(nn.Module):
     """A pre-norm decoder layer; `projections(layer)` gives its (Q, K, V) and (gate, up) projections from the
-    checkpoint's layout (separate Linears in LLaMA, fused ones in Phi-3); `rotary` applies RoPE (`rotate_by_flip`)."""
+    checkpoint's layout (separate Linears in LLaMA, fused ones in Phi-3)."""
 
-    def __init__(self, layer: nn.Module, config, projections: Callable[[nn.Module], tuple[nn.Module, nn.Module]],
-                 rotary: Callable):
+    def __init__(self, layer: nn.Module, config, projections: Callable[[nn.Module], tuple[nn.Module, nn.Module]]):
         super().__init__()
-        self.rotary = rotary
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
@@ -70,8 +67,8 @@ class LlamaLayer(nn.Module):
     def forward(self, hidden, cos, sin, mask):
         x = rms_norm(hidden, self.input_norm, self.eps)
         q, k, v = self.qkv(x)
-        q = split_heads(self.rotary(q, cos, sin, self.num_heads), self.num_heads, self.head_dim)
-        k = split_heads(self.rotary(k, cos, sin, self.num_kv_heads), self.num_kv_heads, self.head_dim)
+        q = apply_rotary(split_heads(q, self.num_heads, self.head_dim), cos, sin)
+        k = apply_rotary(split_heads(k, self.num_kv_heads, self.head_dim), cos, sin)
         v = split_heads(v, self.num_kv_heads, self.head_dim)
         hidden = hidden + self.o_proj(attention(q, k, v, mask, self.scale))
         x = rms_norm(hidden, self.post_norm, self.eps)
@@ -94,47 +91,32 @@ def fused_projections(layer: nn.Module) -> tuple[FusedProjections, FusedProjecti
     return FusedProjections(attn.q_proj, attn.k_proj, attn.v_proj), FusedProjections(mlp.gate_proj, mlp.up_proj)
 
 
-def rotate_by_flip(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor, heads: int) -> torch.Tensor:
-    """Hugging Face's rotate-half RoPE on x [B, L, heads * D], with cos and signed_sin [B, L, 1, R], R <= D (partial
-    rotary: the last D - R dimensions pass through). signed_sin is sin with its first half negated, so that
-    rotate_half(x) * sin is the halves of x swapped, times signed_sin: the same products, and one reversing Slice
-    in the graph where rotate-half takes a Split, a Neg and a Concat (ONNX Runtime runs each as a kernel)."""
-    b, l, _ = x.shape
-    per_head = x.view(b, l, heads, -1)
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Hugging Face's rotate-half RoPE; x [B, H, L, D], cos and sin [B, 1, L, R] with R <= D (partial rotary:
+    the last D - R dimensions pass through)."""
     rot = cos.shape[-1]
-    if rot < per_head.shape[-1]:
-        rotated = rotate_by_flip(per_head[..., :rot].reshape(b, l, heads * rot), cos, signed_sin, heads)
-        return torch.cat((rotated.view(b, l, heads, rot), per_head[..., rot:]), dim=-1).view(b, l, -1)
-    swapped = per_head.view(b, l, heads, 2, rot // 2).flip(-2).view(b, l, heads, rot)
-    return (per_head * cos + swapped * signed_sin).view(b, l, -1)
-
-
-def rotate_by_halves(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor, heads: int) -> torch.Tensor:
-    """`rotate_by_flip` with the halves swapped by slicing and concatenating, as rotate-half writes it (the export's
-    form before 2026-12-03, less its Neg): bench/rotary_ab.py's baseline. Full rotary only."""
-    b, l, _ = x.shape
-    per_head = x.view(b, l, heads, -1)
-    half = per_head.shape[-1] // 2
-    swapped = torch.cat((per_head[..., half:], per_head[..., :half]), dim=-1)
-    return (per_head * cos + swapped * signed_sin).view(b, l, -1)
+    if rot < x.shape[-1]:
+        return torch.cat((apply_rotary(x[..., :rot], cos, sin), x[..., rot:]), dim=-1)
+    half = rot // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
 
 
 class LlamaLayers(nn.Module):
-    def __init__(self, layers: list[nn.Module], config, inv_freq: torch.Tensor, attention_scaling: float, projections,
-                 rotary):
+    def __init__(self, layers: list[nn.Module], config, inv_freq: torch.Tensor, attention_scaling: float, projections):
         super().__init__()
-        self.layers = nn.ModuleList(LlamaLayer(layer, config, projections, rotary) for layer in layers)
+        self.layers = nn.ModuleList(LlamaLayer(layer, config, projections) for layer in layers)
         self.register_buffer("inv_freq", inv_freq.detach().float().clone(), persistent=False)
         self.attention_scaling = float(attention_scaling)
 
     def forward(self, hidden, position_ids, segment_ids):
         mask = packed_mask(segment_ids)  # once per block, shared by its layers
-        freqs = position_ids.unsqueeze(-1).unsqueeze(-2).float() * self.inv_freq  # [B, L, 1, R/2], FP32
-        cos = (freqs.cos() * self.attention_scaling).to(hidden.dtype)
-        sin = (freqs.sin() * self.attention_scaling).to(hidden.dtype)
-        cos, signed_sin = torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)
+        freqs = position_ids.unsqueeze(-1).float() * self.inv_freq  # [B, L, D/2], FP32
+        angles = torch.cat((freqs, freqs), dim=-1).unsqueeze(1)
+        cos = (angles.cos() * self.attention_scaling).to(hidden.dtype)
+        sin = (angles.sin() * self.attention_scaling).to(hidden.dtype)
         for layer in self.layers:
-            hidden = layer(hidden, cos, signed_sin, mask)
+            hidden = layer(hidden, cos, sin, mask)
         return hidden
 
 
@@ -148,14 +130,13 @@ class LlamaNorm(nn.Module):
         return rms_norm(x, self.weight, self.eps)
 
 
-def llama_blocks(model, projections=separate_projections, rotary=rotate_by_flip):
+def llama_blocks(model, projections=separate_projections):
     """The three block factories of a LLaMA-shaped model: embed module, layers(first, last), head module."""
     inner, config = model.model, model.config
-    rotary_emb = inner.rotary_emb
+    rotary = inner.rotary_emb
 
     def layers(first: int, last: int) -> nn.Module:
-        return LlamaLayers(list(inner.layers[first:last]), config, rotary_emb.inv_freq, rotary_emb.attention_scaling,
-                           projections, rotary)
+        return LlamaLayers(list(inner.layers[first:last]), config, rotary.inv_freq, rotary.attention_scaling, projections)
 
     head = ScoringHead(LlamaNorm(inner.norm), model.lm_head)
     return LlamaEmbed(inner.embed_tokens), layers, head

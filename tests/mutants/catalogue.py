@@ -121,7 +121,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("calib times batches cut from its few items, half full", "calib/schedule.py",
            "filled = (same * -(-count // len(same)))[:count]", "filled = same",
            ("tests/calib/test_schedule_choice.py::test_calib_times_full_batches_of_each_size_typical_lengths_first",)),
-    Mutant("RoPE's sin negated on the wrong half", "cetrt/families/llama.py",
-           "torch.cat((-sin, sin), dim=-1)", "torch.cat((sin, -sin), dim=-1)",
+    Mutant("RoPE's rotate-half negates the wrong half", "cetrt/families/llama.py",
+           "rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)",
+           "rotated = torch.cat((x[..., half:], -x[..., :half]), dim=-1)",
            (LM_EVAL, "tests/families/test_families.py::test_make_engines_and_ce_run_score_like_hugging_face[qwen2]")),
 )
