@@ -1,15 +1,16 @@
 """One decoder layer in the export's form against an earlier form, same random FP16 weights bound as inputs,
 attention fused for both as the CUDA build fuses it, in one process, on the same packed batches of the dataset.
 
---compare projections: separate Q/K/V and gate/up MatMuls (the export's form since 2026-12-02) against one fused
-MatMul each whose output is sliced. ONNX Runtime ran the fused form's Slices as a Split kernel copying the
+The forms: separate Q/K/V and gate/up MatMuls (the export's form since 2026-12-02) against one fused MatMul each
+whose output is sliced. ONNX Runtime ran the fused form's Slices as a Split kernel copying the
 projections' whole output (LLaMA-30B layer at 8,192 tokens: 0.87 of 15.1 ms in the 2026-12-02 profile).
-(--compare rotary, RoPE's halves swapped by one reversing Slice against a Split and a Concat, is in git history,
-commit 6dd37c5: layer_forms_rotary_h200.json; the export went back to rotate-half, see the README.)
+(A second comparison, RoPE's halves swapped by one reversing Slice against a Split and a Concat, is in git
+history, commit 6dd37c5 `--compare rotary`: layer_forms_rotary_h200.json; the export kept rotate-half, see the
+README.)
 Each batch is timed on its second run, as calib times it (bench/attention_ab.py's timing), over about 16k padded
 tokens a size; the two forms' outputs on one batch are compared, and the ops of each form's graph after ONNX
 Runtime's optimizer on the target's provider are counted (what the build's engine holds).
-Usage: python bench/layer_forms_ab.py --compare projections --dataset d.jsonl --shapes llama-7b --json out.json
+Usage: python bench/layer_forms_ab.py --dataset d.jsonl --shapes smollm2-135m llama-7b llama-30b --json out.json
 """
 
 from __future__ import annotations
@@ -38,10 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from attention_ab import bound, one_layer, time_session  # noqa: E402
 from random_llama import load_tokenizer_only  # noqa: E402
 
-# per comparison: the export's form first, then the baseline, each as one_layer's keyword arguments
-COMPARISONS = {
-    "projections": {"separate": {"projections": separate_projections}, "fused": {"projections": fused_projections}},
-}
+# the export's form first, then the baseline, each as one_layer's keyword arguments
+FORMS = {"separate": {"projections": separate_projections}, "fused": {"projections": fused_projections}}
 
 
 def optimized_ops(graph, target) -> dict:
@@ -97,7 +96,6 @@ def compare_shape(shape: str, forms: dict, sizes: list[int], rows, tokenizer, ba
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--compare", choices=sorted(COMPARISONS), default="projections")
     parser.add_argument("--shapes", nargs="+", default=["smollm2-135m", "llama-7b", "llama-30b"])
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--target", default="cuda")
@@ -108,9 +106,8 @@ def main() -> None:
     tokenizer = load_tokenizer_only()
     target, backend = Target.from_name(args.target), get_backend("onnxruntime")
     rows = pack_docs(tokenizer, load_docs(args.dataset, args.items))
-    forms = COMPARISONS[args.compare]
-    shapes = {shape: compare_shape(shape, forms, args.sizes, rows, tokenizer, backend, target) for shape in args.shapes}
-    result = {"benchmark": __doc__.splitlines()[0], "compare": args.compare, "forms": list(forms), "shapes": shapes,
+    shapes = {shape: compare_shape(shape, FORMS, args.sizes, rows, tokenizer, backend, target) for shape in args.shapes}
+    result = {"benchmark": __doc__.splitlines()[0], "forms": list(FORMS), "shapes": shapes,
               "machine": {"node": platform.node(),
                           "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
               "versions": {"onnxruntime": __import__("onnxruntime").__version__, "torch": torch.__version__},

@@ -10,8 +10,8 @@ before they are built, and full TensorRT is not here: calib.json says which back
   the runner's reader leaves them;
 - compute time of a layer block (built as ce-build builds it by default: weights as inputs, attention fused
   for ONNX Runtime on a GPU) and of the head at several batch sizes, each size in sessions of its own as a
-  run's, on real packed batches of the dataset filled to each size as a run's are, each batch's second run (a shared engine type sees each batch shape again in every layer, so
-  first-run costs amortize);
+  run's, on real packed batches of the dataset filled to each size as a run's are, each batch's second run (a
+  shared engine type sees each batch shape again in every layer, so first-run costs amortize);
 - the fixed cost of an engine call: one layer and two layers merged into one engine (cetrt.merging), weights
   bound as the runner binds them, on the same batches of 4,096 tokens: 2 x t(1) - t(2) is what a call costs
   beyond its layers.
@@ -242,10 +242,11 @@ def _typical_first(rows, size: int, exported: ExportedModel) -> list:
     4,096 tokens held 672 to 3,224, and 8,192 and 16,384 cut the same batches), so sizes were compared on
     batches of nearly one size."""
     plan = ShapePlan(tokens_per_batch=size)
+    lengths = [plan.padded_length(row.length) for row in rows]
     by_length: dict[int, list] = {}
-    for row in rows:
-        by_length.setdefault(plan.padded_length(row.length), []).append(row)
-    middle = sorted(plan.padded_length(row.length) for row in rows)[len(rows) // 2]  # the median row's length
+    for length, row in zip(lengths, rows):
+        by_length.setdefault(length, []).append(row)
+    middle = sorted(lengths)[len(lengths) // 2]  # the median row's length
     batches = []
     for length in sorted(by_length, key=lambda n: (abs(n - middle), n)):
         same = by_length[length]
