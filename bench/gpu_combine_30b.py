@@ -157,8 +157,8 @@ def combine_30b(steps: Path, results: Path, dataset: Path) -> None:
             "third_over_resident": round(runs["1/3"]["all_items_s"] / cetrt_s, 3),
             "winner_2023_over_cetrt": round(WINNER_2023_S / cetrt_s, 3),
             "useful_fraction_of_matmul_rate": round(flop / cetrt_s / 1e12 / rate, 3) if rate else None,
-            "predicted_over_measured_latency": {n: p["on_the_run_items"]["total_s"]["error"]
-                                                for n, p in predictions.items()},
+            "prediction_error_of_latency": {n: p["on_the_run_items"]["total_s"]["error"]
+                                            for n, p in predictions.items()},
         },
         "items_run": {"cetrt_resident": runs["resident"]["items_run"], "cetrt_third": runs["1/3"]["items_run"],
                       "harness": harness["items_run"], "all": all_items},
