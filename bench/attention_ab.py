@@ -3,7 +3,8 @@ with it fused (cetrt/backends/ort_fusion.py), in one process, on the same packed
 
 What the fusion buys per batch size, beside the whole-run figures: the layer is exported by cetrt's own block
 module and exporter; both graphs are loaded as calib loads a layer engine (ONNX Runtime, the target's provider,
-weights bound); each batch is timed on its second run, as calib times it, over about 16k padded tokens a size.
+weights bound); each batch is timed at its steady rate, as calib times it (calib.schedule._steady_run), over
+about 16k padded tokens a size.
 With --session-study, only the fused graph, a fresh session per size against one session through every size
 (as calib and ce-run use one), with each of ONNX Runtime's two arena growth strategies.
 Usage: python bench/attention_ab.py --shape llama-30b --dataset d.jsonl --sizes 2048 4096 8192 --json out.json

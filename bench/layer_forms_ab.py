@@ -7,7 +7,7 @@ projections' whole output (LLaMA-30B layer at 8,192 tokens: 0.87 of 15.1 ms in t
 (A second comparison, RoPE's halves swapped by one reversing Slice against a Split and a Concat, is in git
 history, commit 6dd37c5 `--compare rotary`: layer_forms_rotary_h200.json; the export kept rotate-half, see the
 README.)
-Each batch is timed on its second run, as calib times it (bench/attention_ab.py's timing), over about 16k padded
+Each batch is timed at its steady rate, as calib times it (bench/attention_ab.py's timing), over about 16k padded
 tokens a size; the two forms' outputs on one batch are compared, and the ops of each form's graph after ONNX
 Runtime's optimizer on the target's provider are counted (what the build's engine holds).
 Usage: python bench/layer_forms_ab.py --dataset d.jsonl --shapes smollm2-135m llama-7b llama-30b --json out.json

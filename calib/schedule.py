@@ -10,8 +10,9 @@ before they are built, and full TensorRT is not here: calib.json says which back
   the runner's reader leaves them;
 - compute time of a layer block (built as ce-build builds it by default: weights as inputs, attention fused
   for ONNX Runtime on a GPU) and of the head at several batch sizes, each size in sessions of its own as a
-  run's, on real packed batches of the dataset filled to each size as a run's are, each batch's second run (a
-  shared engine type sees each batch shape again in every layer, so first-run costs amortize);
+  run's, on real packed batches of the dataset filled to each size as a run's are, each batch at its steady
+  rate (the fastest of two runs after two untimed: a shared engine type sees each batch shape again in every
+  layer, so first-run costs amortize);
 - the fixed cost of an engine call: one layer and two layers merged into one engine (cetrt.merging), weights
   bound as the runner binds them, on the same batches of 4,096 tokens: 2 x t(1) - t(2) is what a call costs
   beyond its layers.
@@ -56,8 +57,9 @@ STORAGE_BYTES = 2 << 30  # read at most this much to measure bandwidth (over all
 REQUESTS_IN_FLIGHT = (1, 2, 4, 8)
 NEAR_BEST = 0.95
 MERGE_TOKENS = 4096  # batch size at which the per-call cost is measured
-MERGE_BATCHES = 4  # batches of that size (_typical_first), each timed on its second run
-MERGE_PASSES = 3  # over all of them; the fastest pass counts
+MERGE_BATCHES = 4  # batches of that size (_typical_first), each timed at its steady rate (_steady_run)
+WARM_RUNS = 2  # untimed runs of each new batch shape before timing it (_steady_run)
+TIMED_RUNS = 2  # then timed runs of it; the fastest counts
 CALL_SHARE = 0.05  # merge layers until the per-call cost is at most this share of an engine's compute
 MERGE_MEMORY_SHARE = 1 / 16  # a merged engine's weights at most this share of the device's memory
 
@@ -126,8 +128,7 @@ def _call_cost(backend, target: Target, export_dir: Path, layers, exported: Expo
     for split in (splits[0], merge_layers(splits)):
         make_engine = _engine_maker(backend, target, split, export_dir / layers[0].onnx_file.path)
         session = WeightsBound(make_engine(), split.weights, owns_engine=True)
-        passes = [sum(_steady_run(session, layers[0], f) for f in feeds) for _ in range(MERGE_PASSES)]
-        seconds.append(min(passes) / len(feeds))
+        seconds.append(sum(_steady_run(session, layers[0], f) for f in feeds) / len(feeds))
         session.close()
     one, two = seconds
     first, second = (b.spec.last_layer - b.spec.first_layer for b in layers[:2])
@@ -301,12 +302,21 @@ def _compute(sessions: dict, exported: ExportedModel, rows, sizes: tuple[int, ..
 
 
 def _steady_run(session, block, inputs: dict) -> float:
-    """The second run of a batch: a shared engine type sees each batch shape again in every layer."""
+    """A batch's time once its shape is steady: the fastest of TIMED_RUNS runs after WARM_RUNS untimed ones. A
+    shared engine type sees each batch shape again in every layer (60 times a chunk on the 30B shape), so what a
+    new shape costs at first amortizes. Not the first run (kernel choice), and not the second either: on the
+    H200 with ONNX Runtime's CUDA provider, second runs of the 30B layer took 2.42 us a token at 4,096 tokens
+    and 3.81 at 8,192, where the same calib's later runs of 4,064-token batches took 1.80 and a profile of
+    steady 8,192-token runs 1.84 (gpu_steps/prep30b.json, README), so calib chose 2,048 tokens a batch."""
     feeds = {name: session.upload(name, inputs[name]) for name in block.spec.input_names}
-    _wait(session, session.run(feeds))  # a new shape's first run: kernel choice
-    start = time.perf_counter()
-    _wait(session, session.run(feeds))
-    return time.perf_counter() - start
+    for _ in range(WARM_RUNS):
+        _wait(session, session.run(feeds))
+    seconds = []
+    for _ in range(TIMED_RUNS):
+        start = time.perf_counter()
+        _wait(session, session.run(feeds))
+        seconds.append(time.perf_counter() - start)
+    return min(seconds)
 
 
 def _wait(session, outputs: dict) -> None:
