@@ -453,10 +453,12 @@ def step_profile30b(args) -> dict:
 
 def step_harness30b(args) -> dict:
     """The harness method (bench/hf_baseline.py) on a random LlamaForCausalLM of the shape built on the device in
-    FP16, weights resident: its scoring seconds and the tokens it ran (the tokenizer the engines carry)."""
+    FP16, weights resident: its scoring seconds and the tokens it ran (the tokenizer the engines carry, or where
+    their folder is gone, to free the disk, the same SmolLM2 tokenizer from its package)."""
     import torch
     from hf_baseline import accuracy, harness_style_scores
     from random_engines import hf_config
+    from random_llama import load_tokenizer_only
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     from cetrt.workload.hellaswag import load_docs
@@ -464,7 +466,8 @@ def step_harness30b(args) -> dict:
 
     limit = args.limit or 500
     device = "cuda" if args.target == "cuda" else "cpu"
-    tokenizer = AutoTokenizer.from_pretrained(engines_30b(args) / "tokenizer")
+    carried = engines_30b(args) / "tokenizer"
+    tokenizer = AutoTokenizer.from_pretrained(carried) if carried.is_dir() else load_tokenizer_only()
     config = hf_config(args.shape, args.layers, len(tokenizer))
     config._attn_implementation = "eager"  # as bench/hf_harness.py loads it
     rate = matrix_rate(args.target)
