@@ -305,9 +305,11 @@ def _steady_run(session, block, inputs: dict) -> float:
     """A batch's time once its shape is steady: the fastest of TIMED_RUNS runs after WARM_RUNS untimed ones. A
     shared engine type sees each batch shape again in every layer (60 times a chunk on the 30B shape), so what a
     new shape costs at first amortizes. Not the first run (kernel choice), and not the second either: on the
-    H200 with ONNX Runtime's CUDA provider, second runs of the 30B layer took 2.42 us a token at 4,096 tokens
-    and 3.81 at 8,192, where the same calib's later runs of 4,064-token batches took 1.80 and a profile of
-    steady 8,192-token runs 1.84 (gpu_steps/prep30b.json, README), so calib chose 2,048 tokens a batch."""
+    H200 with ONNX Runtime's CUDA provider, the 30B layer's second runs (each after the shape's first, the head
+    run between batches) took 2.42 us a token at 4,096 tokens and 3.81 at 8,192, where the same calib's later
+    runs of 4,064-token batches (the call cost's passes) took 1.80 and a profile of steady 8,192-token runs 1.84
+    (gpu_steps/prep30b.json, README), so calib chose 2,048 tokens a batch. Which of the two differences made
+    the second runs slow was not isolated; four consecutive runs, the last two timed, avoid both."""
     feeds = {name: session.upload(name, inputs[name]) for name in block.spec.input_names}
     for _ in range(WARM_RUNS):
         _wait(session, session.run(feeds))
