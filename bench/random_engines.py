@@ -54,7 +54,7 @@ from cetrt.storage import DEFAULT_REQUEST_BYTES
 from cetrt.workload.shapes import ShapePlan
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from random_llama import materialize
+from random_llama import load_tokenizer_only, materialize
 
 
 def hf_config(shape: str, layers: int | None, vocab_size: int):
@@ -119,13 +119,10 @@ def main() -> None:
     args = parser.parse_args()
     start = time.perf_counter()
 
-    from transformers import AutoTokenizer, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
-    from cetrt.sources import resolve_source
-
-    source = resolve_source("smollm2-135m")  # its tokenizer (49,152 tokens) sets the vocabulary
-    tokenizer = AutoTokenizer.from_pretrained(source.directory, gguf_file=source.gguf_file)
+    tokenizer = load_tokenizer_only()  # SmolLM2's (49,152 tokens): it sets the vocabulary
     config = hf_config(args.shape, args.layers, len(tokenizer))
     with torch.device("meta"):
         model = LlamaForCausalLM(config).to(torch.float16)
