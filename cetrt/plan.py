@@ -13,6 +13,7 @@ Usage: `plan = plan_memory(manifest, batches, budget_bytes=parse_size("8GiB"))`;
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Iterator
@@ -65,6 +66,7 @@ class MemoryPlan:
     peak_bytes: int  # engines + activations held, as planned (at most the budget)
     slack_bytes: int  # one batch's working memory inside the backend, on top of the budget (an estimate)
     prefetch_depth: int  # engines read ahead of the one computing (resident too: the first pass overlaps its reads)
+    hint: str = ""  # what would make this budget read the weights fewer times (plan_memory), if anything
 
     @property
     def passes(self) -> int:
@@ -90,13 +92,15 @@ class MemoryPlan:
             ("expected peak", f"{self.peak_bytes / gib:.3f} GiB held, plus up to {self.slack_bytes / gib:.3f} GiB "
                               "working memory of one batch"),
         ]
+        rows += [("hint", self.hint)] if self.hint else []
         return "\n".join(f"  plan {k:<13} {v}" for k, v in rows)
 
     def to_json(self) -> dict:
         return {"budget_bytes": self.budget_bytes, "model_bytes": self.model_bytes, "resident": self.resident,
                 "chunk_tokens": self.chunk_tokens, "first_chunk_tokens": self.first_chunk_tokens, "chunks": self.chunks,
                 "passes": self.passes, "bytes_to_read": self.bytes_to_read, "activations": self.activations,
-                "peak_bytes": self.peak_bytes, "slack_bytes": self.slack_bytes, "prefetch_depth": self.prefetch_depth}
+                "peak_bytes": self.peak_bytes, "slack_bytes": self.slack_bytes, "prefetch_depth": self.prefetch_depth,
+                **({"hint": self.hint} if self.hint else {})}
 
 
 def engine_bytes(block: EngineBlock) -> int:
@@ -191,13 +195,35 @@ FEWER_LAYERS_PER_BLOCK = "export with fewer layers per block"
 
 def plan_memory(manifest: Manifest, batches: list[Batch], budget_bytes: int, chunk_tokens: int | None = None,
                 prefetch_depth: int = 1, pacing: Pacing = Pacing(), spill: bool = False) -> MemoryPlan:
-    """The plan for an engines directory: its blocks' streamed bytes and its always-resident engine types."""
+    """The plan for an engines directory: its blocks' streamed bytes and its always-resident engine types. Where
+    the engines merge layers and one-layer engines would read the weights fewer times under this budget (more of
+    the chunk's activations fit beside two smaller engines), the plan says so in its hint: calib merges layers
+    without knowing a run's budget (the 7B shape at 1/6 of its weights: 3 passes with 2 layers an engine)."""
     merged = int(manifest.inputs.get("layers_per_engine") or 1)
     smaller = (f"build engines of one layer (these merge {merged}, calib's choice: `make engines LAYERS_PER_ENGINE=1`, "
                "or `ce-build --layers-per-engine 1` on the same export)" if merged > 1 else FEWER_LAYERS_PER_BLOCK)
-    return plan_from_sizes(ModelSizes(manifest.model, manifest.dtype, [engine_bytes(b) for b in manifest.blocks],
-                                      manifest.shared_engine_bytes),
-                           batches, budget_bytes, chunk_tokens, prefetch_depth, pacing, smaller, spill)
+    sizes = ModelSizes(manifest.model, manifest.dtype, [engine_bytes(b) for b in manifest.blocks],
+                       manifest.shared_engine_bytes)
+    plan = plan_from_sizes(sizes, batches, budget_bytes, chunk_tokens, prefetch_depth, pacing, smaller, spill)
+    if merged > 1 and not plan.resident:
+        try:
+            single = plan_from_sizes(dataclasses.replace(sizes, block_bytes=_one_layer_bytes(manifest.blocks)),
+                                     batches, budget_bytes, chunk_tokens, prefetch_depth, pacing, smaller, spill)
+        except UserError:  # smaller engines fit wherever larger ones do; no hint rather than a wrong error
+            return plan
+        if single.passes < plan.passes:
+            plan = dataclasses.replace(plan, hint=f"engines of one layer would read the weights {single.passes} "
+                                                  f"time(s) instead of {plan.passes} under this budget: {smaller}")
+    return plan
+
+
+def _one_layer_bytes(blocks: tuple[EngineBlock, ...]) -> list[int]:
+    """The blocks' streamed bytes as engines of one layer would hold them: a merged block's split evenly."""
+    out = []
+    for block in blocks:
+        layers = block.spec.last_layer - block.spec.first_layer if block.spec.kind == "layers" else 1
+        out += [engine_bytes(block) // max(1, layers)] * max(1, layers)
+    return out
 
 
 @dataclass(frozen=True)

@@ -247,3 +247,42 @@ def test_streamed_chunks_split_the_tokens_evenly_in_as_many_passes():
     assert plan.peak_bytes == 2 * 10_000 + 306 * PER_TOKEN and plan.bytes_to_read == 2 * 100_000
     capped = plan_from_sizes(sizes, batches, budget, chunk_tokens=250)  # --chunk-tokens 250: 3 passes of 200
     assert capped.chunks == 3 and _sizes(capped, batches) == [34, 34, 32]
+
+
+def test_a_budget_that_merged_engines_read_more_often_hints_at_one_layer_engines(deep_export, hellaswag_path):
+    """calib merges layers without knowing a run's budget; under a small one, two merged engines leave less room
+    for a chunk's activations, so the weights are read more often (the 7B shape at 1/6 of its weights: 3 passes
+    with 2 layers an engine, 1 with one). The plan says so, and a one-layer build of the same export agrees."""
+    from cetrt.plan import plan_memory
+    from cetrt.runner.evaluate import load_tokenizer, shape_plan
+    from cetrt.workload.hellaswag import load_docs
+    from cetrt.workload.packing import make_batches, pack_docs
+
+    builds = {"engines-merged": 4, "engines-inputs": 1}  # the second is deep_engines' weights-as-inputs build
+    for name, layers in builds.items():
+        if not (deep_export.parent / name).exists():
+            build_engines(BuildOptions(onnx_dir=deep_export, out_dir=deep_export.parent / name, weights="inputs",
+                                       layers_per_engine=layers))
+    merged_dir = deep_export.parent / "engines-merged"
+    merged, single = read_manifest(merged_dir), read_manifest(deep_export.parent / "engines-inputs")
+    rows = pack_docs(load_tokenizer(merged_dir, merged), load_docs(hellaswag_path, N_DOCS))
+    batches = make_batches(rows, shape_plan(merged, RunOptions(engines=merged_dir), TOKENS_PER_BATCH),
+                           merged.model.max_positions)
+    hinted = []
+    budget = merged.engine_bytes
+    while budget > merged.engine_bytes // 50:
+        try:
+            plan = plan_memory(merged, batches, budget)
+        except UserError:
+            break
+        if plan.hint:
+            hinted.append((budget, plan))
+        budget = budget * 95 // 100
+    assert hinted, "no budget between the model and 1/50 of it where one-layer engines read fewer times"
+    for budget, plan in hinted:
+        one_layer = plan_memory(single, batches, budget)
+        assert one_layer.passes < plan.passes
+        assert f"would read the weights {one_layer.passes} time(s) instead of {plan.passes}" in plan.hint
+        assert "--layers-per-engine 1" in plan.hint and "hint" in plan.describe()
+        assert plan.to_json()["hint"] == plan.hint
+    assert not plan_memory(single, batches, hinted[0][0]).hint  # engines of one layer: nothing to suggest
