@@ -17,7 +17,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from cetrt.calib.presets import load_counting_tokenizer
-from cetrt.calib.schedule import GPU_SIZES, MERGE_BATCHES, MERGE_TOKENS, SIZES, TOKENS_PER_SIZE, _typical_first
+from cetrt.calib.schedule import (GPU_SIZES, MERGE_BATCHES, MERGE_TOKENS, SIZES, TOKENS_PER_SIZE, _timing_batches,
+                                  _typical_first)
 from cetrt.families import presets
 from cetrt.workload.hellaswag import load_docs
 from cetrt.workload.packing import make_batches, pack_docs
@@ -32,13 +33,8 @@ def cut_as_a_run(rows, size: int, multiple: int, exported) -> list:
 
 
 def timed(batches: list) -> list[int]:
-    """The padded tokens of the batches calib times at a size: after one warm-up, until TOKENS_PER_SIZE."""
-    out = []
-    for batch in batches[1:]:
-        out.append(batch.shape[0] * batch.shape[1])
-        if sum(out) >= TOKENS_PER_SIZE:
-            break
-    return out
+    """The padded tokens of the batches calib times at a size (its warm-up batch left out)."""
+    return [batch.shape[0] * batch.shape[1] for batch in _timing_batches(batches)[1:]]
 
 
 def summary(batches: list) -> dict:

@@ -279,7 +279,7 @@ def _compute(sessions: dict, exported: ExportedModel, rows, sizes: tuple[int, ..
         timed, seconds, flop, head_s, slots = 0, 0.0, 0.0, 0.0, 0
         opened = {kind: (make(), block) for kind, (make, block) in sessions.items()}
         try:
-            for n, batch in enumerate(_typical_first(rows, size, exported)):
+            for n, batch in enumerate(_timing_batches(_typical_first(rows, size, exported))):
                 inputs = _with_hidden(batch, exported, rng)
                 elapsed = {kind: _steady_run(session, block, inputs) for kind, (session, block) in opened.items()}
                 if n == 0:
@@ -289,8 +289,6 @@ def _compute(sessions: dict, exported: ExportedModel, rows, sizes: tuple[int, ..
                 flop += layer_block_flop(exported.model, layers, batch)
                 head_s += elapsed["head"]
                 slots += len(batch.rows) * batch.slots
-                if timed >= TOKENS_PER_SIZE:
-                    break
         finally:
             for session, _ in opened.values():
                 session.close()
@@ -299,6 +297,17 @@ def _compute(sessions: dict, exported: ExportedModel, rows, sizes: tuple[int, ..
                             "s_per_layer_block": round(seconds, 6), "s_per_token": seconds / timed,
                             "flop_per_s": round(flop / seconds), "head_s_per_slot": head_s / slots})
     return results
+
+
+def _timing_batches(batches: list) -> list:
+    """The batches `_compute` runs at a size: the first as a warm-up, then the next ones until TOKENS_PER_SIZE
+    padded tokens are timed (bench/calib_batches.py counts them)."""
+    timed = 0
+    for n, batch in enumerate(batches[1:], start=1):
+        timed += batch.shape[0] * batch.shape[1]
+        if timed >= TOKENS_PER_SIZE:
+            return batches[: n + 1]
+    return batches
 
 
 def _steady_run(session, block, inputs: dict) -> float:
