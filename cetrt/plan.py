@@ -222,7 +222,7 @@ def _one_layer_bytes(blocks: tuple[EngineBlock, ...]) -> list[int]:
     out = []
     for block in blocks:
         layers = block.spec.last_layer - block.spec.first_layer if block.spec.kind == "layers" else 1
-        out += [engine_bytes(block) // max(1, layers)] * max(1, layers)
+        out += [engine_bytes(block) // layers] * layers
     return out
 
 
