@@ -14,9 +14,10 @@ their sources (calib/rates.py), a storage read bandwidth and a memory budget. Ou
   thread reads up to `prefetch_depth` blocks ahead; it starts reading block k+1 once block k is loaded, so the
   read hides behind block k's compute over the chunk: exposed = max(0, read(k+1) - compute(k)), and the first
   read is exposed whole. Block 0 of each pass is the embed (a gather, no compute), so layer 0's read in each
-  pass is exposed too. Resident, the first pass reads ahead the same way and later chunks read nothing; as in
-  ce-run with a journal, the first chunk holds, as memory allows, the tokens whose compute (calib's rate) covers
-  reading every engine at the storage's rate, so the reads hide behind it.
+  pass is exposed too. Resident, the first pass reads and a loader thread loads each block as it arrives, so
+  reads never wait for compute, and later chunks read nothing; as in ce-run with a journal, the first chunk
+  holds, as memory allows, the tokens whose compute (calib's rate) covers reading every engine at the storage's
+  rate, so the reads hide behind it.
   Engine load (session creation) is serial, per block and pass, from calib.json.
 - Total = compute + engine load + exposed I/O. The floor is the FLOP at 100% of peak.
 Usage: `prediction = predict_run(PredictOptions(model="llama-30b", target="orin-agx-32gb", storage="sd"))`.
@@ -89,18 +90,33 @@ def read_s(size: int, storage: Storage, device: DeviceFigures) -> float:
     return max(size / storage.bytes_per_s, size / device.verify_bytes_per_s)
 
 
-def pipeline_s(steps: list[tuple[float, float, float]], depth: int) -> tuple[float, float]:
-    """(total, waited on storage) for steps of (read, load, compute), the reader `depth` blocks ahead (0: none)."""
+def pipeline_s(steps: list[tuple[float, float, float]], depth: int, loads_as_read: bool = False) -> tuple[float, float]:
+    """(total, waited on storage) for steps of (read, load, compute), the reader `depth` blocks ahead (0: none).
+    A block's load frees its read slot. The executor loads a block when it reaches it, unless `loads_as_read`
+    (`MemoryPlan.loads_as_read`: a loader thread loads each block as it arrives); then it waits for the load,
+    counted as waiting on storage."""
     loaded: list[float] = []
     reader = consumer = waited = 0.0
     for k, (read_s, load_s, compute_s) in enumerate(steps):
         start = consumer if depth == 0 else max(reader, loaded[k - depth] if k >= depth else 0.0)
         reader = start + read_s
+        if loads_as_read:
+            loaded.append(max(reader, loaded[-1] if loaded else 0.0) + load_s)
+            taken = max(consumer, loaded[-1])
+            waited += taken - consumer
+            consumer = taken + compute_s
+            continue
         taken = max(consumer, reader)
         waited += taken - consumer
         loaded.append(taken + load_s)
         consumer = loaded[-1] + compute_s
     return consumer, waited
+
+
+def executor_load_s(steps: list[tuple[float, float, float]], plan) -> float:
+    """The engine loads on the executor's path: none where the plan loads each block as it arrives (the wait for
+    a load not yet done is then part of the exposed I/O, as ce-run counts it blocked on storage)."""
+    return 0.0 if plan.loads_as_read else sum(s[1] for s in steps)
 
 
 def run_pacing(model: ModelSpec, device: DeviceFigures, storage: Storage) -> Pacing:
@@ -144,10 +160,10 @@ def time_schedule(model: ModelSpec, dtype: str, batches: list[Batch], tokens_per
             compute_s, spill_s = compute_s + compute, spill_s + spill
             load = device.load_s_per_block * max(1, counts[k])  # calib binds one layer's weights: per layer
             steps.append((read_s(size, storage, device) if reading else 0.0, load if reading else 0.0, compute + spill))
-    total_s, waited_s = pipeline_s(steps, plan.prefetch_depth)
+    total_s, waited_s = pipeline_s(steps, plan.prefetch_depth, plan.loads_as_read)
     return TimedSchedule(
         tokens_per_batch=tokens_per_batch, plan=plan, flop=flop.run_flop(model, batches), flop_per_s=rate,
-        rate_source=rate_source, compute_s=compute_s, load_s=sum(s[1] for s in steps),
+        rate_source=rate_source, compute_s=compute_s, load_s=executor_load_s(steps, plan),
         io_s=read_s(plan.bytes_to_read, storage, device), exposed_io_s=waited_s,
         total_s=total_s, spill_s=spill_s,
     )
@@ -204,8 +220,8 @@ class _StageModel:
                 compute = 0.0 if embed else head if is_head else layer
                 steps.append((read_s(size, storage, device) if reading else 0.0,
                               device.load_s_per_block if reading else 0.0, compute))
-        total, waited = pipeline_s(steps, plan.prefetch_depth)
-        return total, waited, sum(s[2] for s in steps), sum(s[1] for s in steps)
+        total, waited = pipeline_s(steps, plan.prefetch_depth, plan.loads_as_read)
+        return total, waited, sum(s[2] for s in steps), executor_load_s(steps, plan)
 
 
 def best_schedule(model: ModelSpec, dtype: str, work: Workload, device: DeviceFigures, storage: Storage,
@@ -277,7 +293,7 @@ class Prediction:
         batches = self.work.batches[s.tokens_per_batch]
         padded = sum(b.shape[0] * b.shape[1] for b in batches)
         params = sum(weight_block_bytes(spec, "float32")) // 4
-        held = (f"resident (read once, {plan.prefetch_depth} ahead)" if plan.resident
+        held = ("resident (read once, each loaded as it arrives)" if plan.resident
                 else f"streamed, {plan.prefetch_depth} read ahead")
         rows = [
             ("tokens", f"{self.work.tokens():,} ({padded:,} padded)", "tokens"),
@@ -368,7 +384,8 @@ def predict(model_name: str, model: ModelSpec, dtype: str, work: Workload, devic
         "exposed_io": (f"model: the reader runs {chosen.plan.prefetch_depth} block(s) ahead, so a read hides behind "
                        "the previous block's compute over the chunk; the embed computes nothing, so layer 0's read "
                        "shows in each pass" + ("" if not chosen.plan.resident else
-                                               "; resident engines are read in the first pass only")),
+                                               "; resident engines are read in the first pass only, each loaded "
+                                               "as it arrives, so reads never wait for compute")),
         "load": device.load_source,
         "peak_memory": "runner's planner: engines and activations held; one batch's working memory on top (estimate)",
         "budget": budget_source,

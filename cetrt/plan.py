@@ -69,6 +69,13 @@ class MemoryPlan:
     hint: str = ""  # what would make this budget read the weights fewer times (plan_memory), if anything
 
     @property
+    def loads_as_read(self) -> bool:
+        """Whether each engine is loaded as soon as it is read, freeing its read slot (resident: the store's loader
+        thread, runner/executor.py), so reads never wait for compute; streamed, the executor loads a block when it
+        reaches it and only then may the reader start another."""
+        return self.resident
+
+    @property
     def passes(self) -> int:
         """How many times the weights are read from storage."""
         return 1 if self.resident else self.chunks
@@ -79,7 +86,7 @@ class MemoryPlan:
 
     def describe(self) -> str:
         gib = 2**30
-        engines = (f"all stay resident (read once, {self.prefetch_depth} ahead)" if self.resident
+        engines = ("all stay resident (read once, each loaded as it arrives)" if self.resident
                    else f"streamed, {self.prefetch_depth} read ahead")
         first = (f"; the first of up to {self.first_chunk_tokens:,}, sized to hide the reads"
                  if self.first_chunk_tokens != self.chunk_tokens else "")

@@ -214,11 +214,15 @@ class Prefetcher:
             if isinstance(item[1], Exception):
                 return
 
-    def take(self, block) -> memoryview:
+    def take(self, block, waits_count: bool = True) -> memoryview:
+        """The block's bytes, once read. The wait counts as blocked on storage unless `waits_count` is off (a
+        loader thread taking blocks ahead of the executor, which counts its own waits); after the prefetcher
+        is closed, `PrefetchClosed`."""
         start = time.perf_counter()
         index, data = self._queue.get()
-        self._stats.blocked_s += time.perf_counter() - start
-        if isinstance(data, Exception):
+        if waits_count:
+            self._stats.blocked_s += time.perf_counter() - start
+        if isinstance(data, BaseException):
             raise data
         assert index == block.spec.index, f"prefetch order: got block {index}, wanted {block.spec.index}"
         return data
@@ -234,4 +238,9 @@ class Prefetcher:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+        self._queue.put((None, PrefetchClosed()))  # a consumer still waiting in take() stops waiting
         self._pool.close()
+
+
+class PrefetchClosed(Exception):
+    """Raised by `Prefetcher.take` once the prefetcher is closed: the run is over or failed elsewhere."""

@@ -1,8 +1,8 @@
 """The runner stage: an engines directory and a dataset in, scored items and metrics out.
 
 Steps, each timed: open the manifest, load documents, tokenize the harness's way (while a thread makes the device
-and the engine types ready: `BlockLoader.prepare`), pack and batch, plan memory for the budget, run the blocks
-layer-major (engines resident or streamed), score. Latency is everything but tokenization. With a `journal` path, every finished chunk's items are appended to the run journal
+and the engine types ready: `BlockLoader.prepare`), pack and batch, plan memory for the budget, start reading the
+engines, wait for that thread if it is not done, run the blocks layer-major (engines resident or streamed), score. Latency is everything but tokenization. With a `journal` path, every finished chunk's items are appended to the run journal
 (runner/journal.py) and a rerun with the same arguments resumes from it; SIGINT and SIGTERM stop the run at the
 next batch (runner/interrupt.py). If the run fails or is stopped part way, the items that finished are also
 written to the `partial_results` path, and the one-line error names both.
@@ -167,12 +167,10 @@ def _evaluate(options: RunOptions, announce: Callable[[str], None], stop: StopOn
     timings, stats, meter = Timings(), ReadStats(), MemoryMeter()
     load = BlockLoader(engines, manifest, backend, LoadSettings(threads=options.threads, io_binding=options.io_binding),
                        stats, meter)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cetrt-prepare") as pool:
-        prepared = pool.submit(_timed, load.prepare) if options.devices == 1 and prepare_beside_tokenizing() else None
-        tokenize_start = time.perf_counter()
-        encoded = encode_docs(load_tokenizer(engines, manifest), docs)
-        tokenize_s = time.perf_counter() - tokenize_start
-        prepare_s = prepared.result() if prepared is not None else 0.0
+    preparing = Beside(load.prepare if options.devices == 1 and prepare_beside_tokenizing() else None)
+    tokenize_start = time.perf_counter()
+    encoded = encode_docs(load_tokenizer(engines, manifest), docs)
+    tokenize_s = time.perf_counter() - tokenize_start
 
     schedule = run_schedule(engines, manifest, options)
     rows = [pack(i, e) for i, e in enumerate(encoded)]
@@ -223,6 +221,12 @@ def _evaluate(options: RunOptions, announce: Callable[[str], None], stop: StopOn
             sequence = [block for _ in chunk_list for block in manifest.blocks]
             store = StreamingStore(engines, sequence, plan.prefetch_depth, load, timings, stats, meter, reads,
                                    allocate)
+        try:  # the store's first reads are under way: now wait for the engine types if they are not ready yet
+            prepare_s = preparing.wait()
+        except BaseException:
+            store.close()
+            load.close()
+            raise
         if plan.activations == "memory":
             activations = MemoryActivations(meter, activation_bytes_per_token(manifest.model, manifest.dtype))
         else:
@@ -254,6 +258,7 @@ def _evaluate(options: RunOptions, announce: Callable[[str], None], stop: StopOn
         peak_rss = 0
         executor = (start + tokenize_s, start + tokenize_s)
         device_setup_s = 0.0
+        prepare_s = preparing.wait()
         load.close()  # engine types made ready beside tokenizing, not needed
     items = _merged_items(done, encoded, batches, finished, outputs)
     total_s = time.perf_counter() - start
@@ -266,6 +271,7 @@ def _evaluate(options: RunOptions, announce: Callable[[str], None], stop: StopOn
         "read_efficiency": (round(stats.bytes_per_s / schedule.storage_bytes_per_s, 4)
                             if schedule.storage_bytes_per_s and stats.read_s > 0 else None),
         "blocked_on_storage_s": round(stats.blocked_s, 4),
+        "loaded_beside_s": round(timings.load_beside_s, 4),  # resident: sessions made on the loader thread
         "overlap": round(1 - stats.blocked_s / max(total_s - tokenize_s, 1e-9), 4),
         "direct_io": stats.direct,
         "peak_held_bytes": meter.peak,
@@ -286,7 +292,8 @@ def phases(start: float, executor: tuple[float, float], total_s: float, tokenize
     batches made, the plan, the device set up: `device_setup_s` of it, and any wait for the preparation that ran
     beside tokenizing), inside it but in none of those (the host between blocks), and after it (buffers freed,
     items scored). The first three add up to the rest. `prepared_beside_tokenizing_s` is not in the latency where
-    tokenizing took longer: the device and the engine types were made ready in that time (`BlockLoader.prepare`)."""
+    tokenizing, batching and planning took longer: the device and the engine types were made ready in that time
+    (`BlockLoader.prepare`), while the store began reading; the rest is in `before_executor_s`."""
     begin, end = executor
     inside = end - begin - timings.load_s - timings.compute_s - blocked_s
     return {"before_executor_s": round(begin - start - tokenize_s, 4), "executor_other_s": round(max(0.0, inside), 4),
@@ -301,10 +308,29 @@ def prepare_beside_tokenizing() -> bool:
     return os.environ.get("CETRT_PREPARE_BESIDE", "1") != "0"
 
 
-def _timed(work: Callable[[], None]) -> float:
-    start = time.perf_counter()
-    work()
-    return time.perf_counter() - start
+class Beside:
+    """`work` (the device and engine types made ready: `BlockLoader.prepare`) on its own thread from now on: beside
+    tokenizing, batching, planning and the store's first reads, all of which need neither; `wait()` for it before
+    the executor, which does. With no work, `wait()` returns at once."""
+
+    def __init__(self, work: Callable[[], None] | None):
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cetrt-prepare") if work else None
+        self._future = self._pool.submit(self._timed, work) if work else None
+
+    @staticmethod
+    def _timed(work: Callable[[], None]) -> float:
+        start = time.perf_counter()
+        work()
+        return time.perf_counter() - start
+
+    def wait(self) -> float:
+        """Seconds the work took (0.0 without any); its exception, if it failed."""
+        if self._future is None:
+            return 0.0
+        try:
+            return self._future.result()
+        finally:
+            self._pool.shutdown(wait=True)
 
 
 def manifest_digest(engines: Path) -> str:

@@ -8,6 +8,7 @@ Usage: `load = BlockLoader(engines_dir, manifest, backend, LoadSettings(), stats
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from cetrt import storage
@@ -23,6 +24,7 @@ class BlockLoader:
         self._dir, self._manifest, self._backend, self._settings = engines_dir, manifest, backend, settings
         self._stats, self._meter = stats, meter
         self._types: dict[str, Session] = {}
+        self._types_lock = threading.Lock()  # prepare's thread, a resident store's loader and the executor
 
     def prepare(self) -> None:
         """What a run needs before its first block and that does not depend on the documents: the backend's device
@@ -39,13 +41,14 @@ class BlockLoader:
         return WeightsBound(self._engine_type(block.engine_type), weights_from_bytes(source.read_bytes(), block.weights))
 
     def _engine_type(self, name: str) -> Session:
-        if name not in self._types:
-            engine_type = self._manifest.engine_type(name)
-            data = storage.read_verified(self._dir, engine_type, self._stats)
-            source = EngineSource(path=self._dir / engine_type.files[0].path, read=lambda: data)
-            self._types[name] = self._backend.load(source, self._manifest.target, self._settings)
-            self._meter.add(sum(f.bytes for f in engine_type.files))
-        return self._types[name]
+        with self._types_lock:
+            if name not in self._types:
+                engine_type = self._manifest.engine_type(name)
+                data = storage.read_verified(self._dir, engine_type, self._stats)
+                source = EngineSource(path=self._dir / engine_type.files[0].path, read=lambda: data)
+                self._types[name] = self._backend.load(source, self._manifest.target, self._settings)
+                self._meter.add(sum(f.bytes for f in engine_type.files))
+            return self._types[name]
 
     def close(self) -> None:
         for session in self._types.values():

@@ -151,6 +151,7 @@ class CudaRuntimeDevice:
         cuda("cudaMemPoolSetAttribute", pool, rt.cudaMemPoolAttr.cudaMemPoolAttrReleaseThreshold,
              cuda.driver.cuuint64_t(_KEEP_ALL))
         self._in_flight: deque = deque()  # (event, host array) of copies not yet known to be done
+        self._in_flight_lock = threading.RLock()  # uploads come from the executor and a resident store's loader
         integrated = cuda("cudaDeviceGetAttribute", rt.cudaDeviceAttr.cudaDevAttrIntegrated, index) == 1
         self.zero_copy = zero_copy(os.environ.get("CETRT_ZERO_COPY", ""), integrated)
         flags = rt.cudaHostAllocMapped if self.zero_copy else rt.cudaHostAllocDefault
@@ -188,7 +189,8 @@ class CudaRuntimeDevice:
         if not self.shared_stream:
             cuda("cudaEventSynchronize", done)
         cuda("cudaStreamWaitEvent", self.compute, done, 0)
-        self._in_flight.append((done, host))  # the host bytes must outlive the copy
+        with self._in_flight_lock:
+            self._in_flight.append((done, host))  # the host bytes must outlive the copy
         return moved
 
     def _mapped(self, host: np.ndarray) -> DeviceArray | None:
@@ -207,12 +209,14 @@ class CudaRuntimeDevice:
         error, done = rt.cudaEventCreateWithFlags(rt.cudaEventDisableTiming)
         if error == rt.cudaError_t.cudaSuccess:  # no check beyond this: may run while the interpreter unwinds
             rt.cudaEventRecord(done, self.compute)
-            self._in_flight.append((done, host))
+            with self._in_flight_lock:
+                self._in_flight.append((done, host))
 
     def _forget_finished(self) -> None:
         rt = self._cuda.rt
-        while self._in_flight and rt.cudaEventQuery(self._in_flight[0][0])[0] == rt.cudaError_t.cudaSuccess:
-            rt.cudaEventDestroy(self._in_flight.popleft()[0])
+        with self._in_flight_lock:
+            while self._in_flight and rt.cudaEventQuery(self._in_flight[0][0])[0] == rt.cudaError_t.cudaSuccess:
+                rt.cudaEventDestroy(self._in_flight.popleft()[0])
 
     def to_host(self, value) -> np.ndarray:
         if isinstance(value, np.ndarray):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 import warnings
 from collections import deque
 
@@ -51,8 +52,16 @@ def first_element(value):
     return value.first() if hasattr(value, "first") else value.reshape(-1)[:1]
 
 
-@functools.lru_cache(maxsize=None)
+_MAKING_DEVICE = threading.Lock()  # the preparing thread and the main thread may ask for it at once
+
+
 def _device_for(kind: str, wanted: str):
+    with _MAKING_DEVICE:
+        return _make_device(kind, wanted)
+
+
+@functools.lru_cache(maxsize=None)
+def _make_device(kind: str, wanted: str):
     pinned = kind == "cuda" and os.environ.get("CETRT_PINNED", "1") == "1"
     if kind != "cuda" or wanted == "torch":
         return _torch_device(kind, _shares_stream(kind, "0"), pinned)
@@ -63,7 +72,7 @@ def _device_for(kind: str, wanted: str):
     except CudaUnavailable as why:
         device = _torch_device(kind, _shares_stream(kind, "0"), pinned, why)
         warnings.warn(f"cetrt: GPU buffers through torch, which starts 4-7 s slower: {why}"
-                      + (f"; {why.fix}" if why.fix else ""), stacklevel=3)
+                      + (f"; {why.fix}" if why.fix else ""), stacklevel=4)
         return device
 
 
@@ -100,6 +109,7 @@ class Device:
         else:
             self.compute = self.copy = None
         self._in_flight: deque = deque()  # (event, host array) of copies not yet known to be done
+        self._in_flight_lock = threading.RLock()  # uploads come from the executor and a resident store's loader
         # the backend runs on our compute stream (else on its own, and every upload is waited for at once)
         self.shared_stream, self.pinned = shared_stream, pinned
 
@@ -126,12 +136,14 @@ class Device:
             done.synchronize()
         self.compute.wait_event(done)
         moved.record_stream(self.compute)  # its memory is reused only after the compute stream used it
-        self._in_flight.append((done, host))  # the host bytes must outlive the copy
+        with self._in_flight_lock:
+            self._in_flight.append((done, host))  # the host bytes must outlive the copy
         return moved
 
     def _forget_finished(self) -> None:
-        while self._in_flight and self._in_flight[0][0].query():
-            self._in_flight.popleft()
+        with self._in_flight_lock:
+            while self._in_flight and self._in_flight[0][0].query():
+                self._in_flight.popleft()
 
     def empty(self, shape, dtype: np.dtype):
         torch = _torch()
@@ -161,4 +173,5 @@ class Device:
         if self.compute is not None:
             self.compute.synchronize()
             self.copy.synchronize()
-            self._in_flight.clear()
+            with self._in_flight_lock:
+                self._in_flight.clear()

@@ -18,9 +18,9 @@ from cetrt.errors import UserError
 
 @pytest.fixture
 def fresh_choice():
-    device_module._device_for.cache_clear()
+    device_module._make_device.cache_clear()
     yield
-    device_module._device_for.cache_clear()
+    device_module._make_device.cache_clear()
 
 
 def _driver_says(monkeypatch, answer):

@@ -45,20 +45,26 @@ def test_the_blocks_are_the_sizes_the_hand_count_uses():
     assert weight_block_bytes(SPEC, "float32") == [320, 2240, 2240, 352]
 
 
-# One read ahead, resident or streamed (one chunk: the same timeline). Reads 0.32, 2.24, 2.24 and 0.352 s.
+# Streamed, one read ahead, one chunk. Reads 0.32, 2.24, 2.24 and 0.352 s; the executor loads each block.
 #   embed  read 0.00-0.32 (waited 0.32), load 0.32-0.82, compute 0
 #   layer  read 0.82-3.06 (waited 2.24), load 3.06-3.56, compute 3.56-4.56   (its read starts once embed loaded)
 #   layer  read 3.56-5.80 (waited 1.24), load 5.80-6.30, compute 6.30-7.30
 #   head   read 6.30-6.652 (hidden),     load 7.30-7.80, compute 7.80-8.80
 EXPOSED, TOTAL = 0.32 + 2.24 + 1.24, 8.80
+# Resident, the loader thread loads each block as it arrives; the executor waits for the load (exposed I/O).
+#   embed  read 0.00-0.32, load 0.32-0.82 (waited 0.82), compute 0
+#   layer  read 0.82-3.06, load 3.06-3.56 (waited 2.74), compute 3.56-4.56
+#   layer  read 3.56-5.80, load 5.80-6.30 (waited 1.74), compute 6.30-7.30
+#   head   read 6.30-6.652, load 6.652-7.152 (hidden),   compute 7.30-8.30
+RESIDENT_EXPOSED, RESIDENT_TOTAL = 0.82 + 2.74 + 1.74, 8.30
 
 
-def test_resident_total_reads_ahead_in_its_one_pass():
+def test_resident_total_loads_each_block_as_it_arrives():
     timed = _predict(budget=2**30)
-    assert timed.plan.resident and timed.plan.prefetch_depth == 1
-    assert (timed.compute_s, timed.load_s) == pytest.approx((3.0, 2.0))
-    assert timed.exposed_io_s == pytest.approx(EXPOSED)
-    assert timed.total_s == pytest.approx(TOTAL)
+    assert timed.plan.resident and timed.plan.prefetch_depth == 1 and timed.plan.loads_as_read
+    assert (timed.compute_s, timed.load_s) == pytest.approx((3.0, 0.0))
+    assert timed.exposed_io_s == pytest.approx(RESIDENT_EXPOSED)
+    assert timed.total_s == pytest.approx(RESIDENT_TOTAL) == timed.compute_s + timed.load_s + timed.exposed_io_s
 
 
 def test_streamed_total_hides_reads_behind_the_previous_block():
@@ -115,8 +121,9 @@ def test_a_first_chunk_whose_compute_covers_the_reads_leaves_only_the_first_engi
     # 8/6 s a token through the model: the journal's 30 s is 22 tokens (3 batches); 1.3 x the reads' 185.92 s
     # (COVER_MARGIN) is 182 tokens, the first chunk 31 batches (186); 360 tokens in all: 31 + 9 x 3 + 2 batches
     assert (chosen.plan.first_chunk_tokens, chosen.plan.chunk_tokens, chosen.plan.chunks) == (186, 22, 11)
-    # embed read 0-3.2 (waited), load to 3.7; layer 1 read 3.7-26.1 (waited 22.4), load to 26.6, compute 31 s;
-    # every later read (22.4 s, or 3.52 s for the head) starts at the previous load and ends before its compute
-    # does. A first chunk of the journal's 3 batches (3 s a layer) would wait 3.2 + 22.4 + 7 x 19.4 + 0.52 s.
-    assert chosen.exposed_io_s == pytest.approx(3.2 + 22.4)
+    # embed read 0-3.2, loaded as it arrives by 3.7 (waited); layer 1 read 3.7-26.1, loaded by 26.6 (waited
+    # 22.9), compute 31 s; every later read (22.4 s, or 3.52 s for the head) starts at the previous load and is
+    # loaded before its compute starts. A first chunk of the journal's 3 batches (3 s a layer) would wait about
+    # 20 s more for each later layer.
+    assert chosen.exposed_io_s == pytest.approx(3.2 + 0.5 + 22.4 + 0.5)
     assert chosen.io_s == pytest.approx(185.92)

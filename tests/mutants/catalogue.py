@@ -19,6 +19,7 @@ BY_HAND = "tests/calib/test_predict_by_hand.py"
 STDERR = "tests/test_cli.py::test_errors_go_to_stderr_alone"
 RSS = "tests/runner/test_rss_budget.py"
 STORAGE = "tests/test_storage.py"
+RESIDENT_LOADING = "tests/runner/test_resident_loading.py"
 LENGTH = "tests/runner/test_packing.py::test_rows_pad_to_multiples_of_8_by_default_and_the_option_changes_it"
 
 
@@ -98,7 +99,8 @@ MUTANTS: tuple[Mutant, ...] = (
            'hide_tokens = int(read_s / chosen["s_per_token"]) + 1', 'hide_tokens = int(read_s / chosen["s_per_token"])',
            (SCHEDULE,)),
     Mutant("ce-predict ignores the read-ahead", "calib/predict.py",
-           "total_s, waited_s = pipeline_s(steps, plan.prefetch_depth)", "total_s, waited_s = pipeline_s(steps, 0)",
+           "total_s, waited_s = pipeline_s(steps, plan.prefetch_depth, plan.loads_as_read)",
+           "total_s, waited_s = pipeline_s(steps, 0)",
            (BY_HAND,)),
     # Issue 12: the streaming check is the record's chunk digest (xxh3-128, or sha256 in older records).
     Mutant("reader skips the chunk digest check", "cetrt/storage.py",
@@ -127,6 +129,19 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("the plan never says one-layer engines would read the weights fewer times", "cetrt/plan.py",
            "if single.passes < plan.passes:", "if single.passes > plan.passes:",
            ("tests/runner/test_streaming.py::test_a_budget_that_merged_engines_read_more_often_hints_at_one_layer_engines",)),
+    # 2026-12-04: resident engines loaded as they arrive; the first reads beside the engine types' preparation.
+    Mutant("the resident loader never frees a read slot (the executor's pace)", "runner/executor.py",
+           "            self._prefetcher.done()\n            self._loaded[block.spec.index].set_result(session)",
+           "            self._loaded[block.spec.index].set_result(session)",
+           (RESIDENT_LOADING + "::test_every_block_is_read_and_loaded_before_the_executor_asks_for_the_first",)),
+    Mutant("the engine types made ready before the first read", "runner/evaluate.py",
+           "    tokenize_s = time.perf_counter() - tokenize_start\n",
+           "    tokenize_s = time.perf_counter() - tokenize_start\n    preparing.wait()\n",
+           (RESIDENT_LOADING + "::test_the_first_reads_start_while_the_engine_types_are_made_ready",)),
+    Mutant("ce-predict has the executor load resident blocks", "calib/predict.py",
+           "        if loads_as_read:", "        if False:",
+           ("tests/calib/test_predict.py::test_blocks_loaded_as_they_arrive_keep_reading_through_a_slow_block",
+            BY_HAND)),
     Mutant("RoPE's rotate-half negates the wrong half", "cetrt/families/llama.py",
            "rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)",
            "rotated = torch.cat((x[..., half:], -x[..., :half]), dim=-1)",

@@ -10,9 +10,9 @@ import threading
 import pytest
 
 import cetrt.runner.evaluate as evaluate_module
-import cetrt.runner.loading as loading
+from cetrt import storage
 from cetrt.errors import UserError
-from cetrt.formats.manifest import read_manifest
+from cetrt.formats.manifest import EngineType, read_manifest
 from cetrt.runner.evaluate import RunOptions, evaluate
 
 N_DOCS = 8
@@ -27,22 +27,22 @@ def test_engine_types_load_on_another_thread_while_tokenizing_and_score_the_same
     types = {t.name for t in read_manifest(engines).engine_types}
     assert types, "the default layout shares engine types: the case this preparation is for"
     loaded_on: dict[str, str] = {}
-    original = loading.BlockLoader._engine_type
+    original = storage.read_verified
 
-    def watched(self, name):
-        if name not in self._types:
-            loaded_on[name] = threading.current_thread().name
-        return original(self, name)
+    def watched(engines_dir, block, *args):  # an engine type is read once, by the thread that loads it
+        if isinstance(block, EngineType):
+            loaded_on[block.name] = threading.current_thread().name
+        return original(engines_dir, block, *args)
 
-    monkeypatch.setattr(loading.BlockLoader, "_engine_type", watched)
+    monkeypatch.setattr(storage, "read_verified", watched)
     beside = _run(engines, hellaswag_path)
     assert set(loaded_on) == types and all(n.startswith("cetrt-prepare") for n in loaded_on.values())
     assert beside.extra["phases"]["prepared_beside_tokenizing_s"] > 0
 
     loaded_on.clear()
     monkeypatch.setenv("CETRT_PREPARE_BESIDE", "0")
-    serial = _run(engines, hellaswag_path)
-    assert set(loaded_on) == types and all(n == threading.main_thread().name for n in loaded_on.values())
+    serial = _run(engines, hellaswag_path)  # each type loaded with the first block that needs it (resident: the
+    assert set(loaded_on) == types and not any(n.startswith("cetrt-prepare") for n in loaded_on.values())  # loader)
     assert serial.extra["phases"]["prepared_beside_tokenizing_s"] == 0
     assert [i.scores for i in beside.items] == [i.scores for i in serial.items]
 
