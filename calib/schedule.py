@@ -143,23 +143,34 @@ def _call_cost(backend, target: Target, export_dir: Path, layers, exported: Expo
             "device_memory_bytes": device_memory_bytes(target.device)}
 
 
-def layers_per_engine(merge: dict | None, num_layers: int) -> dict:
-    """The fewest layers per engine that bring the measured call cost under CALL_SHARE of an engine's compute,
-    within MERGE_MEMORY_SHARE of the device's memory and the model's layers; with the reason."""
+def layers_per_engine(merge: dict | None, num_layers: int, batch: dict | None = None,
+                      layers_per_block: int = 1) -> dict:
+    """The fewest layers per engine that bring the measured call cost under CALL_SHARE of an engine's compute on
+    the schedule's own batches (`batch`: the compute row of the chosen tokens per batch, its `s_per_token` through
+    a block of `layers_per_block` layers; without it, the merge's batches), within MERGE_MEMORY_SHARE of the
+    device's memory and the model's layers; with the reason. The call cost is per call whatever the batch, so a
+    larger batch needs fewer layers to hide it: judged at 4,064 tokens, the 7B shape merged 4 layers for 16,384-token
+    batches and computed 18% slower than with 2 layers and 4,096 (bench/results/gpu_steps/llama7b.json)."""
     if not merge:
         return {}
     per_block = merge["layers_per_block"]
     cap = max(per_block, int(merge["device_memory_bytes"] * MERGE_MEMORY_SHARE // merge["block_bytes"]) * per_block)
-    if merge["layer_s"] > 0:
-        wanted = max(1, math.ceil(merge["call_s"] / (CALL_SHARE * merge["layer_s"])))
+    if batch is not None:
+        tokens = batch["tokens_per_batch"]
+        layer_s = batch["s_per_token"] * tokens / layers_per_block
+    else:
+        tokens = merge.get("mean_padded_tokens", merge["tokens_per_batch"])
+        layer_s = merge["layer_s"]
+    if merge["layer_s"] > 0 and layer_s > 0:
+        wanted = max(1, math.ceil(merge["call_s"] / (CALL_SHARE * layer_s)))
     else:  # a second layer cost nothing measurable: the call is all there is
         wanted = num_layers
     chosen = max(per_block, min(wanted, cap, num_layers))
     return {"layers_per_engine": chosen,
             "layers_per_engine_reason": (
-                f"an engine call costs {merge['call_s'] * 1e3:.2f} ms beyond its layers and a layer "
-                f"{merge['layer_s'] * 1e3:.2f} ms at {merge.get('mean_padded_tokens', merge['tokens_per_batch']):,} "
-                f"tokens a batch: {wanted} layer(s) bring the "
+                f"an engine call costs {merge['call_s'] * 1e3:.2f} ms beyond its layers (measured at "
+                f"{merge.get('mean_padded_tokens', merge['tokens_per_batch']):,} tokens a batch) and a layer "
+                f"{layer_s * 1e3:.2f} ms at the schedule's {tokens:,}: {wanted} layer(s) bring the "
                 f"call under {CALL_SHARE:.0%}" + (f", capped at {chosen} (1/16 of the device's memory, or the model's "
                                                    "layers)" if chosen < wanted else ""))}
 
@@ -357,7 +368,7 @@ def choose_schedule(measured: dict, largest_block_bytes: int, num_layers: int = 
     hide_tokens = int(read_s / chosen["s_per_token"]) + 1
     return {
         **_requests_in_flight(measured["storage"]),
-        **layers_per_engine(measured.get("merge"), num_layers),
+        **layers_per_engine(measured.get("merge"), num_layers, chosen, measured.get("layers_per_block", 1)),
         "tokens_per_batch": chosen["tokens_per_batch"],
         "tokens_per_batch_reason": (
             f"the smallest measured batch reaching {NEAR_BEST:.0%} of the best throughput "

@@ -42,6 +42,11 @@ def _merge(call_s: float, layer_s: float, block_bytes: int = 2**20, memory: int 
             "layers_per_block": 1, "device_memory_bytes": memory}
 
 
+def _layer_at(tokens: int, layer_s: float) -> dict:
+    """Measurements whose chosen batch (the only one) is `tokens` tokens, through which a layer takes `layer_s`."""
+    return _measured({tokens: 1e9}, s_per_token=layer_s / tokens)
+
+
 @pytest.mark.parametrize("merge, layers, expected", [
     (_merge(1.3e-3, 5e-3), 32, 6),  # 1.3 ms a call, 5 ms a layer: 6 layers put the call under 5% (5.2 -> 6)
     (_merge(1.3e-3, 10e-3), 60, 3),  # a 30B layer at twice the time: 3
@@ -50,10 +55,20 @@ def _merge(call_s: float, layer_s: float, block_bytes: int = 2**20, memory: int 
     (_merge(2e-3, 1e-3, block_bytes=2**30, memory=2**35), 30, 2),  # 1/16 of 32 GiB holds 2 layers of 1 GiB
 ])
 def test_layers_per_engine_from_the_measured_call_cost(merge, layers, expected):
-    schedule = choose_schedule({**_measured({1024: 1e9}), "merge": merge}, largest_block_bytes=2**20,
+    schedule = choose_schedule({**_layer_at(4096, merge["layer_s"]), "merge": merge}, largest_block_bytes=2**20,
                                num_layers=layers)
     assert schedule["layers_per_engine"] == expected
     assert "ms" in schedule["layers_per_engine_reason"]
+
+
+def test_the_call_cost_is_weighed_against_a_layer_on_the_schedules_own_batches():
+    """The 7B shape: a call of 0.4 ms is 13% of a 3 ms layer at calib's 4,096-token merge batches, but 3.5% of
+    the 11.5 ms a layer takes on the 16,384-token batches the schedule chose: one layer an engine, not three."""
+    merge = _merge(0.4e-3, 3e-3)
+    small = choose_schedule({**_layer_at(4096, 3e-3), "merge": merge}, largest_block_bytes=2**20, num_layers=32)
+    large = choose_schedule({**_layer_at(16384, 11.5e-3), "merge": merge}, largest_block_bytes=2**20, num_layers=32)
+    assert (small["layers_per_engine"], large["layers_per_engine"]) == (3, 1)
+    assert "11.50 ms at the schedule's 16,384" in large["layers_per_engine_reason"]
 
 
 def test_no_merge_measurement_leaves_the_default():
