@@ -33,6 +33,9 @@ both counted the same way, in one call per step; every run a separate process ti
   startab   the start-up A/B: ce-run preparing the device and engine types beside tokenizing (the default) against
             the old order (CETRT_PREPARE_BESIDE=0), alternating rounds, on the smollm2 step's engines or SmolLM2-shaped
             random ones made here.
+  loadab    the resident-loading A/B on the prep7b engines: reading before the preparation is done and loading
+            each engine as it arrives (the default since 2026-12-04) against the order and pace before
+            (CETRT_LOAD_AS_READ=0), resident, alternating, --rounds rounds.
   The 30B steps take --shape/--layers/--target, so `--shape smollm2-135m --layers 2 --target cpu` tests them here.
 Each step writes <step>.json under --out (machine, versions, commands); `combine` (here, not on the device)
 writes bench/results/gpu_engines.json and bench/results/gpu_end_to_end_7b.json from them.
@@ -329,6 +332,23 @@ def step_startab(args) -> dict:
             "max_score_difference_last_round": score_difference(work / "start_serial.json", work / "start_beside.json")}
 
 
+def step_loadab(args) -> dict:
+    """The resident-loading A/B: `ce-run` on the prep7b engines, resident, reading before the preparation is done
+    and loading each engine as it arrives (the default since 2026-12-04) against the order and pace before
+    (CETRT_LOAD_AS_READ=0), alternating, --rounds rounds, page cache dropped and tokenizing not cached before each."""
+    work = args.work
+    engines = work / "engines" / "llama7b"
+    runs: dict[str, list] = {"executor_pace": [], "as_read": []}
+    for _ in range(args.rounds):
+        for name, env in (("executor_pace", {"CETRT_LOAD_AS_READ": "0"}), ("as_read", None)):
+            runs[name].append(cetrt_run(engines, args.dataset, work / f"load_{name}.json", args.limit, env=env))
+    medians = {name: statistics.median(r["end_to_end_s"] for r in done) for name, done in runs.items()}
+    return {"engines": str(engines), "runs": runs, "median_end_to_end_s": medians,
+            "executor_pace_over_as_read": round(medians["executor_pace"] / medians["as_read"], 3),
+            "max_score_difference_last_round": score_difference(work / "load_executor_pace.json",
+                                                                work / "load_as_read.json")}
+
+
 def step_lengthab(args) -> dict:
     """The padding A/B: resident `ce-run`s of the prep7b engines with rows padded to multiples of 32 (the default
     before 2026-12-03) and with the default (8), alternating, --rounds rounds, page cache dropped before each."""
@@ -538,6 +558,7 @@ def step_smoke(args) -> dict:
 
 
 STEPS = {"smoke": step_smoke, "smollm2": step_smollm2, "prep7b": step_prep7b, "llama7b": step_llama7b,
+         "loadab": step_loadab,
          "device7b": step_device7b, "stream7b": step_stream7b,
          "prep30b": step_prep30b, "llama30b": step_llama30b, "llama30b_third": step_llama30b_third,
          "harness30b": step_harness30b, "profile30b": step_profile30b, "startab": step_startab,
@@ -564,7 +585,7 @@ def main() -> None:
     parser.add_argument("--no-ab", action="store_true", help="smollm2: skip the cached-tokenizing and torch-device runs")
     parser.add_argument("--reference-from", type=Path, default=None, help="smollm2: take the HF FP32 reference from this "
                         "earlier smollm2.json instead of running it (same model, items and harness code)")
-    parser.add_argument("--rounds", type=int, default=3, help="startab, lengthab: alternating rounds of each side")
+    parser.add_argument("--rounds", type=int, default=3, help="startab, lengthab, loadab: alternating rounds of each side")
     parser.add_argument("--budget-divisor", type=int, default=3, help="llama30b_third: the budget is the weights / this "
                         "(a tiny shape's head alone is more than 1/3 of it: 2 there)")
     args = parser.parse_args()

@@ -211,12 +211,15 @@ def _evaluate(options: RunOptions, announce: Callable[[str], None], stop: StopOn
             bar.update(n)
             stop.check()
 
+        as_read = loads_as_read()
+        if not as_read:  # the order before 2026-12-04: the preparation done before the first read
+            prepare_s = preparing.wait()
         device_start = time.perf_counter()  # on a GPU: torch imported, the CUDA context and streams made
         reads, allocate = ReadPlan(requests_in_flight=schedule.requests_in_flight), backend.host_buffers(manifest.target)
         device_setup_s = time.perf_counter() - device_start
         if plan.resident:
             store = ResidentStore(engines, manifest.blocks, plan.prefetch_depth, load, timings, stats, meter, reads,
-                                  allocate)
+                                  allocate, as_read)
         else:
             sequence = [block for _ in chunk_list for block in manifest.blocks]
             store = StreamingStore(engines, sequence, plan.prefetch_depth, load, timings, stats, meter, reads,
@@ -300,6 +303,13 @@ def phases(start: float, executor: tuple[float, float], total_s: float, tokenize
             "after_executor_s": round(start + total_s - end, 4),
             "of_which_device_setup_s": round(device_setup_s, 4),
             "prepared_beside_tokenizing_s": round(prepare_s, 4)}
+
+
+def loads_as_read() -> bool:
+    """Whether the store starts reading before the preparation is done and resident engines are loaded as they
+    arrive (the default), or, with CETRT_LOAD_AS_READ=0, the order and pace before 2026-12-04 (the benchmark's
+    baseline: `bench/gpu_speed.py loadab`)."""
+    return os.environ.get("CETRT_LOAD_AS_READ", "1") != "0"
 
 
 def prepare_beside_tokenizing() -> bool:

@@ -90,17 +90,20 @@ class ResidentStore(_SessionStore):
     ONNX Runtime CUDA took 80 ms). With the read slots freed only by the executor (before 2026-12-04), the 7B
     resident run waited 2.9 s on storage for 7.2 s of reads beside 6.0 s of compute. The executor waits only for
     a block not yet loaded (counted as blocked on storage); `MemoryPlan.loads_as_read` is the planner's and
-    ce-predict's word for this."""
+    ce-predict's word for this. `loads_as_read=False` is the executor's pace, as before (the benchmarks' baseline:
+    CETRT_LOAD_AS_READ=0)."""
 
     def __init__(self, engines_dir: Path, blocks: tuple[EngineBlock, ...], depth: int,
                  load: Callable[[EngineBlock, EngineSource], Session], timings: Timings, stats: ReadStats,
-                 meter: MemoryMeter, plan: ReadPlan = ReadPlan(), allocate=None):
+                 meter: MemoryMeter, plan: ReadPlan = ReadPlan(), allocate=None, loads_as_read: bool = True):
         super().__init__(engines_dir, load, timings, meter)
         self._stats = stats
         self._loaded: dict[int, Future] = {block.spec.index: Future() for block in blocks}
         self._prefetcher = Prefetcher(engines_dir, list(blocks), depth, stats, plan=plan, allocate=allocate).__enter__()
-        self._loader = threading.Thread(target=self._load_all, args=(list(blocks),), name="cetrt-load", daemon=True)
-        self._loader.start()
+        self._loader = None
+        if loads_as_read:
+            self._loader = threading.Thread(target=self._load_all, args=(list(blocks),), name="cetrt-load", daemon=True)
+            self._loader.start()
 
     def _load_all(self, blocks: list[EngineBlock]) -> None:
         for k, block in enumerate(blocks):
@@ -117,6 +120,9 @@ class ResidentStore(_SessionStore):
 
     def get(self, block: EngineBlock) -> Session:
         loaded = self._loaded[block.spec.index]
+        if not loaded.done() and self._loader is None:  # the executor's pace: the take counts its own wait
+            loaded.set_result(self._open(block, self._prefetcher.take(block)))
+            self._prefetcher.done()
         if not loaded.done():
             start = time.perf_counter()
             wait([loaded])
@@ -128,7 +134,8 @@ class ResidentStore(_SessionStore):
 
     def close(self) -> None:
         self._prefetcher.__exit__(None, None, None)
-        self._loader.join()
+        if self._loader is not None:
+            self._loader.join()
         super().close()
 
 

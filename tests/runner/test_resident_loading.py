@@ -108,3 +108,26 @@ def test_the_first_reads_start_while_the_engine_types_are_made_ready(zoo, hellas
     results = evaluate(RunOptions(engines=engines, dataset=str(hellaswag_path), limit=N_DOCS, progress=False))
     assert seen == {"read_first": True}
     assert len(results.items) == N_DOCS and results.extra["streaming"]["loaded_beside_s"] > 0
+
+
+def test_the_old_pace_on_request_loads_on_the_executor_and_scores_the_same(zoo, hellaswag_path, monkeypatch):
+    """CETRT_LOAD_AS_READ=0, the benchmark's baseline (bench/gpu_speed.py loadab): the preparation finishes before
+    the first read and the executor loads each resident block when it reaches it."""
+    engines = zoo.engines("llama")
+    loaded_on: set[str] = set()
+    load = ResidentStore._open
+
+    def watched(self, block, data, beside=False):
+        loaded_on.add(threading.current_thread().name)
+        return load(self, block, data, beside)
+
+    monkeypatch.setattr(ResidentStore, "_open", watched)
+    options = RunOptions(engines=engines, dataset=str(hellaswag_path), limit=N_DOCS, progress=False)
+    as_read = evaluate(options)
+    assert loaded_on == {"cetrt-load"}
+    loaded_on.clear()
+    monkeypatch.setenv("CETRT_LOAD_AS_READ", "0")
+    paced = evaluate(options)
+    assert loaded_on == {threading.main_thread().name}
+    assert paced.extra["streaming"]["loaded_beside_s"] == 0 and paced.load_s > 0
+    assert [i.scores for i in paced.items] == [i.scores for i in as_read.items]
