@@ -95,6 +95,22 @@ def scaled_run(step: dict, all_tokens: int, all_items: int) -> dict:
                        f"({all_items:,}/{items:,} - 1); process start, reads and loads as measured"}
 
 
+def per_layer_token(step: dict, prep: dict) -> dict:
+    """The resident run's compute per layer and padded token (the head and embed included) beside calib's rates
+    at the run's batch size: steady (each batch repeated) and, where calib.json has it, interleaved (a chunk's
+    batches back to back, as the run goes)."""
+    results = step["run"]["results"]
+    size = results["streaming"]["schedule"]["tokens_per_batch"]
+    row = next((r for r in prep["calib"]["measured"]["compute"] if r["tokens_per_batch"] == size), {})
+    layers = prep["calib"]["measured"].get("layers_per_block", 1)
+    return {"tokens_per_batch": size,
+            "run_us": round(results["timings"]["compute_s"] / results["padded_tokens"]
+                            / step["model_spec"]["num_layers"] * 1e6, 3),
+            "calib_steady_us": round(row["s_per_token"] / layers * 1e6, 3) if row else None,
+            "calib_interleaved_us": (round(row["s_per_token_interleaved"] / layers * 1e6, 3)
+                                     if "s_per_token_interleaved" in row else None)}
+
+
 def combine_30b(steps: Path, results: Path, dataset: Path) -> None:
     from cetrt.calib.presets import load_counting_tokenizer
     from cetrt.spec import ModelSpec
@@ -169,6 +185,7 @@ def combine_30b(steps: Path, results: Path, dataset: Path) -> None:
                        f"(second round, weights resident; first round {harness['rounds'][0]['seconds']:.2f} s) "
                        f"-> {per_token:.3e} s per token x {h_tokens_all:,} tokens for all items",
         },
+        "compute_per_layer_token": per_layer_token(resident, prep),
         "useful_flop": flop, "packed_tokens_all_items": packed,
         "runs": runs, "prediction_vs_measured": predictions,
         "harness": {k: harness[k] for k in ("shape", "layers", "vocab", "items_run", "dtype", "build_on_device_s",

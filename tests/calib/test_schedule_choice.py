@@ -175,6 +175,43 @@ def test_each_batch_size_is_timed_in_sessions_of_its_own(tokenizer, hellaswag_pa
     assert [r["tokens_per_batch"] for r in results] == [512, 1024]
     assert made == ["layers", "head"] * 2
     assert open_now == []
+    assert all(r["s_per_token_interleaved"] >= 0 for r in results)  # recorded beside the steady rate
+
+
+def test_the_interleaved_pass_times_a_chunk_of_batches_one_after_the_other(monkeypatch):
+    """Besides each batch's steady rate, calib records its batches run back to back as a run's chunk goes
+    through a layer. A made-up clock: a run costs 1 ms after a run of the same shape, 3 ms after another shape;
+    two shapes alternating take 3 ms a run, where each one's steady rate says 1 ms."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from cetrt.calib import schedule
+    from cetrt.spec import HIDDEN
+
+    clock = [0.0]
+    monkeypatch.setattr(schedule.time, "perf_counter", lambda: clock[0])
+
+    class Session:
+        last = None
+
+        def upload(self, name, array):
+            return array
+
+        def run(self, feeds):
+            shape = feeds[HIDDEN].shape
+            clock[0] += 1e-3 if shape == Session.last else 3e-3
+            Session.last = shape
+            return {"out": np.zeros(2)}
+
+        def to_host(self, value):
+            return value
+
+    block = SimpleNamespace(spec=SimpleNamespace(input_names=(HIDDEN,)))
+    session, one, other = Session(), {HIDDEN: np.zeros((2, 3))}, {HIDDEN: np.zeros((3, 2))}
+    assert schedule._steady_run(session, block, one) == pytest.approx(1e-3)
+    Session.last = None  # the pass after another shape's runs, as in a run
+    assert schedule._interleaved_pass(session, block, [one, other, one, other]) == pytest.approx(4 * 3e-3)
 
 
 def test_calib_times_full_batches_of_each_size_typical_lengths_first(tokenizer, hellaswag_path):
