@@ -308,6 +308,17 @@ def step_stream7b(args) -> dict:
             "median_end_to_end_s": median, "shared_stream_wins": bool(same and median["shared_stream"] < median["own_stream"])}
 
 
+def alternate(engines: Path, args, prefix: str, sides: dict[str, dict]) -> dict[str, list]:
+    """--rounds rounds of one `ce-run` per side (its keyword arguments to cetrt_run: env, extra), alternating, each
+    writing <work>/<prefix>_<side>.json; the runs by side."""
+    runs: dict[str, list] = {name: [] for name in sides}
+    for _ in range(args.rounds):
+        for name, given in sides.items():
+            runs[name].append(cetrt_run(engines, args.dataset, args.work / f"{prefix}_{name}.json", args.limit,
+                                        **given))
+    return runs
+
+
 def step_startab(args) -> dict:
     """The start-up A/B: `ce-run` making the device and the engine types ready beside tokenizing (the default since
     2026-12-03) against the old order (CETRT_PREPARE_BESIDE=0), alternating, --rounds rounds, page cache dropped and
@@ -322,10 +333,7 @@ def step_startab(args) -> dict:
                                  "smollm2-135m", "--target", args.target, "--calib-dataset", args.dataset,
                                  "--calib-items", str(args.calib_items)])
             made = {"seconds": round(seconds, 1), "printed": done.stdout[-500:]}
-    runs: dict[str, list] = {"serial": [], "beside": []}
-    for _ in range(args.rounds):
-        for name, env in (("serial", {"CETRT_PREPARE_BESIDE": "0"}), ("beside", None)):
-            runs[name].append(cetrt_run(engines, args.dataset, work / f"start_{name}.json", args.limit, env=env))
+    runs = alternate(engines, args, "start", {"serial": {"env": {"CETRT_PREPARE_BESIDE": "0"}}, "beside": {}})
     medians = {name: statistics.median(r["end_to_end_s"] for r in done) for name, done in runs.items()}
     return {"engines": str(engines), "random_engines": made, "runs": runs, "median_end_to_end_s": medians,
             "serial_over_beside": round(medians["serial"] / medians["beside"], 3),
@@ -338,10 +346,7 @@ def step_loadab(args) -> dict:
     (CETRT_LOAD_AS_READ=0), alternating, --rounds rounds, page cache dropped and tokenizing not cached before each."""
     work = args.work
     engines = work / "engines" / "llama7b"
-    runs: dict[str, list] = {"executor_pace": [], "as_read": []}
-    for _ in range(args.rounds):
-        for name, env in (("executor_pace", {"CETRT_LOAD_AS_READ": "0"}), ("as_read", None)):
-            runs[name].append(cetrt_run(engines, args.dataset, work / f"load_{name}.json", args.limit, env=env))
+    runs = alternate(engines, args, "load", {"executor_pace": {"env": {"CETRT_LOAD_AS_READ": "0"}}, "as_read": {}})
     medians = {name: statistics.median(r["end_to_end_s"] for r in done) for name, done in runs.items()}
     return {"engines": str(engines), "runs": runs, "median_end_to_end_s": medians,
             "executor_pace_over_as_read": round(medians["executor_pace"] / medians["as_read"], 3),
@@ -354,11 +359,7 @@ def step_lengthab(args) -> dict:
     before 2026-12-03) and with the default (8), alternating, --rounds rounds, page cache dropped before each."""
     work = args.work
     engines = work / "engines" / "llama7b"
-    sides = {"multiple_32": ("--length-multiple", "32"), "default_8": ()}
-    runs: dict[str, list] = {name: [] for name in sides}
-    for _ in range(args.rounds):
-        for name, extra in sides.items():
-            runs[name].append(cetrt_run(engines, args.dataset, work / f"length_{name}.json", args.limit, extra=extra))
+    runs = alternate(engines, args, "length", {"multiple_32": {"extra": ("--length-multiple", "32")}, "default_8": {}})
     median = {name: {"end_to_end_s": statistics.median(r["end_to_end_s"] for r in done),
                      "compute_s": statistics.median(r["results"]["timings"]["compute_s"] for r in done)}
               for name, done in runs.items()}

@@ -100,16 +100,15 @@ def pipeline_s(steps: list[tuple[float, float, float]], depth: int, loads_as_rea
     for k, (read_s, load_s, compute_s) in enumerate(steps):
         start = consumer if depth == 0 else max(reader, loaded[k - depth] if k >= depth else 0.0)
         reader = start + read_s
-        if loads_as_read:
+        if loads_as_read:  # loaded as it arrives, in order; the executor waits for the load
             loaded.append(max(reader, loaded[-1] if loaded else 0.0) + load_s)
-            taken = max(consumer, loaded[-1])
-            waited += taken - consumer
-            consumer = taken + compute_s
-            continue
-        taken = max(consumer, reader)
+            taken = computing = max(consumer, loaded[-1])
+        else:  # the executor takes the bytes, then loads
+            taken = max(consumer, reader)
+            loaded.append(taken + load_s)
+            computing = loaded[-1]
         waited += taken - consumer
-        loaded.append(taken + load_s)
-        consumer = loaded[-1] + compute_s
+        consumer = computing + compute_s
     return consumer, waited
 
 

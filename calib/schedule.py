@@ -143,11 +143,10 @@ def _call_cost(backend, target: Target, export_dir: Path, layers, exported: Expo
             "device_memory_bytes": device_memory_bytes(target.device)}
 
 
-def layers_per_engine(merge: dict | None, num_layers: int, batch: dict | None = None,
-                      layers_per_block: int = 1) -> dict:
+def layers_per_engine(merge: dict | None, num_layers: int, batch: dict, layers_per_block: int) -> dict:
     """The fewest layers per engine that bring the measured call cost under CALL_SHARE of an engine's compute on
     the schedule's own batches (`batch`: the compute row of the chosen tokens per batch, its `s_per_token` through
-    a block of `layers_per_block` layers; without it, the merge's batches), within MERGE_MEMORY_SHARE of the
+    a block of `layers_per_block` layers), within MERGE_MEMORY_SHARE of the
     device's memory and the model's layers; with the reason. The call cost is per call whatever the batch, so a
     larger batch needs fewer layers to hide it: judged at 4,064 tokens, the 7B shape merged 4 layers for 16,384-token
     batches and computed 18% slower than with 2 layers and 4,096 (bench/results/gpu_steps/llama7b.json)."""
@@ -155,12 +154,8 @@ def layers_per_engine(merge: dict | None, num_layers: int, batch: dict | None = 
         return {}
     per_block = merge["layers_per_block"]
     cap = max(per_block, int(merge["device_memory_bytes"] * MERGE_MEMORY_SHARE // merge["block_bytes"]) * per_block)
-    if batch is not None:
-        tokens = batch["tokens_per_batch"]
-        layer_s = batch["s_per_token"] * tokens / layers_per_block
-    else:
-        tokens = merge.get("mean_padded_tokens", merge["tokens_per_batch"])
-        layer_s = merge["layer_s"]
+    tokens = batch["tokens_per_batch"]
+    layer_s = batch["s_per_token"] * tokens / layers_per_block
     if merge["layer_s"] > 0 and layer_s > 0:
         wanted = max(1, math.ceil(merge["call_s"] / (CALL_SHARE * layer_s)))
     else:  # a second layer cost nothing measurable: the call is all there is

@@ -213,7 +213,7 @@ def _evaluate(options: RunOptions, announce: Callable[[str], None], stop: StopOn
 
         as_read = loads_as_read()
         if not as_read:  # the order before 2026-12-04: the preparation done before the first read
-            prepare_s = preparing.wait()
+            preparing.wait()
         device_start = time.perf_counter()  # on a GPU: torch imported, the CUDA context and streams made
         reads, allocate = ReadPlan(requests_in_flight=schedule.requests_in_flight), backend.host_buffers(manifest.target)
         device_setup_s = time.perf_counter() - device_start
