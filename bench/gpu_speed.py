@@ -28,6 +28,8 @@ both counted the same way, in one call per step; every run a separate process ti
             LlamaForCausalLM of the same shape built on the GPU, weights resident (--limit, default 500 items), its
             tokens and seconds (gpu_combine.py scales them to all items by token count). Each records the matrix rate.
   profile30b  bench/profile_block.py on the 30B engines at 2,048 and 8,192 tokens per batch.
+  sustained the FP16 matmul rate over --seconds of back-to-back matmuls, by tenths, with the GPU's clocks (every
+            ce-run records its clocks too: bench/gpu_clocks.py).
   lengthab  the padding A/B on the prep7b engines: resident ce-run with rows padded to multiples of 32 (the default
             before 2026-12-03, `--length-multiple 32`) against the default (8), alternating, --rounds rounds.
   startab   the start-up A/B: ce-run preparing the device and engine types beside tokenizing (the default) against
@@ -61,6 +63,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from gpu_bench import drop_page_cache, matmul_tflops  # noqa: E402
+from gpu_clocks import GpuClocks  # noqa: E402
 
 BIN = Path(sys.executable).parent
 TORCH_DEVICE = {"CETRT_DEVICE": "torch"}  # the GPU buffers through torch, as before 2026-12-02: the A/B baseline
@@ -105,11 +108,12 @@ def cetrt_run(engines: Path, dataset: str, out: Path, limit: int | None, budget:
     args = ["--engines", engines, "--dataset", dataset, "--json", out, "--quiet", *extra]
     args += ["--limit", str(limit)] if limit else []
     args += ["--memory-budget", budget] if budget else []
-    seconds, done = run(ce("ce-run", *args), env={**({} if cache else {"CETRT_NO_CACHE": "1"}), **(env or {})})
+    with GpuClocks() as clocks:
+        seconds, done = run(ce("ce-run", *args), env={**({} if cache else {"CETRT_NO_CACHE": "1"}), **(env or {})})
     data = json.loads(out.read_text())
     data.pop("items")
     return {"end_to_end_s": round(seconds, 3), "page_cache_dropped": dropped, "results": data,
-            "printed": done.stdout[-2500:]}
+            "gpu_clocks": clocks.summary(), "printed": done.stdout[-2500:]}
 
 
 def harness_run(model: Path, dataset: str, out: Path, limit: int | None, dtype: str = "float16", rounds: int = 2,
@@ -455,6 +459,24 @@ def step_llama30b(args, divisor: int | None = None) -> dict:
             "calib": json.loads((engines / "calib.json").read_text()) if (engines / "calib.json").is_file() else None}
 
 
+def sustained_matrix_rate(seconds: float = 40.0) -> dict:
+    """The FP16 matmul rate over `seconds` of back-to-back 8,192-cube matmuls, in tenths, with the clocks: what
+    the GPU sustains for minutes, against matrix_rate's 20 matmuls (a run of the 30B shape keeps it busy 200 s)."""
+    import torch
+
+    one = matmul_tflops(repeats=20)
+    per_tenth = max(1, int(seconds / 10 * one * 1e12 / (2 * 8192 ** 3)))
+    with GpuClocks() as clocks:
+        rates = [round(matmul_tflops(repeats=per_tenth), 1) for _ in range(10)]
+    torch.cuda.empty_cache()
+    return {"first_20_matmuls_tflops": round(one, 1), "tflops_by_tenth": rates, "matmuls_per_tenth": per_tenth,
+            "gpu_clocks": clocks.summary()}
+
+
+def step_sustained(args) -> dict:
+    return {"sustained_matmul": sustained_matrix_rate(args.seconds)}
+
+
 def step_llama30b_third(args) -> dict:
     return step_llama30b(args, divisor=args.budget_divisor)
 
@@ -563,7 +585,7 @@ STEPS = {"smoke": step_smoke, "smollm2": step_smollm2, "prep7b": step_prep7b, "l
          "device7b": step_device7b, "stream7b": step_stream7b,
          "prep30b": step_prep30b, "llama30b": step_llama30b, "llama30b_third": step_llama30b_third,
          "harness30b": step_harness30b, "profile30b": step_profile30b, "startab": step_startab,
-         "lengthab": step_lengthab}
+         "lengthab": step_lengthab, "sustained": step_sustained}
 
 
 def main() -> None:
@@ -586,6 +608,7 @@ def main() -> None:
     parser.add_argument("--no-ab", action="store_true", help="smollm2: skip the cached-tokenizing and torch-device runs")
     parser.add_argument("--reference-from", type=Path, default=None, help="smollm2: take the HF FP32 reference from this "
                         "earlier smollm2.json instead of running it (same model, items and harness code)")
+    parser.add_argument("--seconds", type=float, default=40.0, help="sustained: seconds of back-to-back matmuls")
     parser.add_argument("--rounds", type=int, default=3, help="startab, lengthab, loadab: alternating rounds of each side")
     parser.add_argument("--budget-divisor", type=int, default=3, help="llama30b_third: the budget is the weights / this "
                         "(a tiny shape's head alone is more than 1/3 of it: 2 there)")
