@@ -98,7 +98,8 @@ def scaled_run(step: dict, all_tokens: int, all_items: int) -> dict:
 def per_layer_token(step: dict, prep: dict) -> dict:
     """The resident run's compute per layer and padded token (the head and embed included) beside calib's rates
     at the run's batch size: steady (each batch repeated) and, where calib.json has it, interleaved (a chunk's
-    batches back to back, as the run goes)."""
+    batches back to back, as the run goes; 2026-12-04, first session) or sustained (the same after 3 s of it: the
+    clocks a long run holds; since that day's second session)."""
     results = step["run"]["results"]
     size = results["streaming"]["schedule"]["tokens_per_batch"]
     row = next((r for r in prep["calib"]["measured"]["compute"] if r["tokens_per_batch"] == size), {})
@@ -107,8 +108,8 @@ def per_layer_token(step: dict, prep: dict) -> dict:
             "run_us": round(results["timings"]["compute_s"] / results["padded_tokens"]
                             / step["model_spec"]["num_layers"] * 1e6, 3),
             "calib_steady_us": round(row["s_per_token"] / layers * 1e6, 3) if row else None,
-            "calib_interleaved_us": (round(row["s_per_token_interleaved"] / layers * 1e6, 3)
-                                     if "s_per_token_interleaved" in row else None)}
+            **{f"calib_{kind}_us": round(row[f"s_per_token_{kind}"] / layers * 1e6, 3)
+               for kind in ("interleaved", "sustained") if f"s_per_token_{kind}" in row}}
 
 
 def combine_30b(steps: Path, results: Path, dataset: Path) -> None:

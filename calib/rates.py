@@ -85,6 +85,7 @@ class DeviceFigures:
     schedule: dict  # calib.json's chosen schedule (tokens_per_batch, prefetch_depth), or {}
     seconds_per_layer_token: float | None = None  # calib's, from which ce-run sizes its journaled resident chunks
     layers_per_engine: int = 1  # calib's choice for this target, as ce-build merges by default (rates count it)
+    rates_sustained: bool = False  # the measured rates are at sustained clocks (calib's sustained pass)
 
     @property
     def measured_on_target(self) -> bool:
@@ -99,7 +100,8 @@ class DeviceFigures:
         if self.measured_rates:
             nearest, rate = min(self.measured_rates, key=lambda m: abs(math.log(m[0] / tokens_per_batch)))
             at = f"{nearest:,}" if nearest == tokens_per_batch else f"{nearest:,} (nearest to {tokens_per_batch:,})"
-            return rate, f"calib.json: measured on {self.target.name} at {at} tokens per batch"
+            clocks = ", batches back to back at sustained clocks" if self.rates_sustained else ""
+            return rate, f"calib.json: measured on {self.target.name} at {at} tokens per batch{clocks}"
         assert self.peak_flops is not None and self.efficiency is not None
         return self.peak_flops * self.efficiency, self.efficiency_source
 
@@ -117,10 +119,18 @@ class DeviceFigures:
         return best, "no datasheet peak for this target: the best rate measured on it (calib.json)"
 
 
+def sustained_rate(row: dict) -> float:
+    """A size's measured rate at the clocks a long run holds: its steady rate scaled by the sustained pass's time
+    where calib.json has one (a GPU, since 2026-12-04's second session; calib/schedule.py `_sustained_pass`)."""
+    rate = float(row["flop_per_s"])
+    sustained = row.get("s_per_token_sustained")
+    return rate * float(row["s_per_token"]) / float(sustained) if sustained else rate
+
+
 def merged_rate(row: dict, merge: dict | None, layers_per_engine: int) -> float:
     """A measured rate (one layer block a call) as engines of `layers_per_engine` layers compute: each call's
     fixed cost (calib's merge measurement) is paid once per engine instead of once per layer block."""
-    rate = float(row["flop_per_s"])
+    rate = sustained_rate(row)
     if not merge or layers_per_engine <= merge["layers_per_block"]:
         return rate
     call_s = float(row["s_per_token"]) * int(row["tokens_per_batch"])
@@ -176,5 +186,7 @@ def device_figures(target: Target, calib: CalibRecord | None, weights: str = DEF
         schedule=dict(calib.schedule) if calib is not None and on_target else {},
         seconds_per_layer_token=calib.seconds_per_layer_token() if calib is not None and on_target else None,
         layers_per_engine=merged,
+        rates_sustained=bool(rates) and all(c.get("s_per_token_sustained") for c in measured.get("compute", [])
+                                            if c.get("flop_per_s")),
     )
 

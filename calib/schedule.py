@@ -60,6 +60,7 @@ MERGE_TOKENS = 4096  # batch size at which the per-call cost is measured
 MERGE_BATCHES = 4  # batches of that size (_typical_first), each timed at its steady rate (_steady_run)
 WARM_RUNS = 2  # untimed runs of each new batch shape before timing it (_steady_run)
 TIMED_RUNS = 2  # then timed runs of it; the fastest counts
+SUSTAIN_S = 3.0  # on a GPU, seconds of a size's batches back to back before timing them at sustained clocks
 CALL_SHARE = 0.05  # merge layers until the per-call cost is at most this share of an engine's compute
 MERGE_MEMORY_SHARE = 1 / 16  # a merged engine's weights at most this share of the device's memory
 
@@ -92,7 +93,7 @@ def measure(export_dir: Path, exported: ExportedModel, target: Target, dataset: 
     sessions = {"layers": (lambda: WeightsBound(make_engine(), split.weights, owns_engine=True), block),
                 "head": (lambda: backend.load(EngineSource(path=export_dir / head.onnx_file.path), target,
                                               LoadSettings()), head)}
-    compute = _compute(sessions, exported, rows, sizes)
+    compute = _compute(sessions, exported, rows, sizes, SUSTAIN_S if target.device == "cuda" else 0.0)
     progress("the fixed cost of an engine call")
     merge = _call_cost(backend, target, export_dir, layers, exported, rows, split)
     gpu = current_gpu() if target.device == "cuda" else None
@@ -271,12 +272,14 @@ def _with_hidden(batch, exported: ExportedModel, rng) -> dict:
     return inputs
 
 
-def _compute(sessions: dict, exported: ExportedModel, rows, sizes: tuple[int, ...]) -> list[dict]:
+def _compute(sessions: dict, exported: ExportedModel, rows, sizes: tuple[int, ...],
+             sustain_s: float = 0.0) -> list[dict]:
     """Per batch size: a layer block's time and rate, and the head's time per scored slot (its log-softmax over
     the vocabulary is memory-bound, so FLOP alone would under-count it). `sessions`: kind -> (a function making
     a new session, its block). Each size gets sessions of its own, as a run's sessions see one batch size only:
     one session taken through every size measured 8,192-token batches of the 30B shape at twice the per-token
-    time of 2,048 on the H200, where sessions of their own measured them 20% faster (bench/attention_ab.py)."""
+    time of 2,048 on the H200, where sessions of their own measured them 20% faster (bench/attention_ab.py).
+    With `sustain_s` (a GPU), also the size's time at sustained clocks (`_sustained_pass`)."""
     layer_block = sessions["layers"][1]
     layers = layer_block.spec.last_layer - layer_block.spec.first_layer
     rng = np.random.default_rng(0)
@@ -298,7 +301,7 @@ def _compute(sessions: dict, exported: ExportedModel, rows, sizes: tuple[int, ..
                 flop += layer_block_flop(exported.model, layers, batch)
                 head_s += elapsed["head"]
                 slots += len(batch.rows) * batch.slots
-            interleaved = _interleaved_pass(*opened["layers"], feeds) if len(feeds) > 1 else None
+            sustained = _sustained_pass(*opened["layers"], feeds, sustain_s) if sustain_s > 0 else None
         finally:
             for session, _ in opened.values():
                 session.close()
@@ -307,17 +310,24 @@ def _compute(sessions: dict, exported: ExportedModel, rows, sizes: tuple[int, ..
             results.append({"tokens_per_batch": size, "padded_tokens": timed,
                             "s_per_layer_block": round(seconds, 6), "s_per_token": seconds / timed,
                             "flop_per_s": round(flop / seconds), "head_s_per_slot": head_s / slots,
-                            **({"s_per_token_interleaved": interleaved / padded} if interleaved is not None else {})})
+                            **({"s_per_token_sustained": sustained / padded} if sustained is not None else {})})
     return results
 
 
-def _interleaved_pass(session, block, feeds: list[dict]) -> float:
-    """The size's batches (each already steady) run one after the other as a run's chunk goes through a layer,
-    no wait between them, outputs kept: the faster of TIMED_RUNS such passes. Recorded beside the steady rate,
-    not used by the choice: the 30B run's compute took about 2.0 us a layer token at 2,048, 4,096 and 8,192 tokens
-    a batch, where the steady rates read 2.12, 1.94 and 1.80 (README), and a run never repeats a shape back to
-    back; this says whether the alternation is the difference."""
+def _sustained_pass(session, block, feeds: list[dict], sustain_s: float) -> float:
+    """The size's batches run one after the other as a run's chunk goes through a layer (no wait between them,
+    outputs kept), timed after `sustain_s` seconds of the same: the faster of TIMED_RUNS passes at the clocks a
+    long run holds. A GPU at full load lowers its clocks to stay within its power limit within a few seconds:
+    on the H200 the FP16 matmul rate fell from 758 TFLOP/s (20 matmuls) to 638 within 3 s and stayed there, its
+    SM clock at 1,410 MHz under the power cap, and the 30B run's compute took 2.06 us a layer token where the
+    steady rate (each batch alone, a few runs) said 1.80 and these passes without the heat 1.74
+    (bench/results/gpu_steps/sustained.json, llama30b.json). ce-predict times compute at this rate."""
     uploaded = [{name: session.upload(name, inputs[name]) for name in block.spec.input_names} for inputs in feeds]
+    start = time.perf_counter()
+    while True:
+        _wait(session, [session.run(f) for f in uploaded][-1])
+        if time.perf_counter() - start >= sustain_s:
+            break
     seconds = []
     for _ in range(TIMED_RUNS):
         start = time.perf_counter()

@@ -7,6 +7,8 @@ block's read: read time / compute time per token, computed here by hand.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from cetrt.calib.schedule import choose_schedule
@@ -82,6 +84,26 @@ def test_merged_rate_pays_the_call_once_per_engine():
     merge = _merge(1e-3, 5e-3)
     assert merged_rate(row, merge, 1) == 1e12
     assert merged_rate(row, merge, 4) == pytest.approx(1e12 * 6 / (6 - 0.75))  # 3/4 of the call saved per layer
+
+
+def test_rates_are_taken_at_sustained_clocks_where_calib_measured_them():
+    """A GPU holds lower clocks under minutes of load than in calib's short timings (the H200's matmul rate fell
+    16% within 3 s): where calib.json has a size's sustained time, its rate is scaled to it, and the source says so."""
+    from cetrt.calib.rates import device_figures, merged_rate, sustained_rate
+    from cetrt.spec import Target
+
+    steady = {"tokens_per_batch": 4096, "flop_per_s": 1e12, "s_per_token": 1.8e-6}
+    row = {**steady, "s_per_token_sustained": 2.07e-6}
+    assert sustained_rate(steady) == 1e12
+    assert sustained_rate(row) == pytest.approx(1e12 * 1.8 / 2.07)
+    assert merged_rate(row, None, 1) == pytest.approx(1e12 * 1.8 / 2.07)
+    calib = SimpleNamespace(measured={"target": "cpu", "compute": [row]}, schedule={},
+                            seconds_per_layer_token=lambda: None)
+    figures = device_figures(Target.from_name("cpu"), calib)
+    assert figures.rates_sustained and figures.flop_per_s(4096)[0] == pytest.approx(1e12 * 1.8 / 2.07)
+    assert "sustained clocks" in figures.flop_per_s(4096)[1]
+    calib.measured["compute"] = [steady]
+    assert not device_figures(Target.from_name("cpu"), calib).rates_sustained
 
 
 def test_a_timed_run_brings_one_element_to_the_host_not_the_output():
@@ -175,15 +197,15 @@ def test_each_batch_size_is_timed_in_sessions_of_its_own(tokenizer, hellaswag_pa
     assert [r["tokens_per_batch"] for r in results] == [512, 1024]
     assert made == ["layers", "head"] * 2
     assert open_now == []
-    assert all(r["s_per_token_interleaved"] >= 0 for r in results)  # recorded beside the steady rate
+    assert not any("s_per_token_sustained" in r for r in results)  # the CPU: no sustained pass
+    results = schedule._compute(sessions, exported, rows, (512,), sustain_s=1e-9)
+    assert results[0]["s_per_token_sustained"] >= 0  # a GPU: recorded beside the steady rate
 
 
-def test_the_interleaved_pass_times_a_chunk_of_batches_one_after_the_other(monkeypatch):
-    """Besides each batch's steady rate, calib records its batches run back to back as a run's chunk goes
-    through a layer. A made-up clock: a run costs 1 ms after a run of the same shape, 3 ms after another shape;
-    two shapes alternating take 3 ms a run, where each one's steady rate says 1 ms."""
-    from types import SimpleNamespace
-
+def test_the_sustained_pass_times_a_chunk_of_batches_after_heating_the_gpu(monkeypatch):
+    """On a GPU calib times each size's batches back to back, as a run's chunk goes through a layer, after
+    `sustain_s` seconds of the same work: the clocks a long run holds. A made-up clock: a run costs 1 ms for the
+    first 10 ms of work (boost clocks), 1.25 ms after (power-capped)."""
     import numpy as np
 
     from cetrt.calib import schedule
@@ -193,15 +215,11 @@ def test_the_interleaved_pass_times_a_chunk_of_batches_one_after_the_other(monke
     monkeypatch.setattr(schedule.time, "perf_counter", lambda: clock[0])
 
     class Session:
-        last = None
-
         def upload(self, name, array):
             return array
 
         def run(self, feeds):
-            shape = feeds[HIDDEN].shape
-            clock[0] += 1e-3 if shape == Session.last else 3e-3
-            Session.last = shape
+            clock[0] += 1e-3 if clock[0] < 10e-3 else 1.25e-3
             return {"out": np.zeros(2)}
 
         def to_host(self, value):
@@ -209,9 +227,9 @@ def test_the_interleaved_pass_times_a_chunk_of_batches_one_after_the_other(monke
 
     block = SimpleNamespace(spec=SimpleNamespace(input_names=(HIDDEN,)))
     session, one, other = Session(), {HIDDEN: np.zeros((2, 3))}, {HIDDEN: np.zeros((3, 2))}
-    assert schedule._steady_run(session, block, one) == pytest.approx(1e-3)
-    Session.last = None  # the pass after another shape's runs, as in a run
-    assert schedule._interleaved_pass(session, block, [one, other, one, other]) == pytest.approx(4 * 3e-3)
+    assert schedule._steady_run(session, block, one) == pytest.approx(1e-3)  # short: boost clocks
+    clock[0] = 0.0
+    assert schedule._sustained_pass(session, block, [one, other, one, other], 0.02) == pytest.approx(4 * 1.25e-3)
 
 
 def test_calib_times_full_batches_of_each_size_typical_lengths_first(tokenizer, hellaswag_path):
