@@ -28,6 +28,8 @@ both counted the same way, in one call per step; every run a separate process ti
             LlamaForCausalLM of the same shape built on the GPU, weights resident (--limit, default 500 items), its
             tokens and seconds (gpu_combine.py scales them to all items by token count). Each records the matrix rate.
   profile30b  bench/profile_block.py on the 30B engines at 2,048 and 8,192 tokens per batch.
+  switchab  the GIL hand-over A/B on the prep7b engines: ce-run with its 0.5 ms hand-over against Python's 5 ms
+            (CETRT_SWITCH_INTERVAL_MS=5), resident, alternating, --rounds rounds.
   sustained the FP16 matmul rate over --seconds of back-to-back matmuls, by tenths, with the GPU's clocks (every
             ce-run records its clocks too: bench/gpu_clocks.py).
   lengthab  the padding A/B on the prep7b engines: resident ce-run with rows padded to multiples of 32 (the default
@@ -358,6 +360,31 @@ def step_loadab(args) -> dict:
                                                                 work / "load_as_read.json")}
 
 
+def step_switchab(args) -> dict:
+    """The GIL hand-over A/B: `ce-run` on the prep7b engines, resident, with the 0.5 ms hand-over it sets while its
+    readers work (the default since 2026-12-04's second session, cetrt.storage.readers_first) against Python's
+    5 ms (CETRT_SWITCH_INTERVAL_MS=5), alternating, --rounds rounds, page cache dropped before each: the reader's
+    rate against the probe's (0.86x in that session's resident 7B run, 0.96x with the torch device's slower
+    executor)."""
+    work = args.work
+    engines = work / "engines" / "llama7b"
+    runs = alternate(engines, args, "switch", {"python_5ms": {"env": {"CETRT_SWITCH_INTERVAL_MS": "5"}},
+                                               "readers_first": {}})
+    medians = {name: {key: statistics.median(pick(r) for r in done) for key, pick in (
+        ("end_to_end_s", lambda r: r["end_to_end_s"]),
+        ("read_gb_per_s", lambda r: r["results"]["streaming"]["read_bytes_per_s"] / 1e9),
+        ("blocked_on_storage_s", lambda r: r["results"]["streaming"]["blocked_on_storage_s"]))}
+        for name, done in runs.items()}
+    from cetrt.formats.manifest import read_manifest
+
+    layers = [engines / b.files[0].path for b in read_manifest(engines).blocks if b.spec.kind == "layers"]
+    return {"engines": str(engines), "runs": runs, "medians": medians, "probe": probe_read(layers),
+            "python_5ms_over_readers_first": round(medians["python_5ms"]["end_to_end_s"]
+                                                   / medians["readers_first"]["end_to_end_s"], 3),
+            "max_score_difference_last_round": score_difference(work / "switch_python_5ms.json",
+                                                                work / "switch_readers_first.json")}
+
+
 def step_lengthab(args) -> dict:
     """The padding A/B: resident `ce-run`s of the prep7b engines with rows padded to multiples of 32 (the default
     before 2026-12-03) and with the default (8), alternating, --rounds rounds, page cache dropped before each."""
@@ -585,7 +612,7 @@ STEPS = {"smoke": step_smoke, "smollm2": step_smollm2, "prep7b": step_prep7b, "l
          "device7b": step_device7b, "stream7b": step_stream7b,
          "prep30b": step_prep30b, "llama30b": step_llama30b, "llama30b_third": step_llama30b_third,
          "harness30b": step_harness30b, "profile30b": step_profile30b, "startab": step_startab,
-         "lengthab": step_lengthab, "sustained": step_sustained}
+         "lengthab": step_lengthab, "sustained": step_sustained, "switchab": step_switchab}
 
 
 def main() -> None:

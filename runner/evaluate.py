@@ -44,7 +44,7 @@ from cetrt.runner.journal import RunJournal, digest
 from cetrt.runner.loading import BlockLoader
 from cetrt.runner.memory import RssSampler
 from cetrt.runner.scoring import item_results, metrics
-from cetrt.storage import DEFAULT_REQUESTS_IN_FLIGHT, ReadPlan, ReadStats
+from cetrt.storage import DEFAULT_REQUESTS_IN_FLIGHT, ReadPlan, ReadStats, readers_first
 from cetrt.workload.hellaswag import default_dataset, load_docs
 from cetrt.workload.packing import make_batches, pack
 from cetrt.workload.shapes import ShapePlan
@@ -146,7 +146,7 @@ def open_engines(options: RunOptions):
 
 
 def evaluate(options: RunOptions, announce: Callable[[str], None] = lambda text: None) -> RunResults:
-    with StopOnSignal() as stop:
+    with StopOnSignal() as stop, readers_first():
         return _evaluate(options, announce, stop)
 
 
