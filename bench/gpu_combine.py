@@ -51,6 +51,8 @@ def run_summary(run: dict) -> dict:
             "tokenize_and_imports_s": results["timings"]["tokenize_s"], "bytes_read": streaming["bytes_read"],
             "read_s": streaming["read_s"], "read_gb_per_s": round(streaming["read_bytes_per_s"] / 1e9, 3),
             "blocked_on_storage_s": streaming["blocked_on_storage_s"], "passes": streaming["plan"]["passes"],
+            "reader_slot_wait_s": streaming.get("reader_slot_wait_s"),  # None before 2026-12-04's second session
+            "reader_buffer_s": streaming.get("reader_buffer_s"),
             "device_setup_s": results.get("phases", {}).get("of_which_device_setup_s"),  # None before 2026-12-02
             "acc": results["acc"], "acc_norm": results["acc_norm"], "page_cache_dropped": run["page_cache_dropped"]}
 

@@ -76,6 +76,12 @@ class MemoryPlan:
         return self.resident
 
     @property
+    def room_bytes(self) -> int:
+        """The budget the plan does not hold: where a resident store keeps blocks read before the engine types are
+        ready to load them (runner/executor.py), so the reader need not wait for the preparation."""
+        return max(0, self.budget_bytes - self.peak_bytes)
+
+    @property
     def passes(self) -> int:
         """How many times the weights are read from storage."""
         return 1 if self.resident else self.chunks

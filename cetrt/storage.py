@@ -84,6 +84,8 @@ class ReadStats:
     read_s: float = 0.0  # time the reader spent reading and checking (background), file by file
     blocked_s: float = 0.0  # time the consumer waited for bytes
     direct: bool | None = None  # True: O_DIRECT took; False: read through the page cache
+    buffer_s: float = 0.0  # time the reader spent getting buffers to read into (page-locked: cudaHostAlloc)
+    slot_wait_s: float = 0.0  # time a prefetcher's reader waited for a read-ahead slot (the disk idle meanwhile)
 
     @property
     def bytes_per_s(self) -> float:
@@ -163,8 +165,10 @@ def read_file(path: Path, stats: ReadStats, record: FileRecord | None = None, po
     pool = pool or ReadPool(plan)
     request = record.chunk_bytes if record is not None and record.chunks else pool.plan.request_bytes
     padded = max(ALIGN, -(-size // ALIGN) * ALIGN)
+    asked = time.perf_counter()
     view = pool.buffer(padded).cast("B")
     start_time = time.perf_counter()
+    stats.buffer_s += start_time - asked
     try:
         for attempt in (0, 1):
             fd, direct = _open(path)
@@ -226,9 +230,11 @@ class Prefetcher:
 
     def _run(self, engines_dir: Path, sequence: list, on_start) -> None:
         for block in sequence:
+            waiting = time.perf_counter()
             while not self._slots.acquire(timeout=0.1):
                 if self._stop.is_set():
                     return
+            self._stats.slot_wait_s += time.perf_counter() - waiting
             if self._stop.is_set():
                 return
             try:

@@ -219,7 +219,7 @@ def _evaluate(options: RunOptions, announce: Callable[[str], None], stop: StopOn
         device_setup_s = time.perf_counter() - device_start
         if plan.resident:
             store = ResidentStore(engines, manifest.blocks, plan.prefetch_depth, load, timings, stats, meter, reads,
-                                  allocate, as_read)
+                                  allocate, as_read, ready=load.types_ready, ahead_bytes=plan.room_bytes)
         else:
             sequence = [block for _ in chunk_list for block in manifest.blocks]
             store = StreamingStore(engines, sequence, plan.prefetch_depth, load, timings, stats, meter, reads,
@@ -274,6 +274,8 @@ def _evaluate(options: RunOptions, announce: Callable[[str], None], stop: StopOn
         "read_efficiency": (round(stats.bytes_per_s / schedule.storage_bytes_per_s, 4)
                             if schedule.storage_bytes_per_s and stats.read_s > 0 else None),
         "blocked_on_storage_s": round(stats.blocked_s, 4),
+        "reader_slot_wait_s": round(stats.slot_wait_s, 4),  # the reader idle: its read-ahead slots all taken
+        "reader_buffer_s": round(stats.buffer_s, 4),  # getting buffers to read into, outside read_s
         "loaded_beside_s": round(timings.load_beside_s, 4),  # resident: sessions made on the loader thread
         "overlap": round(1 - stats.blocked_s / max(total_s - tokenize_s, 1e-9), 4),
         "direct_io": stats.direct,
