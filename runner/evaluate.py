@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -219,7 +219,7 @@ def _evaluate(options: RunOptions, announce: Callable[[str], None], stop: StopOn
         device_setup_s = time.perf_counter() - device_start
         if plan.resident:
             store = ResidentStore(engines, manifest.blocks, plan.prefetch_depth, load, timings, stats, meter, reads,
-                                  allocate, as_read, ready=load.types_ready, ahead_bytes=plan.room_bytes)
+                                  allocate, as_read, prepared=preparing.settled, ahead_bytes=plan.room_bytes)
         else:
             sequence = [block for _ in chunk_list for block in manifest.blocks]
             store = StreamingStore(engines, sequence, plan.prefetch_depth, load, timings, stats, meter, reads,
@@ -334,6 +334,11 @@ class Beside:
         start = time.perf_counter()
         work()
         return time.perf_counter() - start
+
+    def settled(self, timeout: float | None = None) -> bool:
+        """Whether the work is over, done or failed (or there is none), after waiting up to `timeout` seconds for
+        it (None: until it is)."""
+        return self._future is None or bool(wait([self._future], timeout).done)
 
     def wait(self) -> float:
         """Seconds the work took (0.0 without any); its exception, if it failed."""

@@ -94,18 +94,19 @@ class ResidentStore(_SessionStore):
     CETRT_LOAD_AS_READ=0).
 
     Loading a block waits for its engine type, which the preparation makes beside tokenizing (1.5-2 s on ONNX
-    Runtime CUDA, where tokenizing 2,000 items took 0.4 s); while `ready()` says the types are not all made, the
+    Runtime CUDA, where tokenizing 2,000 items took 0.4 s). While `prepared(0)` says it is still running, the
     loader keeps the blocks it takes, unloaded, and frees their read slots at once, up to `ahead_bytes` (the
-    plan's room), then loads them in order once the types are ready. Before 2026-12-04's second session the
-    reader stopped after the first block until the preparation was done."""
+    plan's room); then it waits for the preparation (`prepared(None)`) rather than race it for the types, and
+    loads them in order. Before 2026-12-04's second session the reader stopped after the first block until the
+    preparation was done."""
 
     def __init__(self, engines_dir: Path, blocks: tuple[EngineBlock, ...], depth: int,
                  load: Callable[[EngineBlock, EngineSource], Session], timings: Timings, stats: ReadStats,
                  meter: MemoryMeter, plan: ReadPlan = ReadPlan(), allocate=None, loads_as_read: bool = True,
-                 ready: Callable[[], bool] = lambda: True, ahead_bytes: int = 0):
+                 prepared: Callable[[float | None], bool] = lambda timeout: True, ahead_bytes: int = 0):
         super().__init__(engines_dir, load, timings, meter)
         self._stats = stats
-        self._ready, self._ahead_bytes = ready, ahead_bytes
+        self._prepared, self._ahead_bytes = prepared, ahead_bytes
         self._loaded: dict[int, Future] = {block.spec.index: Future() for block in blocks}
         self._prefetcher = Prefetcher(engines_dir, list(blocks), depth, stats, plan=plan, allocate=allocate).__enter__()
         self._loader = None
@@ -119,13 +120,15 @@ class ResidentStore(_SessionStore):
             for block in blocks:
                 data = self._prefetcher.take(block, waits_count=False)
                 size = engine_bytes(block)
-                if not self._ready() and sum(engine_bytes(b) for b, _ in early) + size <= self._ahead_bytes:
+                if not self._prepared(0) and sum(engine_bytes(b) for b, _ in early) + size <= self._ahead_bytes:
                     early.append((block, data))
                     self._prefetcher.done()  # the reader goes on while the preparation makes the types
                     continue
+                self._prepared(None)
                 self._load_in_order(early)
                 self._load_in_order([(block, data)])
                 self._prefetcher.done()
+            self._prepared(None)
             self._load_in_order(early)
         except PrefetchClosed:
             return

@@ -35,11 +35,6 @@ class BlockLoader:
         for engine_type in self._manifest.engine_types:
             self._engine_type(engine_type.name)
 
-    def types_ready(self) -> bool:
-        """Whether every engine type is made (none to make where weights are inside the engines): loading a block
-        then waits for nothing but its own bytes."""
-        return all(t.name in self._types for t in self._manifest.engine_types)
-
     def __call__(self, block: EngineBlock, source: EngineSource) -> Session:
         if block.engine_type is None:
             return self._backend.load(source, self._manifest.target, self._settings)

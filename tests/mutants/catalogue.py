@@ -150,7 +150,7 @@ MUTANTS: tuple[Mutant, ...] = (
            'layers_per_engine(measured.get("merge"), num_layers)',
            (SCHEDULE + "::test_the_call_cost_is_weighed_against_a_layer_on_the_schedules_own_batches",)),
     Mutant("a resident store's reader waits for the engine types' preparation again", "runner/executor.py",
-           "                if not self._ready() and sum(", "                if False and sum(",
+           "                if not self._prepared(0) and sum(", "                if False and sum(",
            ("tests/runner/test_resident_loading.py::test_the_reader_runs_ahead_of_a_preparation_still_making_the_engine_types",)),
     Mutant("a run keeps Python's 5 ms GIL hand-over while its readers work", "runner/evaluate.py",
            "    with StopOnSignal() as stop, readers_first():", "    with StopOnSignal() as stop:",

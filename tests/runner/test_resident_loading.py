@@ -142,8 +142,9 @@ def test_the_old_pace_on_request_loads_on_the_executor_and_scores_the_same(zoo, 
 def test_the_reader_runs_ahead_of_a_preparation_still_making_the_engine_types(zoo, ahead_blocks):
     """Loading a block waits for its engine type, which the preparation may still be making (1.5-2 s on ONNX
     Runtime CUDA). Until the types are ready the loader keeps the blocks it takes and frees their read slots, up
-    to the plan's room (`ahead_bytes`), so the reader goes on; once they are ready, every block is loaded in
-    order. Without room (0) the reader stops after the first block, as before."""
+    to the plan's room (`ahead_bytes`), so the reader goes on; then it waits for the preparation (never racing it
+    for the types) and loads every block in order. Without room (0) the reader stops after the first block, as
+    before."""
     manifest = read_manifest(zoo.engines("llama"))
     sizes = [sum(f.bytes for f in b.files) for b in manifest.blocks]
     types_made, order = threading.Event(), []
@@ -157,7 +158,7 @@ def test_the_reader_runs_ahead_of_a_preparation_still_making_the_engine_types(zo
     ahead = sum(sizes) if ahead_blocks is None else sum(sizes[:ahead_blocks])
     stats = ReadStats()
     store = ResidentStore(zoo.engines("llama"), manifest.blocks, 1, load, Timings(), stats, MemoryMeter(),
-                          ready=types_made.is_set, ahead_bytes=ahead)
+                          prepared=types_made.wait, ahead_bytes=ahead)
     try:
         # kept unloaded: ahead_blocks of them; then one more read, taken and waiting to load, holding the slot
         expected = sum(sizes) if ahead_blocks is None else sum(sizes[:ahead_blocks + 1])
