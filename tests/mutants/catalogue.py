@@ -131,8 +131,8 @@ MUTANTS: tuple[Mutant, ...] = (
            ("tests/runner/test_streaming.py::test_a_budget_that_merged_engines_read_more_often_hints_at_one_layer_engines",)),
     # 2026-12-04: resident engines loaded as they arrive; the first reads beside the engine types' preparation.
     Mutant("the resident loader never frees a read slot (the executor's pace)", "runner/executor.py",
-           "            self._prefetcher.done()\n            self._loaded[block.spec.index].set_result(session)",
-           "            self._loaded[block.spec.index].set_result(session)",
+           "                self._load_in_order([(block, data)])\n                self._prefetcher.done()\n",
+           "                self._load_in_order([(block, data)])\n",
            (RESIDENT_LOADING + "::test_every_block_is_read_and_loaded_before_the_executor_asks_for_the_first",)),
     Mutant("the engine types made ready before the first read", "runner/evaluate.py",
            "    tokenize_s = time.perf_counter() - tokenize_start\n",
