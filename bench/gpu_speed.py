@@ -206,6 +206,13 @@ def step_smollm2(args) -> dict:
             "harness_over_cetrt": round(harness["end_to_end_s"] / cetrt["end_to_end_s"], 3)}
 
 
+def layer_files(engines: Path) -> list[Path]:
+    """The layer blocks' files the runs read: what the plain probe reads too."""
+    from cetrt.formats.manifest import read_manifest
+
+    return [engines / b.files[0].path for b in read_manifest(engines).blocks if b.spec.kind == "layers"]
+
+
 def probe_read(paths: list[Path], total: int = 3 << 30) -> list[dict]:
     """A plain O_DIRECT reader, independent of cetrt's: request sizes x readers, each over fresh files."""
     results = []
@@ -250,7 +257,7 @@ def step_llama7b(args) -> dict:
     engines = work / "engines" / "llama7b"
     manifest = read_manifest(engines)
     weights = manifest.engine_bytes
-    probe = probe_read([engines / b.files[0].path for b in manifest.blocks if b.spec.kind == "layers"])
+    probe = probe_read(layer_files(engines))
     runs = {"resident": cetrt_run(engines, args.dataset, work / "7b_resident.json", args.limit),
             "resident_torch_device": cetrt_run(engines, args.dataset, work / "7b_resident_torch.json", args.limit,
                                                env=TORCH_DEVICE)}
@@ -375,10 +382,7 @@ def step_switchab(args) -> dict:
         ("read_gb_per_s", lambda r: r["results"]["streaming"]["read_bytes_per_s"] / 1e9),
         ("blocked_on_storage_s", lambda r: r["results"]["streaming"]["blocked_on_storage_s"]))}
         for name, done in runs.items()}
-    from cetrt.formats.manifest import read_manifest
-
-    layers = [engines / b.files[0].path for b in read_manifest(engines).blocks if b.spec.kind == "layers"]
-    return {"engines": str(engines), "runs": runs, "medians": medians, "probe": probe_read(layers),
+    return {"engines": str(engines), "runs": runs, "medians": medians, "probe": probe_read(layer_files(engines)),
             "python_5ms_over_readers_first": round(medians["python_5ms"]["end_to_end_s"]
                                                    / medians["readers_first"]["end_to_end_s"], 3),
             "max_score_difference_last_round": score_difference(work / "switch_python_5ms.json",

@@ -115,21 +115,18 @@ class ResidentStore(_SessionStore):
             self._loader.start()
 
     def _load_all(self, blocks: list[EngineBlock]) -> None:
-        early: list[tuple[EngineBlock, memoryview]] = []  # read before the engine types were ready, not loaded yet
+        taken: list[tuple[EngineBlock, memoryview]] = []  # read, not loaded yet (while the preparation runs)
         try:
             for block in blocks:
-                data = self._prefetcher.take(block, waits_count=False)
-                size = engine_bytes(block)
-                if not self._prepared(0) and sum(engine_bytes(b) for b, _ in early) + size <= self._ahead_bytes:
-                    early.append((block, data))
+                taken.append((block, self._prefetcher.take(block, waits_count=False)))
+                if not self._prepared(0) and sum(engine_bytes(b) for b, _ in taken) <= self._ahead_bytes:
                     self._prefetcher.done()  # the reader goes on while the preparation makes the types
                     continue
                 self._prepared(None)
-                self._load_in_order(early)
-                self._load_in_order([(block, data)])
+                self._load_in_order(taken)
                 self._prefetcher.done()
             self._prepared(None)
-            self._load_in_order(early)
+            self._load_in_order(taken)
         except PrefetchClosed:
             return
         except BaseException as error:  # the executor raises it when it needs this block or any after it

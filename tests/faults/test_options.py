@@ -38,3 +38,10 @@ def test_a_memory_budget_for_a_target_is_not_bound_to_this_machine():
 ])
 def test_stage_options_out_of_range(command, args):
     fails_cleanly(command, args, args[-2])
+
+
+@pytest.mark.parametrize("value", ["fast", "0", "-1"])
+def test_a_bad_gil_hand_over_is_refused_before_any_work(tmp_path, monkeypatch, value):
+    """CETRT_SWITCH_INTERVAL_MS (the readers' GIL hand-over, for A/B) takes positive milliseconds."""
+    monkeypatch.setenv("CETRT_SWITCH_INTERVAL_MS", value)
+    fails_cleanly(run_command, ["--engines", tmp_path / "nope"], "CETRT_SWITCH_INTERVAL_MS")
