@@ -19,6 +19,8 @@ Usage: `if split_blocker(backend) is None and splits_between(context, continuati
 
 from __future__ import annotations
 
+import json
+
 
 def split_blocker(backend) -> str | None:
     """None where `backend` (a `tokenizers.Tokenizer`) tokenizes a whitespace-led continuation the same alone as
@@ -26,7 +28,7 @@ def split_blocker(backend) -> str | None:
     from tokenizers import models, pre_tokenizers
 
     pre = backend.pre_tokenizer
-    if backend.normalizer is not None:
+    if not _no_normalizer(backend.normalizer):
         return "a normalizer"
     if not isinstance(pre, pre_tokenizers.ByteLevel) or not pre.use_regex or pre.add_prefix_space:
         return "not the byte-level pre-tokenizer with GPT-2's pattern and no prefix space"
@@ -43,6 +45,17 @@ def split_blocker(backend) -> str | None:
     if special[len(special) - len(plain):] != plain:
         return "special tokens added after the text"
     return None
+
+
+def _no_normalizer(normalizer) -> bool:
+    """None, or an empty Sequence (what transformers 5 saves for a tokenizer without one)."""
+    if normalizer is None:
+        return True
+    try:
+        state = json.loads(normalizer.__getstate__())
+    except (AttributeError, TypeError, ValueError):
+        return False
+    return state.get("type") == "Sequence" and not state.get("normalizers")
 
 
 ASCII_WHITESPACE = frozenset(" \t\n\r\x0b\x0c")  # in the pattern's `\\s` for certain; isspace() holds for more

@@ -75,9 +75,23 @@ def test_a_tokenizer_the_short_cut_would_get_wrong_keeps_the_whole_way(tokenizer
     assert naive(changed, pairs) != whole  # the condition is needed: the short cut differs here
 
 
-def test_a_normalizer_or_another_pre_tokenizer_keeps_the_whole_way(tokenizer, tmp_path):
-    lowered = variant(tokenizer, tmp_path, lambda b: setattr(b, "normalizer", normalizers.Lowercase()))
-    assert split_blocker(lowered.backend_tokenizer) == "a normalizer"
+def test_a_normalizer_keeps_the_whole_way_and_an_empty_one_does_not(tokenizer, tmp_path, hellaswag_path):
+    """transformers 5 saves a tokenizer without a normalizer with an empty Sequence (SmolLM2's export on the GPU
+    machine, 2026-12-04): that one is no normalizer."""
+    for normalizer in (normalizers.Lowercase(), normalizers.Sequence([normalizers.Lowercase()])):
+        changed = variant(tokenizer, tmp_path, lambda b, n=normalizer: setattr(b, "normalizer", n))
+        assert split_blocker(changed.backend_tokenizer) == "a normalizer"
+    empty = variant(tokenizer, tmp_path, lambda b: setattr(b, "normalizer", normalizers.Sequence([])))
+    fast, split, whole = both_ways(empty, pairs_of(load_docs(str(hellaswag_path), 100)))
+    assert fast.split_pairs
+    assert split == whole
+
+
+def test_another_pre_tokenizer_keeps_the_whole_way(tokenizer, tmp_path):
+    from tokenizers import pre_tokenizers
+
+    spaced = variant(tokenizer, tmp_path, lambda b: setattr(b, "pre_tokenizer", pre_tokenizers.Metaspace()))
+    assert split_blocker(spaced.backend_tokenizer).startswith("not the byte-level pre-tokenizer")
 
 
 def trained_on(lines: list[str], tmp_path) -> TokenizerFile:
