@@ -85,6 +85,7 @@ def combine_7b(steps: Path, results: Path) -> None:
         "hf_resident_s": harness["resident_rounds"][0]["seconds"],
         "cetrt_compute_s": resident["compute_s"],
         "probe_read_gb_per_s": probe,
+        "probe_run_bytes": big.get("probe_run_bytes"),  # every layer file once, 16 MiB x 4 (since 2026-12-04, third)
         "cetrt_read_gb_per_s": resident["read_gb_per_s"],
         "bytes_read": resident["bytes_read"],
         "budgets": {name: runs.get(name) or {"refused": refused[name]} for name in ("1/3", "1/6")},
@@ -94,6 +95,8 @@ def combine_7b(steps: Path, results: Path) -> None:
         "resident": resident,
         "ratios": {
             "reader_over_probe": {name: round(r["read_gb_per_s"] / probe, 3) for name, r in runs.items()},
+            "reader_over_run_sized_probe": ({name: round(r["read_gb_per_s"] / big["probe_run_bytes"][0]["gb_per_s"], 3)
+                                             for name, r in runs.items()} if big.get("probe_run_bytes") else None),
             "latency_over_floor": {name: round(r["latency_s"] / max(r["bytes_read"] / 1e9 / probe, r["compute_s"]), 3)
                                    for name, r in runs.items()},
             "hf_end_to_end_over_cetrt_end_to_end": round(harness["end_to_end_s"] / resident["end_to_end_s"], 3),
