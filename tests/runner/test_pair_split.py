@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from tokenizers import AddedToken, normalizers, processors
 
-from calib.presets import load_counting_tokenizer
+from cetrt.calib.presets import load_counting_tokenizer
 from cetrt.workload.hellaswag import TARGET_DELIMITER, choices, load_docs, query
 from cetrt.workload.pair_split import split_blocker, splits_between
 from cetrt.workload.tokens import HarnessTokenizer, TokenizerFile
