@@ -53,6 +53,7 @@ def run_summary(run: dict) -> dict:
             "blocked_on_storage_s": streaming["blocked_on_storage_s"], "passes": streaming["plan"]["passes"],
             "reader_slot_wait_s": streaming.get("reader_slot_wait_s"),  # None before 2026-12-04's second session
             "reader_buffer_s": streaming.get("reader_buffer_s"),
+            "host_buffers": streaming.get("host_buffers"),  # None before 2026-12-04's third session
             "device_setup_s": results.get("phases", {}).get("of_which_device_setup_s"),  # None before 2026-12-02
             "acc": results["acc"], "acc_norm": results["acc_norm"], "page_cache_dropped": run["page_cache_dropped"]}
 

@@ -276,6 +276,7 @@ def _evaluate(options: RunOptions, announce: Callable[[str], None], stop: StopOn
         "blocked_on_storage_s": round(stats.blocked_s, 4),
         "reader_slot_wait_s": round(stats.slot_wait_s, 4),  # the reader idle: its read-ahead slots all taken
         "reader_buffer_s": round(stats.buffer_s, 4),  # getting buffers to read into, outside read_s
+        "host_buffers": backend.host_buffer_stats(manifest.target),  # of which allocating page-locked memory
         "loaded_beside_s": round(timings.load_beside_s, 4),  # resident: sessions made on the loader thread
         "overlap": round(1 - stats.blocked_s / max(total_s - tokenize_s, 1e-9), 4),
         "direct_io": stats.direct,

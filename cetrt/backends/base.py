@@ -127,3 +127,8 @@ class Backend(ABC):
         """Where the reader should put the bytes it reads for this backend (page-locked memory for a GPU), or
         None for plain page-aligned memory."""
         return None
+
+    def host_buffer_stats(self, target: Target) -> dict | None:
+        """What getting those buffers cost the run so far (bytes and number allocated, seconds allocating), where
+        the backend counts it; None where it does not or the reader uses plain memory."""
+        return None

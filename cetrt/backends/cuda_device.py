@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
+import time
 import weakref
 from collections import deque
 
@@ -108,7 +109,7 @@ class PinnedPool:
         self._allocate = allocate  # size -> address, page-aligned (cudaHostAlloc's are)
         self._free: dict[int, list[int]] = {}
         self._lock = threading.Lock()
-        self.allocated_bytes = 0
+        self.allocated_bytes, self.allocations, self.allocate_s = 0, 0, 0.0
 
     def take(self, nbytes: int) -> tuple[int, int]:
         size = -(-max(nbytes, 1) // self.GRAIN) * self.GRAIN
@@ -117,7 +118,11 @@ class PinnedPool:
             if kept:
                 return kept.pop(), size
             self.allocated_bytes += size
+            self.allocations += 1
+        start = time.perf_counter()
         address = self._allocate(size)
+        with self._lock:
+            self.allocate_s += time.perf_counter() - start
         if address % _ALIGN:
             raise RuntimeError(f"page-locked memory at {address:#x} is not {_ALIGN}-byte aligned")
         return address, size
@@ -125,6 +130,13 @@ class PinnedPool:
     def give(self, address: int, size: int) -> None:
         with self._lock:
             self._free.setdefault(size, []).append(address)
+
+    def stats(self) -> dict:
+        """What the pool cost a run: a reader waiting for its buffers (results' `reader_buffer_s`) is either
+        waiting here, in cudaHostAlloc, or on its read-ahead slots."""
+        with self._lock:
+            return {"allocated_bytes": self.allocated_bytes, "allocations": self.allocations,
+                    "allocate_s": round(self.allocate_s, 4)}
 
 
 def zero_copy(setting: str, integrated: bool) -> bool:
@@ -237,6 +249,9 @@ class CudaRuntimeDevice:
         finalizer = weakref.finalize(block, self._pinned.give, address, size)
         finalizer.atexit = False
         return memoryview(np.frombuffer(block, dtype=np.uint8))
+
+    def host_buffer_stats(self) -> dict | None:
+        return self._pinned.stats() if self.pinned else None
 
     def to_device(self, value: DeviceArray, index: int) -> DeviceArray:
         """A copy of `value` on GPU `index` (the multi-GPU pipeline's hand-over; untested: no such machine here)."""

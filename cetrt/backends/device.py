@@ -159,6 +159,10 @@ class Device:
         torch.cuda.set_device(index)
         return tensor.to(torch.device("cuda", index), non_blocking=True)
 
+    def host_buffer_stats(self) -> dict | None:
+        """None: torch's caching host allocator keeps no counts of its own for the run."""
+        return None
+
     def host_buffer(self, nbytes: int) -> memoryview | None:
         """Page-locked host memory for the reader to read into (a GPU copies from it asynchronously), aligned
         for O_DIRECT; None where plain memory is as good (the CPU) or the memory cannot be aligned."""

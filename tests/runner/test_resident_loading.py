@@ -113,6 +113,7 @@ def test_the_first_reads_start_while_the_engine_types_are_made_ready(zoo, hellas
     streaming = results.extra["streaming"]
     assert len(results.items) == N_DOCS and streaming["loaded_beside_s"] > 0
     assert streaming["reader_slot_wait_s"] >= 0 and streaming["reader_buffer_s"] >= 0
+    assert streaming["host_buffers"] is None  # plain memory on the CPU: no page-locked pool to count
 
 
 def test_the_old_pace_on_request_loads_on_the_executor_and_scores_the_same(zoo, hellaswag_path, monkeypatch):
