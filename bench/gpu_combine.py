@@ -68,6 +68,18 @@ def device_ab(ours: dict, torch_device: dict) -> dict:
             "same_scores": (ours["acc"], ours["acc_norm"]) == (torch_device["acc"], torch_device["acc_norm"])}
 
 
+def synchronised_compute(big: dict, harness: dict, flop: float, rate: float) -> dict | None:
+    """The 7B engines' compute with the device synchronised after each block's runs (bench/run_blocks.py in the
+    llama7b step since 2026-12-04's third session), beside ce-run's own compute timer, the host's view."""
+    blocks = big.get("blocks_synchronised")
+    if not blocks:
+        return None
+    seconds = sum(blocks["passes"][0]["wall_by_kind_s"].values())
+    return {"seconds": round(seconds, 3), "by_kind_s": blocks["passes"][0]["wall_by_kind_s"],
+            "harness_over_it": round(harness["resident_rounds"][0]["seconds"] / seconds, 3),
+            "useful_tflops": round(flop / seconds / 1e12, 1), "fraction_of_matmul_rate": round(flop / seconds / 1e12 / rate, 3)}
+
+
 def combine_7b(steps: Path, results: Path) -> None:
     small = json.loads((steps / "smollm2.json").read_text())
     big = json.loads((steps / "llama7b.json").read_text())
@@ -144,6 +156,7 @@ def combine_7b(steps: Path, results: Path) -> None:
         "llama7b_packed_tokens": tokens,
         "llama7b_useful_tflops": round(flop / resident["compute_s"] / 1e12, 1),
         "llama7b_fraction_of_matmul_rate": round(flop / resident["compute_s"] / 1e12 / rate, 3),
+        "llama7b_compute_synchronised": synchronised_compute(big, harness, flop, rate),
         "accuracy": {
             "smollm2_all_items": {"cetrt_fp16": {"acc": small["cetrt"]["results"]["acc"],
                                                  "acc_norm": small["cetrt"]["results"]["acc_norm"]},

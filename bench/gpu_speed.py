@@ -277,7 +277,13 @@ def step_llama7b(args) -> dict:
     rate = matmul_tflops()
     _, _ = run([sys.executable, ROOT / "bench" / "profile_block.py", "--engines", engines, "--dataset", args.dataset,
                 "--json", work / "7b_profile.json"])
-    return {"weights_bytes": weights, "probe": probe, "probe_run_bytes": probe_run_bytes, "runs": runs, "harness": harness, "matmul_tflops": rate,
+    # the engines' own compute: the device synchronised after each block's runs, reads outside the blocks' time
+    # (ce-run's compute timer is the host's view of a shared stream, beside reads and loads)
+    _, _ = run([sys.executable, ROOT / "bench" / "run_blocks.py", "--engines", engines, "--dataset", args.dataset,
+                *(["--limit", str(args.limit)] if args.limit else []), "--passes", "1", "--json", work / "7b_blocks.json"],
+        env={"CETRT_NO_CACHE": "1"})
+    return {"weights_bytes": weights, "probe": probe, "probe_run_bytes": probe_run_bytes, "runs": runs,
+            "blocks_synchronised": json.loads((work / "7b_blocks.json").read_text()), "harness": harness, "matmul_tflops": rate,
             "profile": json.loads((work / "7b_profile.json").read_text())}
 
 
