@@ -24,7 +24,14 @@ import json
 
 def split_blocker(backend) -> str | None:
     """None where `backend` (a `tokenizers.Tokenizer`) tokenizes a whitespace-led continuation the same alone as
-    after a context; else what prevents it."""
+    after a context; else what prevents it (a `tokenizers` without the attributes looked at keeps the whole way)."""
+    try:
+        return _blocker(backend)
+    except (AttributeError, TypeError) as e:
+        return f"the tokenizer could not be inspected ({type(e).__name__})"
+
+
+def _blocker(backend) -> str | None:
     from tokenizers import models, pre_tokenizers
 
     pre = backend.pre_tokenizer

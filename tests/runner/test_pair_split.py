@@ -116,3 +116,10 @@ def test_a_boundary_inside_one_split_is_cut_the_whole_way(tmp_path):
     fast, split, whole = both_ways(tokenizer, pairs)
     assert fast.split_pairs
     assert split == whole
+
+
+def test_a_tokenizer_that_cannot_be_inspected_keeps_the_whole_way():
+    class Opaque:  # a backend without the attributes the conditions read
+        normalizer = None
+
+    assert split_blocker(Opaque()) == "the tokenizer could not be inspected (AttributeError)"
