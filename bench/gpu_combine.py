@@ -74,16 +74,19 @@ def synchronised_compute(big: dict, harness: dict, flop: float, rate: float) -> 
     blocks = big.get("blocks_synchronised")
     if not blocks:
         return None
-    seconds = sum(blocks["passes"][0]["wall_by_kind_s"].values())
-    return {"seconds": round(seconds, 3), "by_kind_s": blocks["passes"][0]["wall_by_kind_s"],
+    by_kind = blocks["passes"][0]["wall_by_kind_s"]
+    seconds = sum(by_kind.values())
+    tflops = flop / seconds / 1e12
+    return {"seconds": round(seconds, 3), "by_kind_s": by_kind,
             "harness_over_it": round(harness["resident_rounds"][0]["seconds"] / seconds, 3),
-            "useful_tflops": round(flop / seconds / 1e12, 1), "fraction_of_matmul_rate": round(flop / seconds / 1e12 / rate, 3)}
+            "useful_tflops": round(tflops, 1), "fraction_of_matmul_rate": round(tflops / rate, 3)}
 
 
 def combine_7b(steps: Path, results: Path) -> None:
     small = json.loads((steps / "smollm2.json").read_text())
     big = json.loads((steps / "llama7b.json").read_text())
     probe = max(p["gb_per_s"] for p in big["probe"])
+    run_probe = big["probe_run_bytes"][0]["gb_per_s"] if big.get("probe_run_bytes") else None  # since 2026-12-04
     refused = {name: run["refused"] for name, run in big["runs"].items() if "refused" in run}
     runs = {name: run_summary(run) for name, run in big["runs"].items() if name not in refused
             and name != "resident_torch_device"}
@@ -108,8 +111,8 @@ def combine_7b(steps: Path, results: Path) -> None:
         "resident": resident,
         "ratios": {
             "reader_over_probe": {name: round(r["read_gb_per_s"] / probe, 3) for name, r in runs.items()},
-            "reader_over_run_sized_probe": ({name: round(r["read_gb_per_s"] / big["probe_run_bytes"][0]["gb_per_s"], 3)
-                                             for name, r in runs.items()} if big.get("probe_run_bytes") else None),
+            "reader_over_run_sized_probe": ({name: round(r["read_gb_per_s"] / run_probe, 3) for name, r in runs.items()}
+                                            if run_probe else None),
             "latency_over_floor": {name: round(r["latency_s"] / max(r["bytes_read"] / 1e9 / probe, r["compute_s"]), 3)
                                    for name, r in runs.items()},
             "hf_end_to_end_over_cetrt_end_to_end": round(harness["end_to_end_s"] / resident["end_to_end_s"], 3),

@@ -260,10 +260,10 @@ def step_llama7b(args) -> dict:
     engines = work / "engines" / "llama7b"
     manifest = read_manifest(engines)
     weights = manifest.engine_bytes
-    probe = probe_read(layer_files(engines))
+    files = layer_files(engines)
+    probe = probe_read(files)
     drop_page_cache()  # the run's own byte count at its request size: a short probe may see a burst rate
-    probe_run_bytes = probe_read(layer_files(engines), total=sum(p.stat().st_size for p in layer_files(engines)),
-                                 configs=[(16 << 20, 4)])
+    probe_run_bytes = probe_read(files, total=sum(p.stat().st_size for p in files), configs=[(16 << 20, 4)])
     runs = {"resident": cetrt_run(engines, args.dataset, work / "7b_resident.json", args.limit),
             "resident_torch_device": cetrt_run(engines, args.dataset, work / "7b_resident_torch.json", args.limit,
                                                env=TORCH_DEVICE)}
@@ -279,12 +279,12 @@ def step_llama7b(args) -> dict:
                 "--json", work / "7b_profile.json"])
     # the engines' own compute: the device synchronised after each block's runs, reads outside the blocks' time
     # (ce-run's compute timer is the host's view of a shared stream, beside reads and loads)
+    limit = ["--limit", str(args.limit)] if args.limit else []
     _, _ = run([sys.executable, ROOT / "bench" / "run_blocks.py", "--engines", engines, "--dataset", args.dataset,
-                *(["--limit", str(args.limit)] if args.limit else []), "--passes", "1", "--json", work / "7b_blocks.json"],
-        env={"CETRT_NO_CACHE": "1"})
+                *limit, "--passes", "1", "--json", work / "7b_blocks.json"], env={"CETRT_NO_CACHE": "1"})
     return {"weights_bytes": weights, "probe": probe, "probe_run_bytes": probe_run_bytes, "runs": runs,
-            "blocks_synchronised": json.loads((work / "7b_blocks.json").read_text()), "harness": harness, "matmul_tflops": rate,
-            "profile": json.loads((work / "7b_profile.json").read_text())}
+            "blocks_synchronised": json.loads((work / "7b_blocks.json").read_text()), "harness": harness,
+            "matmul_tflops": rate, "profile": json.loads((work / "7b_profile.json").read_text())}
 
 
 def step_device7b(args) -> dict:
