@@ -30,6 +30,8 @@ both counted the same way, in one call per step; every run a separate process ti
   profile30b  bench/profile_block.py on the 30B engines at 2,048 and 8,192 tokens per batch.
   switchab  the GIL hand-over A/B on the prep7b engines: ce-run with its 0.5 ms hand-over against Python's 5 ms
             (CETRT_SWITCH_INTERVAL_MS=5), resident, alternating, --rounds rounds.
+  pinab     the page-locked buffers A/B on the prep7b engines: each next read's buffer made beside the read under way
+            (the default) against made as its read starts (CETRT_PINNED_AHEAD=0), resident, alternating, --rounds.
   sustained the FP16 matmul rate over --seconds of back-to-back matmuls, by tenths, with the GPU's clocks (every
             ce-run records its clocks too: bench/gpu_clocks.py).
   lengthab  the padding A/B on the prep7b engines: resident ce-run with rows padded to multiples of 32 (the default
@@ -389,16 +391,41 @@ def step_switchab(args) -> dict:
     engines = work / "engines" / "llama7b"
     runs = alternate(engines, args, "switch", {"python_5ms": {"env": {"CETRT_SWITCH_INTERVAL_MS": "5"}},
                                                "readers_first": {}})
-    medians = {name: {key: statistics.median(pick(r) for r in done) for key, pick in (
-        ("end_to_end_s", lambda r: r["end_to_end_s"]),
-        ("read_gb_per_s", lambda r: r["results"]["streaming"]["read_bytes_per_s"] / 1e9),
-        ("blocked_on_storage_s", lambda r: r["results"]["streaming"]["blocked_on_storage_s"]))}
-        for name, done in runs.items()}
+    medians = reader_medians(runs)
     return {"engines": str(engines), "runs": runs, "medians": medians, "probe": probe_read(layer_files(engines)),
             "python_5ms_over_readers_first": round(medians["python_5ms"]["end_to_end_s"]
                                                    / medians["readers_first"]["end_to_end_s"], 3),
             "max_score_difference_last_round": score_difference(work / "switch_python_5ms.json",
                                                                 work / "switch_readers_first.json")}
+
+
+def reader_medians(runs: dict[str, list]) -> dict[str, dict]:
+    """Per side of an A/B: the medians of what a reader change moves (end to end, the read rate, the consumer's
+    time blocked on storage, the reader's time getting buffers)."""
+    picks = (("end_to_end_s", lambda r: r["end_to_end_s"]),
+             ("read_gb_per_s", lambda r: r["results"]["streaming"]["read_bytes_per_s"] / 1e9),
+             ("blocked_on_storage_s", lambda r: r["results"]["streaming"]["blocked_on_storage_s"]),
+             ("reader_buffer_s", lambda r: r["results"]["streaming"]["reader_buffer_s"]))
+    return {name: {key: statistics.median(pick(r) for r in done) for key, pick in picks} for name, done in runs.items()}
+
+
+def step_pinab(args) -> dict:
+    """The page-locked buffers A/B: `ce-run` on the prep7b engines, resident, with the next read's buffer made
+    beside the read under way and the first two beside tokenizing (the default since 2026-12-05,
+    cetrt.backends.cuda_device.PinnedPool.prepare) against each buffer made as its read starts
+    (CETRT_PINNED_AHEAD=0), alternating, --rounds rounds, page cache dropped before each: 1.5-1.9 s of the 7B
+    runs' reader went to getting buffers (`reader_buffer_s`) in 2026-12-04's third session."""
+    work = args.work
+    engines = work / "engines" / "llama7b"
+    runs = alternate(engines, args, "pin", {"as_read_starts": {"env": {"CETRT_PINNED_AHEAD": "0"}}, "ahead": {}})
+    medians = reader_medians(runs)
+    return {"engines": str(engines), "runs": runs, "medians": medians,
+            "host_buffers_last_round": {name: done[-1]["results"]["streaming"]["host_buffers"]
+                                        for name, done in runs.items()},
+            "as_read_starts_over_ahead": round(medians["as_read_starts"]["end_to_end_s"]
+                                               / medians["ahead"]["end_to_end_s"], 3),
+            "max_score_difference_last_round": score_difference(work / "pin_as_read_starts.json",
+                                                                work / "pin_ahead.json")}
 
 
 def step_lengthab(args) -> dict:
@@ -628,7 +655,7 @@ STEPS = {"smoke": step_smoke, "smollm2": step_smollm2, "prep7b": step_prep7b, "l
          "device7b": step_device7b, "stream7b": step_stream7b,
          "prep30b": step_prep30b, "llama30b": step_llama30b, "llama30b_third": step_llama30b_third,
          "harness30b": step_harness30b, "profile30b": step_profile30b, "startab": step_startab,
-         "lengthab": step_lengthab, "sustained": step_sustained, "switchab": step_switchab}
+         "lengthab": step_lengthab, "sustained": step_sustained, "switchab": step_switchab, "pinab": step_pinab}
 
 
 def main() -> None:

@@ -210,24 +210,24 @@ def _digest_rate(data: memoryview, threads: int, chunk: int = DEFAULT_REQUEST_BY
     return sum(len(p) for p in pieces) / max(time.perf_counter() - start, 1e-9)
 
 
-def _bind_time(engine, weights: dict[str, np.ndarray], allocate) -> float:
+def _bind_time(engine, weights: dict[str, np.ndarray], buffers) -> float:
     """Weights as inputs: the time to bind one block's weights to its engine type (to the device on a GPU), from
-    where the runner's reader leaves them (`allocate`: the backend's host buffers), page-locked memory on a GPU
+    where the runner's reader leaves them (`buffers`: the backend's host buffers), page-locked memory on a GPU
     (a copy from pageable memory took 7x as long on the H200 as the runner's binds, and ce-predict's load term
     with it)."""
-    weights = _in_read_buffers(weights, allocate)
+    weights = _in_read_buffers(weights, buffers)
     start = time.perf_counter()
     WeightsBound(engine, weights).close()
     return time.perf_counter() - start
 
 
-def _in_read_buffers(weights: dict[str, np.ndarray], allocate) -> dict[str, np.ndarray]:
+def _in_read_buffers(weights: dict[str, np.ndarray], buffers) -> dict[str, np.ndarray]:
     """The arrays copied into the buffers the backend's reader reads into (`Backend.host_buffers`), if any."""
-    if allocate is None:
+    if buffers is None:
         return weights
     placed = {}
     for name, array in weights.items():
-        buffer = allocate(array.nbytes)
+        buffer = buffers.take(array.nbytes)
         if buffer is None:
             return weights
         placed[name] = np.frombuffer(buffer, dtype=array.dtype, count=array.size).reshape(array.shape)

@@ -57,7 +57,7 @@ def evaluate_devices(options, engines, manifest, backend, budget: int, encoded, 
     announce(plan.describe())
     chunk_list = stage_chunks(plan, batches)
     cuda = manifest.target.device == "cuda"
-    reads, allocate = ReadPlan(requests_in_flight=schedule.requests_in_flight), backend.host_buffers(manifest.target)
+    reads, buffers = ReadPlan(requests_in_flight=schedule.requests_in_flight), backend.host_buffers(manifest.target)
     per_token = activation_bytes_per_token(manifest.model, manifest.dtype)
     stages, loaders, meters, stats = [], [], [], []
     try:
@@ -68,11 +68,11 @@ def evaluate_devices(options, engines, manifest, backend, budget: int, encoded, 
                                                                         io_binding=options.io_binding), stat, meter)
             if stage_plan.resident:
                 store = ResidentStore(engines, blocks, stage_plan.prefetch_depth, load, timings, stat, meter, reads,
-                                      allocate)
+                                      buffers)
             else:
                 sequence = [block for _ in chunk_list for block in blocks]
                 store = StreamingStore(engines, sequence, stage_plan.prefetch_depth, load, timings, stat, meter, reads,
-                                       allocate)
+                                       buffers)
             activations = (MemoryActivations(meter, per_token) if stage_plan.activations == "memory"
                            else DiskActivations(meter, options.spill_dir))
             stages.append(Stage(k, blocks, store, activations, stage_plan.resident, timings))

@@ -215,15 +215,15 @@ def _evaluate(options: RunOptions, announce: Callable[[str], None], stop: StopOn
         if not as_read:  # the order before 2026-12-04: the preparation done before the first read
             preparing.wait()
         device_start = time.perf_counter()  # on a GPU: torch imported, the CUDA context and streams made
-        reads, allocate = ReadPlan(requests_in_flight=schedule.requests_in_flight), backend.host_buffers(manifest.target)
+        reads, buffers = ReadPlan(requests_in_flight=schedule.requests_in_flight), backend.host_buffers(manifest.target)
         device_setup_s = time.perf_counter() - device_start
         if plan.resident:
             store = ResidentStore(engines, manifest.blocks, plan.prefetch_depth, load, timings, stats, meter, reads,
-                                  allocate, as_read, prepared=preparing.settled, ahead_bytes=plan.room_bytes)
+                                  buffers, as_read, prepared=preparing.settled, ahead_bytes=plan.room_bytes)
         else:
             sequence = [block for _ in chunk_list for block in manifest.blocks]
             store = StreamingStore(engines, sequence, plan.prefetch_depth, load, timings, stats, meter, reads,
-                                   allocate)
+                                   buffers)
         try:  # the store's first reads are under way: now wait for the engine types if they are not ready yet
             prepare_s = preparing.wait()
         except BaseException:

@@ -102,13 +102,13 @@ class ResidentStore(_SessionStore):
 
     def __init__(self, engines_dir: Path, blocks: tuple[EngineBlock, ...], depth: int,
                  load: Callable[[EngineBlock, EngineSource], Session], timings: Timings, stats: ReadStats,
-                 meter: MemoryMeter, plan: ReadPlan = ReadPlan(), allocate=None, loads_as_read: bool = True,
+                 meter: MemoryMeter, plan: ReadPlan = ReadPlan(), buffers=None, loads_as_read: bool = True,
                  prepared: Callable[[float | None], bool] = lambda timeout: True, ahead_bytes: int = 0):
         super().__init__(engines_dir, load, timings, meter)
         self._stats = stats
         self._prepared, self._ahead_bytes = prepared, ahead_bytes
         self._loaded: dict[int, Future] = {block.spec.index: Future() for block in blocks}
-        self._prefetcher = Prefetcher(engines_dir, list(blocks), depth, stats, plan=plan, allocate=allocate).__enter__()
+        self._prefetcher = Prefetcher(engines_dir, list(blocks), depth, stats, plan=plan, buffers=buffers).__enter__()
         self._loader = None
         if loads_as_read:
             self._loader = threading.Thread(target=self._load_all, args=(list(blocks),), name="cetrt-load", daemon=True)
@@ -166,10 +166,10 @@ class StreamingStore(_SessionStore):
 
     def __init__(self, engines_dir: Path, sequence: list[EngineBlock], depth: int,
                  load: Callable[[EngineBlock, EngineSource], Session], timings: Timings, stats: ReadStats,
-                 meter: MemoryMeter, plan: ReadPlan = ReadPlan(), allocate=None):
+                 meter: MemoryMeter, plan: ReadPlan = ReadPlan(), buffers=None):
         super().__init__(engines_dir, load, timings, meter)
         self._prefetcher = Prefetcher(engines_dir, sequence, depth, stats, on_start=meter.add, plan=plan,
-                                      allocate=allocate).__enter__()
+                                      buffers=buffers).__enter__()
 
     def get(self, block: EngineBlock) -> Session:
         session = self._open(block, self._prefetcher.take(block))

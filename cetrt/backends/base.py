@@ -20,6 +20,7 @@ from typing import Any, Callable
 import numpy as np
 
 from cetrt.spec import BlockSpec, Target
+from cetrt.storage import HostBuffers
 from cetrt.workload.shapes import ShapePlan
 
 
@@ -123,7 +124,7 @@ class Backend(ABC):
         built before a rewrite changed are built again rather than reused."""
         return None
 
-    def host_buffers(self, target: Target) -> Callable[[int], memoryview | None] | None:
+    def host_buffers(self, target: Target) -> HostBuffers | None:
         """Where the reader should put the bytes it reads for this backend (page-locked memory for a GPU), or
         None for plain page-aligned memory."""
         return None

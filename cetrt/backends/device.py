@@ -16,7 +16,7 @@ compute stream (`user_compute_stream`) without a sync per run, so the host queue
 On torch's device it keeps its own stream and synchronises at the end of each run, and uploads are waited for
 before the run that reads them: shared with torch's stream, ORT 1.31.1 failed in `cudaFreeHost` (CUDA error 800)
 on the H200 machine. `CETRT_SHARED_STREAM=0`/`1` overrides either default; `CETRT_PINNED=0` reads into plain memory.
-Usage: `device = device_for("cuda")`; `t = device.upload(array)`; `t.data_ptr()`; `device.host_buffer(n)` for
+Usage: `device = device_for("cuda")`; `t = device.upload(array)`; `t.data_ptr()`; `device.host_buffers()` for
 the reader.
 """
 
@@ -31,6 +31,7 @@ from collections import deque
 import numpy as np
 
 from cetrt.errors import UserError
+from cetrt.storage import HostBuffers
 
 _ALIGN = 4096
 
@@ -162,6 +163,10 @@ class Device:
     def host_buffer_stats(self) -> dict | None:
         """None: torch's caching host allocator keeps no counts of its own for the run."""
         return None
+
+    def host_buffers(self) -> HostBuffers:
+        """The reader's buffers; nothing made ahead: torch's caching host allocator keeps what it makes."""
+        return HostBuffers(self.host_buffer)
 
     def host_buffer(self, nbytes: int) -> memoryview | None:
         """Page-locked host memory for the reader to read into (a GPU copies from it asynchronously), aligned

@@ -232,7 +232,7 @@ class OnnxRuntimeBackend(Backend):
         return OnnxRuntimeSession(session)
 
     def host_buffers(self, target: Target):
-        return device_for("cuda").host_buffer if target.device == "cuda" else None
+        return device_for("cuda").host_buffers() if target.device == "cuda" else None
 
     def host_buffer_stats(self, target: Target) -> dict | None:
         return device_for("cuda").host_buffer_stats() if target.device == "cuda" else None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -140,6 +141,22 @@ def test_host_buffers_are_aligned_page_locked_and_upload_from_in_place():
 
 
 @pytest.mark.gpu
+def test_a_buffer_prepared_ahead_is_page_locked_and_is_the_one_the_reader_takes(monkeypatch):
+    """cudaHostAlloc on the pool's own thread (its current device set there) gives memory uploads copy from."""
+    from cetrt.backends.cuda_device import CudaRuntimeDevice
+
+    monkeypatch.delenv("CETRT_PINNED_AHEAD", raising=False)
+    monkeypatch.delenv("CETRT_ZERO_COPY", raising=False)
+    device = CudaRuntimeDevice(shared_stream=False, pinned=True)
+    buffers = device.host_buffers()
+    buffers.prepare([3 << 20])
+    view = np.frombuffer(buffers.take(3 << 20), dtype=np.float32)
+    assert device._pinned.stats()["made_ahead"] == 1 and device._pinned.stats()["allocations"] == 1
+    view[:] = np.arange(view.size)
+    assert np.array_equal(device.to_host(device.upload(view)), view)
+
+
+@pytest.mark.gpu
 def test_zero_copy_reads_the_page_locked_buffer_in_place_and_holds_it_until_computed(monkeypatch):
     """The Orin's path, forced on a discrete GPU: no device copy, and the read buffer stays out of the pool while
     the array lives (else the next read would overwrite weights a kernel still reads)."""
@@ -215,3 +232,74 @@ def test_page_locked_blocks_are_reused_by_size_not_allocated_per_read():
     assert pool.allocated_bytes == 602 << 20
     stats = pool.stats()  # what a run reports (streaming.host_buffers): only the allocations count, not the reuse
     assert (stats["allocated_bytes"], stats["allocations"]) == (602 << 20, 3) and stats["allocate_s"] >= 0
+
+
+def _recording_pool(gate: threading.Event | None = None, fail_first: bool = False):
+    """A PinnedPool over a fake cudaHostAlloc that notes each size and the thread that asked; `gate` holds the
+    allocations until set, `fail_first` fails the first one as an exhausted cudaHostAlloc would."""
+    from cetrt.backends.cuda_device import PinnedPool
+
+    made: list[tuple[int, str]] = []
+
+    def allocate(size: int) -> int:
+        if gate is not None:
+            assert gate.wait(10)
+        if fail_first and not made:
+            made.append((0, "failed"))
+            raise UserError("the GPU is out of memory (cudaHostAlloc)")
+        made.append((size, threading.current_thread().name))
+        return 0x10000000 * len(made)
+
+    return PinnedPool(allocate), made
+
+
+def test_prepared_buffers_are_made_on_the_pools_thread_and_taken_without_a_second_allocation():
+    """What the reader will take next is made beside the read under way, by the pool's own thread; blocks free
+    or already on their way count, so a lookahead never makes more than the takes it names."""
+    pool, made = _recording_pool()
+    size = 300 << 20
+    first = pool.take(size)  # made on this thread, as before
+    pool.give(*first)
+    pool.prepare([size, size, 5 << 20])  # one free already: one more of 300 MiB and one of 6 MiB (rounded)
+    assert pool.take(size) in (first, (0x20000000, size), (0x30000000, size))
+    assert pool.take(size)[1] == size and pool.take(5 << 20)[1] == 6 << 20
+    assert sorted(s for s, _ in made) == [6 << 20, size, size]
+    assert [thread for _, thread in made][0] == threading.current_thread().name
+    assert all(thread.startswith("cetrt-pin") for _, thread in made[1:])
+    pool.prepare([size])  # nothing free now: one more, and a second prepare of the same take adds none
+    pool.prepare([size])
+    assert pool.take(size)[1] == size and len(made) == 4
+    stats = pool.stats()
+    assert (stats["allocations"], stats["made_ahead"]) == (4, 3)
+
+
+def test_a_take_waits_for_the_block_on_its_way_instead_of_making_another():
+    gate = threading.Event()
+    pool, made = _recording_pool(gate)
+    pool.prepare([64 << 20])
+    taken = []
+    reader = threading.Thread(target=lambda: taken.append(pool.take(64 << 20)))
+    reader.start()
+    reader.join(0.2)
+    assert reader.is_alive() and taken == []  # waiting for the pool's thread, not allocating its own
+    gate.set()
+    reader.join(10)
+    assert taken == [(0x10000000, 64 << 20)] and len(made) == 1 and made[0][1].startswith("cetrt-pin")
+    assert pool.stats()["waited_s"] > 0
+
+
+def test_a_failed_allocation_ahead_is_raised_by_the_take_that_needs_the_buffer_not_lost():
+    """The pool's thread has no one to tell: the take makes its own buffer, and a real failure surfaces there."""
+    pool, made = _recording_pool(fail_first=True)
+    pool.prepare([8 << 20])
+    assert pool.take(8 << 20) == (0x20000000, 8 << 20)  # made on the reader's thread after the failure
+    assert made[1][1] == threading.current_thread().name and pool.stats()["made_ahead"] == 0
+
+
+@pytest.mark.parametrize("setting, zero_copy, expected", [("", False, True), ("", True, False), ("0", False, False),
+                                                          ("1", True, True), (" 1 ", False, True)])
+def test_buffers_are_made_ahead_on_a_discrete_gpu_unless_switched_off(setting, zero_copy, expected):
+    """With zero copy (the Orin) the buffers are the weights the plan counts, so none is made beyond them."""
+    from cetrt.backends.cuda_device import allocate_ahead
+
+    assert allocate_ahead(setting, zero_copy) is expected

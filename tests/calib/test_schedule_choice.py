@@ -133,6 +133,7 @@ def test_weights_are_bound_from_the_buffers_the_reader_reads_into():
     import numpy as np
 
     from cetrt.calib.schedule import _in_read_buffers
+    from cetrt.storage import HostBuffers
 
     weights = {"w": np.arange(12, dtype=np.float16).reshape(3, 4), "b": np.ones(5, dtype=np.float32)}
     buffers = []
@@ -141,7 +142,7 @@ def test_weights_are_bound_from_the_buffers_the_reader_reads_into():
         buffers.append(bytearray(nbytes))
         return memoryview(buffers[-1])
 
-    placed = _in_read_buffers(weights, allocate)
+    placed = _in_read_buffers(weights, HostBuffers(allocate))
     assert len(buffers) == 2
     for name, array in weights.items():
         np.testing.assert_array_equal(placed[name], array)

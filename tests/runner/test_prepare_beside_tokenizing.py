@@ -1,9 +1,10 @@
 """The device and the engine types are made ready beside tokenizing (runner/loading.py `BlockLoader.prepare`):
 the same scores as preparing them when first needed, the engine types really loaded before the executor, and
-a bad engine type still refused by name."""
+a bad engine type still refused by name; the first reads' host buffers asked for there too."""
 
 from __future__ import annotations
 
+import mmap
 import shutil
 import threading
 
@@ -61,3 +62,31 @@ def test_preparing_is_skipped_when_asked(monkeypatch):
     assert not evaluate_module.prepare_beside_tokenizing()
     monkeypatch.delenv("CETRT_PREPARE_BESIDE")
     assert evaluate_module.prepare_beside_tokenizing()
+
+
+def test_the_first_reads_buffers_are_prepared_beside_tokenizing_and_each_next_one_by_the_reader(
+        zoo, hellaswag_path, monkeypatch):
+    """On a GPU the reader's buffers are page-locked memory, slow to make: the preparation asks for the first two
+    reads' buffers while tokenizing runs, and the reader asks for each next read's before its own. Here plain
+    buffers stand in for the page-locked ones (the CPU backend has none), and the scores must not change."""
+    from cetrt.backends.onnxruntime import OnnxRuntimeBackend
+    from cetrt.storage import HostBuffers, buffer_sizes
+
+    engines = zoo.engines("llama")
+    blocks = read_manifest(engines).blocks
+    asked: list[tuple[str, list[int]]] = []
+    taken: list[int] = []
+
+    def take(nbytes: int):
+        taken.append(nbytes)
+        return memoryview(mmap.mmap(-1, nbytes))
+
+    buffers = HostBuffers(take, lambda sizes: asked.append((threading.current_thread().name, list(sizes))))
+    monkeypatch.setattr(OnnxRuntimeBackend, "host_buffers", lambda self, target: buffers)
+    given = _run(engines, hellaswag_path)
+    assert [sizes for thread, sizes in asked if thread.startswith("cetrt-prepare")] == [buffer_sizes(blocks[:2])]
+    by_reader = [sizes for thread, sizes in asked if not thread.startswith("cetrt-prepare")]
+    assert by_reader == [buffer_sizes(blocks[i:i + 2]) for i in range(len(blocks))]
+    assert taken == buffer_sizes(blocks)  # every block read into the buffers given, once (resident)
+    monkeypatch.undo()
+    assert [i.scores for i in given.items] == [i.scores for i in _run(engines, hellaswag_path).items]
