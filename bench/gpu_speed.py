@@ -32,6 +32,8 @@ both counted the same way, in one call per step; every run a separate process ti
             (CETRT_SWITCH_INTERVAL_MS=5), resident, alternating, --rounds rounds.
   pinab     the page-locked buffers A/B on the prep7b engines: each next read's buffer made beside the read under way
             (the default) against made as its read starts (CETRT_PINNED_AHEAD=0), resident, alternating, --rounds.
+  mergeab   calib's merge rule: 7B-shaped random layers as 1- and 2-layer engines, the layers' synchronised compute
+            (bench/run_blocks.py) at 16,384 tokens a batch, alternating, --rounds rounds.
   sustained the FP16 matmul rate over --seconds of back-to-back matmuls, by tenths, with the GPU's clocks (every
             ce-run records its clocks too: bench/gpu_clocks.py).
   lengthab  the padding A/B on the prep7b engines: resident ce-run with rows padded to multiples of 32 (the default
@@ -428,6 +430,43 @@ def step_pinab(args) -> dict:
                                                                 work / "pin_ahead.json")}
 
 
+def step_mergeab(args) -> dict:
+    """calib's merge rule on the 7B shape: LLaMA-7B-shaped random layers built as 1-layer and as 2-layer engines
+    (bench/random_engines.py --layers-per-engine 1 / 2, --distinct-layers 8 to spare the disk: every block still
+    read), each timed by bench/run_blocks.py with the device synchronised after each block (the engines' own
+    compute, reads outside it) at 16,384 tokens a batch (calib's choice in both 2026-12-04 leases), alternating,
+    --rounds rounds. calib chose 1 layer in one lease and 2 in the next on a 0.1 ms margin (0.71 ms a call against
+    5% of a 12.14 ms layer), and the two leases' resident compute differed by half (3.76 s and 5.61 s): this says
+    what the merge itself is worth on one machine."""
+    work = args.work
+    built = {}
+    for layers in (1, 2):
+        out = work / "engines" / f"{args.merge_shape}_{layers}lpe"
+        if not (out / "manifest.json").is_file():
+            seconds, done = run([sys.executable, ROOT / "bench" / "random_engines.py", "--out", out, "--shape",
+                                 args.merge_shape, "--target", args.target, "--layers-per-engine", str(layers),
+                                 "--distinct-layers", "8"])
+            built[layers] = {"seconds": round(seconds, 1), "printed": done.stdout[-300:]}
+    limit = ["--limit", str(args.limit)] if args.limit else []
+    tokens = args.tokens_per_batch or 16384
+    rounds: dict[str, list] = {"1": [], "2": []}
+    for round_index in range(args.rounds):
+        for layers in (1, 2):
+            out = work / f"merge_{layers}lpe_{round_index}.json"
+            engines = work / "engines" / f"{args.merge_shape}_{layers}lpe"
+            run([sys.executable, ROOT / "bench" / "run_blocks.py", "--engines", engines, "--dataset", args.dataset,
+                 *limit, "--passes", "1", "--tokens-per-batch", str(tokens), "--json", out],
+                env={"CETRT_NO_CACHE": "1"})
+            one = json.loads(out.read_text())["passes"][0]
+            rounds[str(layers)].append({"layers_wall_s": one["wall_by_kind_s"]["layers"],
+                                        "wall_by_kind_s": one["wall_by_kind_s"], "acc": one["acc"],
+                                        "compute_s": one["timings"]["compute_s"]})
+    medians = {layers: statistics.median(r["layers_wall_s"] for r in done) for layers, done in rounds.items()}
+    return {"shape": args.merge_shape, "tokens_per_batch": tokens, "built": built, "rounds": rounds,
+            "median_layers_wall_s": medians,
+            "one_layer_over_two_layer_engines": round(medians["1"] / medians["2"], 3)}
+
+
 def step_lengthab(args) -> dict:
     """The padding A/B: resident `ce-run`s of the prep7b engines with rows padded to multiples of 32 (the default
     before 2026-12-03) and with the default (8), alternating, --rounds rounds, page cache dropped before each."""
@@ -655,7 +694,8 @@ STEPS = {"smoke": step_smoke, "smollm2": step_smollm2, "prep7b": step_prep7b, "l
          "device7b": step_device7b, "stream7b": step_stream7b,
          "prep30b": step_prep30b, "llama30b": step_llama30b, "llama30b_third": step_llama30b_third,
          "harness30b": step_harness30b, "profile30b": step_profile30b, "startab": step_startab,
-         "lengthab": step_lengthab, "sustained": step_sustained, "switchab": step_switchab, "pinab": step_pinab}
+         "lengthab": step_lengthab, "sustained": step_sustained, "switchab": step_switchab, "pinab": step_pinab,
+         "mergeab": step_mergeab}
 
 
 def main() -> None:
@@ -678,6 +718,7 @@ def main() -> None:
     parser.add_argument("--no-ab", action="store_true", help="smollm2: skip the cached-tokenizing and torch-device runs")
     parser.add_argument("--reference-from", type=Path, default=None, help="smollm2: take the HF FP32 reference from this "
                         "earlier smollm2.json instead of running it (same model, items and harness code)")
+    parser.add_argument("--merge-shape", default="llama-7b", help="mergeab: the LLaMA preset (smollm2-135m to try it on CPU)")
     parser.add_argument("--seconds", type=float, default=40.0, help="sustained: seconds of back-to-back matmuls")
     parser.add_argument("--rounds", type=int, default=3, help="startab, lengthab, loadab: alternating rounds of each side")
     parser.add_argument("--budget-divisor", type=int, default=3, help="llama30b_third: the budget is the weights / this "

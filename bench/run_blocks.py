@@ -101,16 +101,19 @@ def main() -> None:
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--passes", type=int, default=2)
+    parser.add_argument("--tokens-per-batch", type=int, default=None, help="default: calib.json's, as ce-run")
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args()
     from cetrt.formats.manifest import read_manifest
 
     device_kind = read_manifest(args.engines).target.device
-    options = evaluate_module.RunOptions(engines=args.engines, dataset=args.dataset, limit=args.limit, progress=False)
+    options = evaluate_module.RunOptions(engines=args.engines, dataset=args.dataset, limit=args.limit, progress=False,
+                                         tokens_per_batch=args.tokens_per_batch)
     passes = [one_pass(options, device_kind) for _ in range(args.passes)]
     import onnxruntime
 
-    out = {"benchmark": __doc__.splitlines()[0], "engines": str(args.engines), "limit": args.limit, "passes": passes,
+    out = {"benchmark": __doc__.splitlines()[0], "engines": str(args.engines), "limit": args.limit,
+           "tokens_per_batch": args.tokens_per_batch, "passes": passes,
            "machine": {"platform": platform.platform(), "python": platform.python_version(),
                        "onnxruntime": onnxruntime.__version__},
            "command": " ".join(["bench/run_blocks.py", *sys.argv[1:]]),
