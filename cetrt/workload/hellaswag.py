@@ -166,10 +166,13 @@ def load_docs(source: str | Path | None, limit: int | None = None) -> list[Doc]:
 TARGET_DELIMITER = " "
 
 
+_BRACKETED = re.compile("\\[.*?\\]")
+
+
 def preprocess(text: str) -> str:
     text = text.strip()
     text = text.replace(" [title]", ". ")
-    text = re.sub("\\[.*?\\]", "", text)
+    text = _BRACKETED.sub("", text)
     text = text.replace("  ", " ")
     return text
 

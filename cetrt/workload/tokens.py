@@ -122,15 +122,16 @@ def encode_docs(tokenizer, docs: list[Doc]) -> list[EncodedDoc]:
 
 def _encode(tokenizer, docs: list[Doc]) -> list[EncodedDoc]:
     harness = HarnessTokenizer(tokenizer)
-    pairs = [(query(doc), TARGET_DELIMITER + choice) for doc in docs for choice in choices(doc)]
+    texts = [(query(doc), choices(doc)) for doc in docs]  # each document's text cleaned once (the harness's regexes)
+    pairs = [(context, TARGET_DELIMITER + choice) for context, endings in texts for choice in endings]
     encoded = harness.encode_pairs(pairs)
     out = []
-    for i, doc in enumerate(docs):
+    for i, (doc, (_, endings)) in enumerate(zip(docs, texts)):
         four = encoded[4 * i : 4 * i + 4]
         out.append(EncodedDoc(
             doc=doc,
             context=tuple(four[0][0]),
             continuations=tuple(tuple(cont) for _, cont in four),
-            lengths=tuple(float(len(choice)) for choice in choices(doc)),
+            lengths=tuple(float(len(choice)) for choice in endings),
         ))
     return out
