@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -42,6 +43,8 @@ start = time.perf_counter()
 if thread:
     thread.start()
 import onnxruntime as ort
+if hasattr(ort, "preload_dlls"):
+    ort.preload_dlls()  # CUDA and cuDNN from the nvidia-* wheels, as cetrt's backend does before its sessions
 x = helper.make_tensor_value_info("x", TensorProto.FLOAT16, [None, 4096])
 y = helper.make_tensor_value_info("y", TensorProto.FLOAT16, [None, 4096])
 w = helper.make_tensor("w", TensorProto.FLOAT16, [4096, 4096], np.zeros((4096, 4096), np.float16).tobytes(), raw=True)
@@ -60,7 +63,9 @@ print(json.dumps({"session_s": round(made, 4), "session_and_first_run_s": round(
 
 
 def child(pinned_gb: float) -> dict:
-    done = subprocess.run([sys.executable, "-c", CHILD, str(pinned_gb)], capture_output=True, text=True, check=True)
+    done = subprocess.run([sys.executable, "-c", CHILD, str(pinned_gb)], capture_output=True, text=True)
+    if done.returncode != 0:  # what failed, in the output that comes back from the device
+        raise SystemExit(f"child process (pinning {pinned_gb} GB) exited {done.returncode}:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -76,7 +81,7 @@ def main() -> None:
         runs["beside_pinning"].append(child(args.pinned_gb))
     medians = {name: statistics.median(r["session_and_first_run_s"] for r in done) for name, done in runs.items()}
     gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
-                         capture_output=True, text=True).stdout.strip()
+                         capture_output=True, text=True).stdout.strip() if shutil.which("nvidia-smi") else None
     out = {"benchmark": __doc__.splitlines()[0], "runs": runs, "median_session_and_first_run_s": medians,
            "beside_over_alone": round(medians["beside_pinning"] / medians["alone"], 3),
            "machine": {"gpu": gpu, "platform": platform.platform(), "python": platform.python_version()},
