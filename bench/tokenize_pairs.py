@@ -18,8 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from cetrt.workload.hellaswag import TARGET_DELIMITER, choices, load_docs, query
-from cetrt.workload.tokens import HarnessTokenizer, offline_tokenizer
+from cetrt.workload.hellaswag import load_docs
+from cetrt.workload.tokens import HarnessTokenizer, harness_requests, offline_tokenizer
 
 
 def main() -> None:
@@ -32,7 +32,7 @@ def main() -> None:
     args = parser.parse_args()
     tokenizer = offline_tokenizer(args.tokenizer)
     docs = load_docs(args.dataset, args.limit)
-    pairs = [(query(doc), TARGET_DELIMITER + choice) for doc in docs for choice in choices(doc)]
+    pairs = harness_requests(docs)
     ways = {"whole_text": HarnessTokenizer(tokenizer, split_pairs=False), "split": HarnessTokenizer(tokenizer)}
     if not ways["split"].split_pairs:
         sys.exit(f"{args.tokenizer}: this tokenizer keeps the whole-text way (cetrt.workload.pair_split)")

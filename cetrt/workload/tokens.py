@@ -120,18 +120,26 @@ def encode_docs(tokenizer, docs: list[Doc]) -> list[EncodedDoc]:
     return cached(tokenizer, docs, lambda: _encode(tokenizer, docs), EncodedDoc)
 
 
+def harness_requests(docs: list[Doc]) -> list[tuple[str, str]]:
+    """Each document's four (context, continuation) requests as the harness makes them: the cleaned query, and the
+    delimiter before each cleaned ending (each document's text cleaned once: the harness's regexes)."""
+    requests = []
+    for doc in docs:
+        context = query(doc)
+        requests += [(context, TARGET_DELIMITER + choice) for choice in choices(doc)]
+    return requests
+
+
 def _encode(tokenizer, docs: list[Doc]) -> list[EncodedDoc]:
-    harness = HarnessTokenizer(tokenizer)
-    texts = [(query(doc), choices(doc)) for doc in docs]  # each document's text cleaned once (the harness's regexes)
-    pairs = [(context, TARGET_DELIMITER + choice) for context, endings in texts for choice in endings]
-    encoded = harness.encode_pairs(pairs)
+    pairs = harness_requests(docs)
+    encoded = HarnessTokenizer(tokenizer).encode_pairs(pairs)
     out = []
-    for i, (doc, (_, endings)) in enumerate(zip(docs, texts)):
+    for i, doc in enumerate(docs):
         four = encoded[4 * i : 4 * i + 4]
         out.append(EncodedDoc(
             doc=doc,
             context=tuple(four[0][0]),
             continuations=tuple(tuple(cont) for _, cont in four),
-            lengths=tuple(float(len(choice)) for choice in endings),
+            lengths=tuple(float(len(k) - len(TARGET_DELIMITER)) for _, k in pairs[4 * i : 4 * i + 4]),  # len(choice)
         ))
     return out

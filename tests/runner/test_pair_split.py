@@ -10,13 +10,9 @@ import pytest
 from tokenizers import AddedToken, normalizers, processors
 
 from cetrt.calib.presets import load_counting_tokenizer
-from cetrt.workload.hellaswag import TARGET_DELIMITER, choices, load_docs, query
+from cetrt.workload.hellaswag import load_docs
 from cetrt.workload.pair_split import split_blocker, splits_between
-from cetrt.workload.tokens import HarnessTokenizer, TokenizerFile
-
-
-def pairs_of(docs) -> list[tuple[str, str]]:
-    return [(query(doc), TARGET_DELIMITER + choice) for doc in docs for choice in choices(doc)]
+from cetrt.workload.tokens import HarnessTokenizer, TokenizerFile, harness_requests
 
 
 def both_ways(tokenizer, pairs):
@@ -26,14 +22,14 @@ def both_ways(tokenizer, pairs):
 
 def test_every_hellaswag_item_with_smollm2s_tokenizer(hellaswag_path):
     tokenizer, _ = load_counting_tokenizer(None)
-    fast, split, whole = both_ways(tokenizer, pairs_of(load_docs(str(hellaswag_path))))
+    fast, split, whole = both_ways(tokenizer, harness_requests(load_docs(str(hellaswag_path))))
     assert fast.split_pairs  # the short cut taken, not the whole way twice
     assert len(split) == 40168
     assert split == whole
 
 
 def test_the_tiny_tokenizer_with_a_bos(tokenizer, hellaswag_path):
-    fast, split, whole = both_ways(tokenizer, pairs_of(load_docs(str(hellaswag_path), 300)))
+    fast, split, whole = both_ways(tokenizer, harness_requests(load_docs(str(hellaswag_path), 300)))
     assert fast.split_pairs
     assert split == whole
     assert all(context[0] == tokenizer.bos_token_id for context, _ in split)
@@ -82,7 +78,7 @@ def test_a_normalizer_keeps_the_whole_way_and_an_empty_one_does_not(tokenizer, t
         changed = variant(tokenizer, tmp_path, lambda b, n=normalizer: setattr(b, "normalizer", n))
         assert split_blocker(changed.backend_tokenizer) == "a normalizer"
     empty = variant(tokenizer, tmp_path, lambda b: setattr(b, "normalizer", normalizers.Sequence([])))
-    fast, split, whole = both_ways(empty, pairs_of(load_docs(str(hellaswag_path), 100)))
+    fast, split, whole = both_ways(empty, harness_requests(load_docs(str(hellaswag_path), 100)))
     assert fast.split_pairs
     assert split == whole
 
