@@ -439,9 +439,9 @@ def step_mergeab(args) -> dict:
     5% of a 12.14 ms layer), and the two leases' resident compute differed by half (3.76 s and 5.61 s): this says
     what the merge itself is worth on one machine."""
     work = args.work
+    engines = {layers: work / "engines" / f"{args.merge_shape}_{layers}lpe" for layers in (1, 2)}
     built = {}
-    for layers in (1, 2):
-        out = work / "engines" / f"{args.merge_shape}_{layers}lpe"
+    for layers, out in engines.items():
         if not (out / "manifest.json").is_file():
             seconds, done = run([sys.executable, ROOT / "bench" / "random_engines.py", "--out", out, "--shape",
                                  args.merge_shape, "--target", args.target, "--layers-per-engine", str(layers),
@@ -451,10 +451,9 @@ def step_mergeab(args) -> dict:
     tokens = args.tokens_per_batch or 16384
     rounds: dict[str, list] = {"1": [], "2": []}
     for round_index in range(args.rounds):
-        for layers in (1, 2):
+        for layers, engines_dir in engines.items():
             out = work / f"merge_{layers}lpe_{round_index}.json"
-            engines = work / "engines" / f"{args.merge_shape}_{layers}lpe"
-            run([sys.executable, ROOT / "bench" / "run_blocks.py", "--engines", engines, "--dataset", args.dataset,
+            run([sys.executable, ROOT / "bench" / "run_blocks.py", "--engines", engines_dir, "--dataset", args.dataset,
                  *limit, "--passes", "1", "--tokens-per-batch", str(tokens), "--json", out],
                 env={"CETRT_NO_CACHE": "1"})
             one = json.loads(out.read_text())["passes"][0]

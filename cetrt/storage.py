@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from cetrt.errors import UserError
 from cetrt.files import FileRecord
@@ -83,6 +83,14 @@ class ReadPlan:
 def buffer_bytes(size: int) -> int:
     """The buffer a file of `size` bytes is read into: whole pages, as O_DIRECT reads them."""
     return max(ALIGN, -(-size // ALIGN) * ALIGN)
+
+
+READS_PREPARED = 2  # the read about to start and the next: the next one's buffer is made while this one reads
+
+
+def upcoming(sequence: Sequence, position: int) -> Sequence:
+    """The blocks whose buffers the reader asks for before the read at `position`."""
+    return sequence[position : position + READS_PREPARED]
 
 
 def buffer_sizes(blocks: list) -> list[int]:
@@ -268,7 +276,7 @@ class Prefetcher:
             if self._stop.is_set():
                 return
             try:
-                self._pool.prepare(sequence[position : position + 2])  # this read's buffers and the next one's
+                self._pool.prepare(upcoming(sequence, position))
                 on_start(sum(f.bytes for f in block.files))
                 item = (block.spec.index, read_verified(engines_dir, block, self._stats, self._pool))
             except Exception as e:  # handed to the consumer, who raises it where it is needed

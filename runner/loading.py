@@ -30,11 +30,11 @@ class BlockLoader:
         """What a run needs before its first block and that does not depend on the documents: the backend's device
         (on a GPU: the CUDA context, streams and page-locked pool) and every engine type (weights as inputs), read,
         loaded and kept, which on ONNX Runtime CUDA also loads its provider's libraries. ce-run does this beside
-        tokenizing, so neither waits for the other. The host buffers of the first two reads are made here too, beside
-        tokenizing, as a reader would ask for them."""
+        tokenizing, so neither waits for the other. The host buffers of the first reads are asked for here too, as the
+        reader will ask for them."""
         buffers = self._backend.host_buffers(self._manifest.target)
         if buffers is not None:
-            buffers.prepare(storage.buffer_sizes(self._manifest.blocks[:2]))
+            buffers.prepare(storage.buffer_sizes(storage.upcoming(self._manifest.blocks, 0)))
         for engine_type in self._manifest.engine_types:
             self._engine_type(engine_type.name)
 

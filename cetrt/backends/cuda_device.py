@@ -120,7 +120,7 @@ class PinnedPool:
         self._free: dict[int, list[int]] = {}
         self._coming: Counter = Counter()  # blocks of each size that prepare's thread is making
         self._lock = threading.Condition()
-        self._maker: ThreadPoolExecutor | None = None
+        self._maker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cetrt-pin")  # its thread starts when used
         self.allocated_bytes, self.allocations, self.allocate_s = 0, 0, 0.0
         self.made_ahead, self.waited_s = 0, 0.0
 
@@ -148,8 +148,6 @@ class PinnedPool:
             for size, count in wanted.items():
                 for _ in range(count - len(self._free.get(size, ())) - self._coming[size]):
                     self._coming[size] += 1
-                    if self._maker is None:
-                        self._maker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cetrt-pin")
                     self._maker.submit(self._make_ahead, size)
 
     def _make_ahead(self, size: int) -> None:

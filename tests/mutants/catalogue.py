@@ -176,7 +176,7 @@ MUTANTS: tuple[Mutant, ...] = (
            "rotated = torch.cat((x[..., half:], -x[..., :half]), dim=-1)",
            (LM_EVAL, "tests/families/test_families.py::test_make_engines_and_ce_run_score_like_hugging_face[qwen2]")),
     Mutant("the reader names only its own read's buffers, not the next one's", "cetrt/storage.py",
-           "self._pool.prepare(sequence[position : position + 2])", "self._pool.prepare(sequence[position : position + 1])",
+           "READS_PREPARED = 2", "READS_PREPARED = 1",
            (STORAGE + "::test_the_reader_asks_for_the_next_reads_buffer_before_it_takes_this_ones",)),
     Mutant("the pinned pool makes buffers ahead though free ones would serve", "cetrt/backends/cuda_device.py",
            "for _ in range(count - len(self._free.get(size, ())) - self._coming[size]):",
