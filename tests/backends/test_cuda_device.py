@@ -303,3 +303,13 @@ def test_buffers_are_made_ahead_on_a_discrete_gpu_unless_switched_off(setting, z
     from cetrt.backends.cuda_device import allocate_ahead
 
     assert allocate_ahead(setting, zero_copy) is expected
+
+
+@pytest.mark.parametrize("name", ["zero_copy", "allocate_ahead"])
+def test_an_on_off_setting_other_than_1_or_0_is_refused_by_name(name):
+    """A typo must not quietly give the default: the run stops with the variable and what it takes."""
+    from cetrt.backends import cuda_device
+
+    variable = {"zero_copy": "CETRT_ZERO_COPY", "allocate_ahead": "CETRT_PINNED_AHEAD"}[name]
+    with pytest.raises(UserError, match=f"{variable}='yes': give 1 or 0"):
+        getattr(cuda_device, name)("yes", False)
