@@ -191,7 +191,7 @@ def _evaluate(options: RunOptions, announce: Callable[[str], None], stop: StopOn
     todo = [batches[i] for i in remaining]
     announce(schedule.describe())
     outputs: list = [None] * len(batches)
-    finished: list[int] = []
+    scored: dict[int, dict] = dict(done)  # batch -> its items by document index: resumed, then as each chunk finishes
     plan = None
     if todo:
         pacing = Pacing(seconds_per_token=calib_seconds_per_token(engines, manifest),
@@ -203,9 +203,11 @@ def _evaluate(options: RunOptions, announce: Callable[[str], None], stop: StopOn
         chunk_list = [[remaining[j] for j in chunk] for chunk in plan.chunk_indices(todo)]
 
         def chunk_done(chunk: list[int]) -> None:
-            finished.extend(chunk)
+            for i in chunk:  # scored once, here: the journal and the results take the same items
+                scored[i] = _items_of(encoded, batches[i], outputs[i])
+                outputs[i] = None
             if journal:
-                journal.record(chunk, [_items_of(encoded, batches[i], outputs[i]) for i in chunk])
+                journal.record(chunk, [scored[i] for i in chunk])
 
         def step(n: int) -> None:
             bar.update(n)
@@ -242,8 +244,8 @@ def _evaluate(options: RunOptions, announce: Callable[[str], None], stop: StopOn
                 run_layer_major(manifest.blocks, store, batches, chunk_list, activations, timings, outputs, step,
                                 chunk_done, cache_inputs=plan.activations == "memory")
             except (UserError, StopRequested) as error:
-                kept = _merged_items(done, encoded, batches, finished, outputs)
-                saved = _save_partial(options, manifest, kept, [batches[i] for i in sorted(set(done) | set(finished))])
+                kept = _in_documents_order(scored)
+                saved = _save_partial(options, manifest, kept, [batches[i] for i in sorted(scored)])
                 where = f"; the journal {options.journal} keeps them: run the same command again to resume" if journal else ""
                 if isinstance(error, StopRequested):
                     raise Interrupted(f"stopped by {error} after {len(kept)} of {len(docs)} items{saved}{where}"
@@ -263,7 +265,7 @@ def _evaluate(options: RunOptions, announce: Callable[[str], None], stop: StopOn
         device_setup_s = 0.0
         prepare_s = preparing.wait()
         load.close()  # engine types made ready beside tokenizing, not needed
-    items = _merged_items(done, encoded, batches, finished, outputs)
+    items = _in_documents_order(scored)
     total_s = time.perf_counter() - start
     streaming = {
         "plan": plan.to_json() if plan else None,
@@ -296,10 +298,10 @@ def phases(start: float, executor: tuple[float, float], total_s: float, tokenize
            blocked_s: float, device_setup_s: float, prepare_s: float = 0.0) -> dict:
     """Where the latency goes besides load, compute and waiting on storage: before the executor (engines opened,
     batches made, the plan, the device set up: `device_setup_s` of it, and any wait for the preparation that ran
-    beside tokenizing), inside it but in none of those (the host between blocks), and after it (buffers freed,
-    items scored). The first three add up to the rest. `prepared_beside_tokenizing_s` is not in the latency where
-    tokenizing, batching and planning took longer: the device and the engine types were made ready in that time
-    (`BlockLoader.prepare`), while the store began reading; the rest is in `before_executor_s`."""
+    beside tokenizing), inside it but in none of those (the host between blocks, each chunk's items scored), and
+    after it (the items put in order). The first three add up to the rest. `prepared_beside_tokenizing_s` is not in
+    the latency where tokenizing, batching and planning took longer: the device and the engine types were made ready
+    in that time (`BlockLoader.prepare`), while the store began reading; the rest is in `before_executor_s`."""
     begin, end = executor
     inside = end - begin - timings.load_s - timings.compute_s - blocked_s
     return {"before_executor_s": round(begin - start - tokenize_s, 4), "executor_other_s": round(max(0.0, inside), 4),
@@ -382,11 +384,14 @@ def _items_of(encoded, batch, output) -> dict:
 
 def _merged_items(done: dict, encoded, batches, finished: list[int], outputs) -> list:
     """Items of the batches resumed from the journal and of those run now, in the documents' order."""
+    return _in_documents_order({**done, **{i: _items_of(encoded, batches[i], outputs[i]) for i in finished}})
+
+
+def _in_documents_order(scored: dict[int, dict]) -> list:
+    """The items of every scored batch (batch -> {document index: item}), in the documents' order."""
     by_index = {}
-    for items in done.values():
+    for items in scored.values():
         by_index.update(items)
-    for i in finished:
-        by_index.update(_items_of(encoded, batches[i], outputs[i]))
     return [by_index[i] for i in sorted(by_index)]
 
 

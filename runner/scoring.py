@@ -19,20 +19,23 @@ from cetrt.workload.tokens import EncodedDoc
 
 
 def item_results(encoded: list[EncodedDoc], batches: list[Batch], outputs: list[HeadOutput]) -> list[ItemResult]:
-    """Sum each ending's scored slots, for the items of the given batches, in the documents' order."""
+    """Sum each ending's scored slots, for the items of the given batches, in the documents' order. One bincount
+    per batch over all its rows' slots (each ending a bin, its slots added in order, as per row before)."""
     by_item: dict[int, ItemResult] = {}
     for batch, out in zip(batches, outputs):
-        for r, row in enumerate(batch.rows):
-            n = len(row.targets)
-            logprobs = out.logprobs[r, :n].astype(np.float64)
-            greedy = out.greedy[r, :n].astype(bool)
-            endings = len(encoded[row.item].continuations)
-            scores = np.bincount(row.slot_ending, weights=logprobs, minlength=endings)
-            all_greedy = [bool(greedy[row.slot_ending == k].all()) for k in range(endings)]
-            doc = encoded[row.item]
+        docs = [encoded[row.item] for row in batch.rows]
+        endings = np.array([len(doc.continuations) for doc in docs])
+        first = np.cumsum(endings) - endings  # each row's first bin
+        slots = np.array([len(row.targets) for row in batch.rows])
+        used = np.arange(out.logprobs.shape[1]) < slots[:, None]  # [rows, S]: a row's first n slots are its own
+        bins = np.concatenate([row.slot_ending + f for row, f in zip(batch.rows, first)])
+        total = int(endings.sum())
+        scores = np.bincount(bins, weights=out.logprobs[used].astype(np.float64), minlength=total).tolist()
+        missed = np.bincount(bins, weights=~out.greedy[used].astype(bool), minlength=total).tolist()
+        for row, doc, f, n in zip(batch.rows, docs, first.tolist(), endings.tolist()):
             by_item[row.item] = ItemResult(
-                ind=doc.doc.ind, label=doc.doc.label, scores=tuple(float(s) for s in scores),
-                lengths=doc.lengths, greedy=tuple(all_greedy),
+                ind=doc.doc.ind, label=doc.doc.label, scores=tuple(scores[f : f + n]), lengths=doc.lengths,
+                greedy=tuple(m == 0 for m in missed[f : f + n]),
             )
     return [by_item[i] for i in sorted(by_item)]
 

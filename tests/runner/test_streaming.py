@@ -63,7 +63,7 @@ def test_latency_adds_up_from_its_phases(resident):
     around = phases["before_executor_s"] + phases["executor_other_s"] + phases["after_executor_s"]
     parts = resident.load_s + resident.compute_s + streaming["blocked_on_storage_s"] + around
     assert all(v >= 0 for v in phases.values())
-    assert phases["before_executor_s"] > 0 and phases["after_executor_s"] > 0
+    assert phases["before_executor_s"] > 0  # after the executor: only the items put in order (scored per chunk)
     assert phases["of_which_device_setup_s"] <= phases["before_executor_s"]
     assert parts == pytest.approx(resident.latency_s, abs=2e-3)
 
