@@ -12,7 +12,6 @@ Usage: `results = evaluate(RunOptions(engines=Path("engines/smollm2-135m"), data
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -45,6 +44,7 @@ from cetrt.runner.loading import BlockLoader
 from cetrt.runner.memory import RssSampler
 from cetrt.runner.scoring import item_results, metrics
 from cetrt.storage import DEFAULT_REQUESTS_IN_FLIGHT, ReadPlan, ReadStats, readers_first
+from cetrt.switches import switch
 from cetrt.workload.hellaswag import default_dataset, load_docs
 from cetrt.workload.packing import make_batches, pack
 from cetrt.workload.shapes import ShapePlan
@@ -314,13 +314,13 @@ def loads_as_read() -> bool:
     """Whether the store starts reading before the preparation is done and resident engines are loaded as they
     arrive (the default), or, with CETRT_LOAD_AS_READ=0, the order and pace before 2026-12-04 (the benchmark's
     baseline: `bench/gpu_speed.py loadab`)."""
-    return os.environ.get("CETRT_LOAD_AS_READ", "1") != "0"
+    return switch("CETRT_LOAD_AS_READ", default=True)
 
 
 def prepare_beside_tokenizing() -> bool:
     """Whether the device and engine types are made ready beside tokenizing (the default), or, with
     CETRT_PREPARE_BESIDE=0, when the executor first needs them, as before 2026-12-03 (the benchmark's baseline)."""
-    return os.environ.get("CETRT_PREPARE_BESIDE", "1") != "0"
+    return switch("CETRT_PREPARE_BESIDE", default=True)
 
 
 class Beside:

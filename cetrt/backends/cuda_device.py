@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from cetrt.errors import UserError
+from cetrt.switches import parse
 from cetrt.storage import HostBuffers
 
 _ALIGN = 4096
@@ -189,25 +190,17 @@ class PinnedPool:
                     "waited_s": round(self.waited_s, 4)}
 
 
-def _switch(name: str, setting: str, default: bool) -> bool:
-    """An on/off environment setting: "1" or "0", unset or empty for the default; anything else is refused."""
-    value = setting.strip()
-    if value not in ("", "0", "1"):
-        raise UserError(f"{name}={setting!r}: give 1 or 0, or leave it unset for the default")
-    return value == "1" if value else default
-
-
 def zero_copy(setting: str, integrated: bool) -> bool:
     """Whether kernels read the reader's page-locked buffers in place: CETRT_ZERO_COPY ("1" or "0"), else on an
     integrated GPU only (on a discrete one every access would cross PCIe)."""
-    return _switch("CETRT_ZERO_COPY", setting, integrated)
+    return parse("CETRT_ZERO_COPY", setting, integrated)
 
 
 def allocate_ahead(setting: str, zero_copy: bool) -> bool:
     """Whether the pool makes the next read's page-locked buffer beside the read under way: CETRT_PINNED_AHEAD
     ("1" or "0", for A/B), else except with zero copy (the Orin), where the buffers are the weights the GPU uses and
     the plan counts only those a run holds, not one made ahead."""
-    return _switch("CETRT_PINNED_AHEAD", setting, not zero_copy)
+    return parse("CETRT_PINNED_AHEAD", setting, not zero_copy)
 
 
 class CudaRuntimeDevice:

@@ -32,6 +32,7 @@ import numpy as np
 
 from cetrt.errors import UserError
 from cetrt.storage import HostBuffers
+from cetrt.switches import switch
 
 _ALIGN = 4096
 
@@ -44,8 +45,12 @@ def _torch():
 
 
 def device_for(kind: str):
-    """The process's device for `kind` ("cpu" or "cuda"), made on first use."""
-    return _device_for(kind, os.environ.get("CETRT_DEVICE", ""))
+    """The process's device for `kind` ("cpu" or "cuda"), made on first use; CETRT_DEVICE=torch or cuda-bindings
+    picks one (unset: cuda-bindings, torch where that is missing)."""
+    wanted = os.environ.get("CETRT_DEVICE", "").strip()
+    if wanted not in ("", "torch", "cuda-bindings"):
+        raise UserError(f"CETRT_DEVICE={wanted!r}: give torch or cuda-bindings, or leave it unset for the default")
+    return _device_for(kind, wanted)
 
 
 def first_element(value):
@@ -63,24 +68,24 @@ def _device_for(kind: str, wanted: str):
 
 @functools.lru_cache(maxsize=None)
 def _make_device(kind: str, wanted: str):
-    pinned = kind == "cuda" and os.environ.get("CETRT_PINNED", "1") == "1"
+    pinned = kind == "cuda" and switch("CETRT_PINNED", default=True)
     if kind != "cuda" or wanted == "torch":
-        return _torch_device(kind, _shares_stream(kind, "0"), pinned)
+        return _torch_device(kind, _shares_stream(kind, False), pinned)
     from cetrt.backends.cuda_device import CudaRuntimeDevice, CudaUnavailable
 
     try:
-        return CudaRuntimeDevice(shared_stream=_shares_stream(kind, "1"), pinned=pinned)
+        return CudaRuntimeDevice(shared_stream=_shares_stream(kind, True), pinned=pinned)
     except CudaUnavailable as why:
-        device = _torch_device(kind, _shares_stream(kind, "0"), pinned, why)
+        device = _torch_device(kind, _shares_stream(kind, False), pinned, why)
         warnings.warn(f"cetrt: GPU buffers through torch, which starts 4-7 s slower: {why}"
                       + (f"; {why.fix}" if why.fix else ""), stacklevel=4)
         return device
 
 
-def _shares_stream(kind: str, default: str) -> bool:
+def _shares_stream(kind: str, default: bool) -> bool:
     """Whether ONNX Runtime runs on the device's compute stream (module docstring): CETRT_SHARED_STREAM, else
-    `default` (cuda-bindings' device "1", torch's "0")."""
-    return kind == "cuda" and os.environ.get("CETRT_SHARED_STREAM", default) == "1"
+    `default` (cuda-bindings' device on, torch's off)."""
+    return kind == "cuda" and switch("CETRT_SHARED_STREAM", default)
 
 
 def _torch_device(kind: str, shared: bool, pinned: bool, why: Exception | None = None) -> "Device":

@@ -70,8 +70,10 @@ def cuda_options() -> dict[str, str]:
       in a session where the kernel itself takes under 1 ms; the memory-efficient kernel's first run costs under
       1 ms more than its later ones, and its later runs took the same time (7B layer on the H200, 10 shapes:
       bench/results/run_anatomy_first_runs_llama7b.json)."""
-    return {"use_tf32": "0", "arena_extend_strategy": os.environ.get("CETRT_ORT_ARENA", "kSameAsRequested"),
-            "sdpa_kernel": str(EFFICIENT_ATTENTION)}
+    arena = os.environ.get("CETRT_ORT_ARENA", "").strip() or "kSameAsRequested"
+    if arena not in ("kSameAsRequested", "kNextPowerOfTwo"):
+        raise UserError(f"CETRT_ORT_ARENA={arena!r}: give kSameAsRequested or kNextPowerOfTwo, or leave it unset")
+    return {"use_tf32": "0", "arena_extend_strategy": arena, "sdpa_kernel": str(EFFICIENT_ATTENTION)}
 
 
 _NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(bool)": np.bool_,

@@ -21,6 +21,8 @@ from typing import Callable
 
 import numpy as np
 
+from cetrt.switches import switch
+
 _FORMAT = "cetrt-encoded-1"
 
 
@@ -101,7 +103,7 @@ def _load(path: Path, docs, make_encoded):
 
 def cached(tokenizer, docs, compute: Callable[[], list], make_encoded) -> list:
     """`compute()`'s result for these documents and this tokenizer, from the cache when it holds it."""
-    key = None if os.environ.get("CETRT_NO_CACHE") == "1" else cache_key(tokenizer, docs)
+    key = None if switch("CETRT_NO_CACHE", default=False) else cache_key(tokenizer, docs)
     if key is None:
         return compute()
     path = cache_root() / "encoded" / f"{key}.npz"

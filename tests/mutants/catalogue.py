@@ -138,7 +138,7 @@ MUTANTS: tuple[Mutant, ...] = (
            "    tokenize_s = time.perf_counter() - tokenize_start\n    preparing.wait()\n",
            (RESIDENT_LOADING + "::test_the_first_reads_start_while_the_engine_types_are_made_ready",)),
     Mutant("CETRT_LOAD_AS_READ=0 ignored (no baseline for the A/B)", "runner/evaluate.py",
-           'return os.environ.get("CETRT_LOAD_AS_READ", "1") != "0"', "return True",
+           'return switch("CETRT_LOAD_AS_READ", default=True)', "return True",
            (RESIDENT_LOADING + "::test_the_old_pace_on_request_loads_on_the_executor_and_scores_the_same",)),
     Mutant("ce-predict has the executor load resident blocks", "calib/predict.py",
            "        if loads_as_read:", "        if False:",
@@ -184,4 +184,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("a take makes its own buffer while the pool's thread makes one for it", "cetrt/backends/cuda_device.py",
            "            if not self._free.get(size) and self._coming[size]:", "            if False:",
            ("tests/backends/test_cuda_device.py::test_a_take_waits_for_the_block_on_its_way_instead_of_making_another",)),
+    Mutant("a mistyped switch quietly runs the default", "cetrt/switches.py",
+           'if value not in ("", "0", "1"):', 'if value not in ("", "0", "1") and False:',
+           ("tests/test_switches.py",)),
 )
