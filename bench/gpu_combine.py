@@ -55,7 +55,19 @@ def run_summary(run: dict) -> dict:
             "reader_buffer_s": streaming.get("reader_buffer_s"),
             "host_buffers": streaming.get("host_buffers"),  # None before 2026-12-04's third session
             "device_setup_s": results.get("phases", {}).get("of_which_device_setup_s"),  # None before 2026-12-02
+            **outside_the_run(run),
             "acc": results["acc"], "acc_norm": results["acc_norm"], "page_cache_dropped": run["page_cache_dropped"]}
+
+
+def outside_the_run(run: dict) -> dict:
+    """The process's time outside ce-run's own timer (`total_s`): before it (interpreter, imports; the results'
+    `phases.process_age_at_start_s`, since 2026-12-05) and after it (writing results.json, freeing, exiting: what is
+    left of the time measured from outside). Both None for runs before that field."""
+    age = run["results"].get("phases", {}).get("process_age_at_start_s")
+    if age is None:
+        return {"before_run_s": None, "after_run_s": None}
+    after = run["end_to_end_s"] - age - run["results"]["timings"]["total_s"]
+    return {"before_run_s": age, "after_run_s": round(after, 3)}
 
 
 def device_ab(ours: dict, torch_device: dict) -> dict:

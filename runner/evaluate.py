@@ -41,7 +41,7 @@ from cetrt.runner.executor import (
 from cetrt.runner.interrupt import StopOnSignal, StopRequested
 from cetrt.runner.journal import RunJournal, digest
 from cetrt.runner.loading import BlockLoader
-from cetrt.runner.memory import RssSampler
+from cetrt.runner.memory import RssSampler, process_age_s
 from cetrt.runner.scoring import item_results, metrics
 from cetrt.storage import DEFAULT_REQUESTS_IN_FLIGHT, ReadPlan, ReadStats, readers_first
 from cetrt.switches import switch
@@ -151,7 +151,7 @@ def evaluate(options: RunOptions, announce: Callable[[str], None] = lambda text:
 
 
 def _evaluate(options: RunOptions, announce: Callable[[str], None], stop: StopOnSignal) -> RunResults:
-    start = time.perf_counter()
+    start, process_age = time.perf_counter(), process_age_s()
     if options.spill and options.devices > 1:
         raise UserError("--spill with --devices > 1: the pipeline of devices plans each stage's activations itself; "
                         "drop one of the two")
@@ -286,7 +286,9 @@ def _evaluate(options: RunOptions, announce: Callable[[str], None], stop: StopOn
         "peak_rss_increase_bytes": peak_rss,
     }
     extra = {"streaming": streaming,
-             "phases": phases(start, executor, total_s, tokenize_s, timings, stats.blocked_s, device_setup_s, prepare_s)}
+             "phases": {**phases(start, executor, total_s, tokenize_s, timings, stats.blocked_s, device_setup_s,
+                                 prepare_s),
+                        "process_age_at_start_s": process_age}}  # the interpreter and imports: before total_s
     if done:
         extra["resumed"] = {"journal": str(options.journal), "items": sum(len(v) for v in done.values()),
                             "batches": len(done)}

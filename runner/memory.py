@@ -1,9 +1,10 @@
-"""Measured memory: the process's resident set, sampled in the background while the run goes.
+"""What /proc says about this process: its resident set, sampled in the background while the run goes, and its
+age (how long the interpreter and imports took before the run began, which a run's own timers cannot see).
 
 On Linux it reads /proc/self/statm every 20 ms; `peak_increase` is the largest RSS seen minus the RSS when
 sampling began (the interpreter and libraries already loaded). On the Orin, where CPU and GPU share memory,
 this counts host allocations only; device allocations show in the executor's held-bytes meter.
-Usage: `with RssSampler() as rss: ...`; `rss.peak_increase`.
+Usage: `with RssSampler() as rss: ...`; `rss.peak_increase`; `process_age_s()`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,19 @@ def rss_bytes() -> int | None:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * _PAGE
     except OSError:
+        return None
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process started (Linux: its start in /proc/self/stat against /proc/uptime, both since
+    boot, to the kernel's clock tick, 10 ms); None where /proc does not say."""
+    try:
+        with open("/proc/self/stat") as f:
+            started_ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return round(uptime - started_ticks / os.sysconf("SC_CLK_TCK"), 2)
+    except (OSError, ValueError, IndexError, AttributeError):
         return None
 
 

@@ -65,6 +65,7 @@ def test_latency_adds_up_from_its_phases(resident):
     assert all(v >= 0 for v in phases.values())
     assert phases["before_executor_s"] > 0  # after the executor: only the items put in order (scored per chunk)
     assert phases["of_which_device_setup_s"] <= phases["before_executor_s"]
+    assert phases["process_age_at_start_s"] > 0  # this test process began before the run (test_process_age.py)
     assert parts == pytest.approx(resident.latency_s, abs=2e-3)
 
 
