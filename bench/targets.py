@@ -28,13 +28,18 @@ class Target:
     measure: Callable[[dict], tuple[str, bool]]  # the result file -> (what it shows, met)
 
 
+# The issue's floor reads the weights once resident and at 1/3, twice at 1/6, whatever passes a run made.
+PASSES_IN_THE_FLOOR = {"resident": 1, "1/3": 1, "1/6": 2}
+
+
 def _floor_ratios(data: dict) -> dict[str, tuple[float, float]]:
-    """Each 7B run's end to end and latency over its floor: max(bytes it read / the probe's rate, its compute)."""
-    rate = data["probe_read_gb_per_s"] * 1e9
+    """Each 7B run's end to end and latency over the issue's floor: max(passes x the weights / the probe's rate,
+    the run's compute)."""
+    one_pass = data["resident"]["bytes_read"] / (data["probe_read_gb_per_s"] * 1e9)
     runs = {"resident": data["resident"], **data["budgets"]}
     ratios = {}
     for name, run in runs.items():
-        floor = max(run["bytes_read"] / rate, run["compute_s"])
+        floor = max(PASSES_IN_THE_FLOOR[name] * one_pass, run["compute_s"])
         ratios[name] = (run["end_to_end_s"] / floor, run["latency_s"] / floor)
     return ratios
 
@@ -48,7 +53,9 @@ def _floor(data: dict) -> tuple[str, bool]:
     ratios = _floor_ratios(data)
     shown = " / ".join(f"{ratios[k][0]:.2f}x" for k in ("resident", "1/3", "1/6"))
     latency = " / ".join(f"{ratios[k][1]:.2f}x" for k in ("resident", "1/3", "1/6"))
-    return f"{shown} (latency alone {latency})", max(r[0] for r in ratios.values()) <= 1.15
+    passes = data["budgets"]["1/6"]["passes"]
+    return (f"{shown} (latency alone {latency}; the 1/6 run made {passes} passes)",
+            max(r[0] for r in ratios.values()) <= 1.15)
 
 
 def _ratio(numerator: str, denominator: str, least: float) -> Callable[[dict], tuple[str, bool]]:
