@@ -41,8 +41,6 @@ both counted the same way, in one call per step; every run a separate process ti
   startab   the start-up A/B: ce-run preparing the device and engine types beside tokenizing (the default) against
             the old order (CETRT_PREPARE_BESIDE=0), alternating rounds, on the smollm2 step's engines or SmolLM2-shaped
             random ones made here.
-  gilab     the library-loading A/B on the smollm2 (or startab) engines: CUDA's libraries loaded without the GIL
-            beside tokenizing (the default) against ctypes' own loads (CETRT_GIL_FREE_LOADS=0), alternating, --rounds.
   loadab    the resident-loading A/B on the prep7b engines: reading before the preparation is done and loading
             each engine as it arrives (the default since 2026-12-04) against the order and pace before
             (CETRT_LOAD_AS_READ=0), resident, alternating, --rounds rounds.
@@ -371,26 +369,6 @@ def step_startab(args) -> dict:
             "max_score_difference_last_round": score_difference(work / "start_serial.json", work / "start_beside.json")}
 
 
-def step_gilab(args) -> dict:
-    """The library-loading A/B: `ce-run` on the smollm2 step's engines (or the startab step's random ones) with
-    CUDA's and cuDNN's libraries loaded without the GIL beside tokenizing (the default since 2026-12-05,
-    cetrt.backends.libraries) against ctypes' own loads (CETRT_GIL_FREE_LOADS=0), alternating, --rounds rounds,
-    page cache dropped and tokenizing not cached before each: tokenizing took 1.84-1.99 s beside the preparation
-    and 0.93-1.03 s without it in 2026-12-04's third session."""
-    work = args.work
-    engines = next((e for e in (work / "engines" / "smollm2", work / "engines" / "smollm2_random")
-                    if (e / "manifest.json").is_file()), None)
-    if engines is None:
-        raise SystemExit("gilab needs the smollm2 step's engines (or startab's random ones) under --work")
-    runs = alternate(engines, args, "gil", {"ctypes": {"env": {"CETRT_GIL_FREE_LOADS": "0"}}, "gil_free": {}})
-    medians = {name: {"end_to_end_s": statistics.median(r["end_to_end_s"] for r in done),
-                      "tokenize_s": statistics.median(r["results"]["timings"]["tokenize_s"] for r in done)}
-               for name, done in runs.items()}
-    return {"engines": str(engines), "runs": runs, "medians": medians,
-            "ctypes_over_gil_free": round(medians["ctypes"]["end_to_end_s"] / medians["gil_free"]["end_to_end_s"], 3),
-            "max_score_difference_last_round": score_difference(work / "gil_ctypes.json", work / "gil_gil_free.json")}
-
-
 def step_loadab(args) -> dict:
     """The resident-loading A/B: `ce-run` on the prep7b engines, resident, reading before the preparation is done
     and loading each engine as it arrives (the default since 2026-12-04) against the order and pace before
@@ -716,7 +694,7 @@ STEPS = {"smoke": step_smoke, "smollm2": step_smollm2, "prep7b": step_prep7b, "l
          "prep30b": step_prep30b, "llama30b": step_llama30b, "llama30b_third": step_llama30b_third,
          "harness30b": step_harness30b, "profile30b": step_profile30b, "startab": step_startab,
          "lengthab": step_lengthab, "sustained": step_sustained, "switchab": step_switchab, "pinab": step_pinab,
-         "mergeab": step_mergeab, "gilab": step_gilab}
+         "mergeab": step_mergeab}
 
 
 def main() -> None:

@@ -30,7 +30,6 @@ from collections import deque
 
 import numpy as np
 
-from cetrt.backends.libraries import gil_free_loads
 from cetrt.errors import UserError
 from cetrt.storage import HostBuffers
 from cetrt.switches import switch
@@ -75,8 +74,7 @@ def _make_device(kind: str, wanted: str):
     from cetrt.backends.cuda_device import CudaRuntimeDevice, CudaUnavailable
 
     try:
-        with gil_free_loads():  # cuda-pathfinder loads libcudart with ctypes (cetrt.backends.libraries)
-            return CudaRuntimeDevice(shared_stream=_shares_stream(kind, True), pinned=pinned)
+        return CudaRuntimeDevice(shared_stream=_shares_stream(kind, True), pinned=pinned)
     except CudaUnavailable as why:
         device = _torch_device(kind, _shares_stream(kind, False), pinned, why)
         warnings.warn(f"cetrt: GPU buffers through torch, which starts 4-7 s slower: {why}"

@@ -19,7 +19,6 @@ import numpy as np
 
 from cetrt.backends.base import Backend, BuildResult, BuildSettings, EngineSource, LoadSettings, Session
 from cetrt.backends.device import device_for
-from cetrt.backends.libraries import gil_free_loads
 from cetrt.errors import MissingDependency, UserError
 from cetrt.spec import BlockSpec, Target
 
@@ -41,8 +40,7 @@ def _providers(target: Target) -> list:
     ort = _ort()
     wanted = "CUDAExecutionProvider" if target.device == "cuda" else "CPUExecutionProvider"
     if wanted == "CUDAExecutionProvider" and _version(ort.__version__) >= (1, 21):
-        with gil_free_loads():  # ~2 GB of libraries beside tokenizing (cetrt.backends.libraries)
-            ort.preload_dlls()  # CUDA and cuDNN from the nvidia-* wheels torch brings, before the provider loads
+        ort.preload_dlls()  # CUDA and cuDNN from the nvidia-* wheels torch brings, before the provider loads
     if wanted not in ort.get_available_providers():
         raise UserError(
             f"target {target.name!r} needs ONNX Runtime's {wanted}, but this onnxruntime has only "
