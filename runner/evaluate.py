@@ -46,7 +46,7 @@ from cetrt.runner.scoring import item_results, metrics
 from cetrt.storage import DEFAULT_REQUESTS_IN_FLIGHT, ReadPlan, ReadStats, readers_first
 from cetrt.switches import switch
 from cetrt.workload.hellaswag import default_dataset, load_docs
-from cetrt.workload.packing import make_batches, pack
+from cetrt.workload.packing import make_batches, pack_all
 from cetrt.workload.shapes import ShapePlan
 from cetrt.workload.tokens import encode_docs, offline_tokenizer
 
@@ -173,7 +173,7 @@ def _evaluate(options: RunOptions, announce: Callable[[str], None], stop: StopOn
     tokenize_s = time.perf_counter() - tokenize_start
 
     schedule = run_schedule(engines, manifest, options)
-    rows = [pack(i, e) for i, e in enumerate(encoded)]
+    rows = pack_all(encoded)
     batches = make_batches(rows, shape_plan(manifest, options, schedule.tokens_per_batch), manifest.model.max_positions,
                            item_name=lambda i: f"item ind={docs[i].ind!r} (document {i + 1} of {dataset})")
     if options.devices > 1:  # the budget is per device; no run journal on this path yet

@@ -11,10 +11,10 @@ import torch
 from cetrt.errors import UserError
 from cetrt.families.common import MASKED, packed_mask
 from cetrt.spec import POSITION_IDS, SCORE_INDEX, SEGMENT_IDS, TARGET_IDS
-from cetrt.workload.hellaswag import Doc
-from cetrt.workload.packing import make_batches, pack
+from cetrt.workload.hellaswag import Doc, load_docs
+from cetrt.workload.packing import make_batches, pack, pack_all
 from cetrt.workload.shapes import ShapePlan
-from cetrt.workload.tokens import EncodedDoc
+from cetrt.workload.tokens import EncodedDoc, encode_docs
 
 DOC = Doc(ind=0, activity_label="a", ctx_a="b", ctx_b="", endings=("w", "x", "y", "z"), label=0)
 
@@ -120,3 +120,39 @@ def test_a_length_multiple_that_the_engines_profiles_do_not_divide_is_refused_wi
     assert shape_plan(manifest, RunOptions(engines="e"), 1024).length_multiple == 8  # the recorded one
     with pytest.raises(UserError, match=r"max length 384 .* length multiple 7: .*--length-multiple.*MAX_LENGTH"):
         shape_plan(manifest, RunOptions(engines="e", length_multiple=7), 1024)
+
+
+def pack_one_by_one(item: int, doc: EncodedDoc) -> dict:
+    """The row as the module docstring describes it, built token by token: the reference for `pack_all`."""
+    ctx = list(doc.context)
+    tokens, positions, segments = list(ctx), list(range(len(ctx))), [0] * len(ctx)
+    score_index, targets, slot_ending = [], [], []
+    for k, cont in enumerate(doc.continuations):
+        start = len(tokens)
+        tokens += cont[:-1]
+        positions += range(len(ctx), len(ctx) + len(cont) - 1)
+        segments += [k + 1] * (len(cont) - 1)
+        score_index += [len(ctx) - 1] + list(range(start, start + len(cont) - 1))
+        targets += cont
+        slot_ending += [k] * len(cont)
+    return {"item": item, "tokens": tokens, "positions": positions, "segments": segments,
+            "score_index": score_index, "targets": targets, "slot_ending": slot_ending}
+
+
+def as_lists(row) -> dict:
+    return {"item": row.item, **{name: getattr(row, name).tolist() for name in
+                                 ("tokens", "positions", "segments", "score_index", "targets", "slot_ending")}}
+
+
+def test_pack_all_equals_the_row_built_token_by_token(tokenizer, hellaswag_path):
+    rng = np.random.default_rng(3)
+    made = [encoded(ctx=tuple(rng.integers(0, 99, int(rng.integers(1, 30)))),
+                    conts=tuple(tuple(rng.integers(0, 99, int(rng.integers(1, 9)))) for _ in range(int(k))))
+            for k in rng.integers(1, 7, 200)]  # one to six endings, one to eight tokens each
+    real = encode_docs(tokenizer, load_docs(hellaswag_path, 300))
+    for docs in (made, real, made[:1]):
+        rows = pack_all(docs)
+        assert [as_lists(r) for r in rows] == [pack_one_by_one(i, d) for i, d in enumerate(docs)]
+        assert rows[0].segments.dtype == np.int8 and rows[0].tokens.dtype == np.int64
+    assert pack_all([]) == []
+    assert as_lists(pack(7, made[3])) == pack_one_by_one(7, made[3])
