@@ -8,6 +8,7 @@ Usage: `write_results(path, results)`; `RunResults.to_json()`.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,11 +29,11 @@ class ItemResult:
     lengths: tuple[float, ...]
     greedy: tuple[bool, ...]  # every token of the ending was the argmax (the harness's is_greedy)
 
-    @property
+    @functools.cached_property  # asked for by the metrics, the journal and results.json
     def pred(self) -> int:
         return int(np.argmax(self.scores))
 
-    @property
+    @functools.cached_property
     def pred_norm(self) -> int:
         return int(np.argmax(np.asarray(self.scores) / np.asarray(self.lengths)))
 
