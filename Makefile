@@ -26,7 +26,7 @@ OUT ?= engines/$(NAME)/$(BACKEND)-$(TARGET)-$(DTYPE)-$(LAYERS_PER_BLOCK)lpb-$(WE
 DATASET ?= ../shared/data/hellaswag/hellaswag_val.jsonl
 LIMIT ?= 200
 
-.PHONY: setup setup-test engines run test mutants bench-cpu bench-rtx clean
+.PHONY: setup setup-test engines run test mutants bench-cpu bench-rtx targets clean
 
 # The venv sees system packages, so a JetPack or CUDA torch already installed is used, never replaced;
 # the CPU build of torch is installed only where no torch imports at all.
@@ -80,6 +80,10 @@ bench-cpu: setup $(HARNESS_VENV)/bin/lm_eval
 
 bench-rtx: setup-test
 	$(BIN)/python bench/rtx_build_check.py --out bench/results/rtx_build_smollm2.json
+
+# The README's targets table, remade from bench/results/ after a benchmark's result changed (a test compares them).
+targets:
+	$(BIN)/python bench/targets.py --write README.md
 
 clean:
 	rm -rf artifacts engines results.json results.journal.jsonl results.partial.json .setuptools-build
