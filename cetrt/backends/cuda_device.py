@@ -28,8 +28,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from cetrt.errors import UserError
-from cetrt.switches import parse
 from cetrt.storage import HostBuffers
+from cetrt.switches import parse
 
 _ALIGN = 4096
 _KEEP_ALL = (1 << 64) - 1  # the pool's release threshold: never hand freed memory back to the driver mid-run

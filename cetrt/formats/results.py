@@ -110,7 +110,7 @@ def write_results(path: Path, results: RunResults) -> None:
 def results_text(data: dict) -> str:
     """The run's fields indented, then its items one compact line each: the same JSON as `indent=2` gives, but
     written by json's C encoder (which `indent` turns off) and one item a line to read or grep (10,042 items:
-    `bench/results_write.py`)."""
+    `bench/host_steps.py`)."""
     head = {k: v for k, v in data.items() if k != "items"}
     items = "".join(("\n" if i == 0 else ",\n") + "    " + json.dumps(item) for i, item in enumerate(data["items"]))
     return json.dumps(head, indent=2)[:-2] + ',\n  "items": [' + items + ("\n  " if items else "") + "]\n}\n"
