@@ -49,6 +49,7 @@ def test_layer_blocks_share_one_engine_and_keep_their_own_weights(built, arch):
         data = (built[arch, "inputs"] / block.files[0].path).read_bytes()
         arrays = weights_from_bytes(data, block.weights)
         assert all(np.isfinite(a).all() for a in arrays.values())
+        assert all(entry.offset % 4096 == 0 for entry in block.weights)  # each tensor where O_DIRECT can read it
     # the same weights, stored once: no more than the engines with weights inside plus 4 KiB alignment per tensor
     tensors = sum(len(b.weights) for b in typed.blocks)
     assert 0.9 * inside.engine_bytes < typed.engine_bytes < inside.engine_bytes + 4096 * tensors
