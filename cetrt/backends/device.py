@@ -23,7 +23,6 @@ the reader.
 from __future__ import annotations
 
 import functools
-import os
 import threading
 import warnings
 from collections import deque
@@ -32,7 +31,7 @@ import numpy as np
 
 from cetrt.errors import UserError
 from cetrt.storage import HostBuffers
-from cetrt.switches import switch
+from cetrt.switches import choice, switch
 
 _ALIGN = 4096
 
@@ -47,10 +46,7 @@ def _torch():
 def device_for(kind: str):
     """The process's device for `kind` ("cpu" or "cuda"), made on first use; CETRT_DEVICE=torch or cuda-bindings
     picks one (unset: cuda-bindings, torch where that is missing)."""
-    wanted = os.environ.get("CETRT_DEVICE", "").strip()
-    if wanted not in ("", "torch", "cuda-bindings"):
-        raise UserError(f"CETRT_DEVICE={wanted!r}: give torch or cuda-bindings, or leave it unset for the default")
-    return _device_for(kind, wanted)
+    return _device_for(kind, choice("CETRT_DEVICE", ("torch", "cuda-bindings"), default="cuda-bindings"))
 
 
 def first_element(value):

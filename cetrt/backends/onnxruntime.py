@@ -21,6 +21,7 @@ from cetrt.backends.base import Backend, BuildResult, BuildSettings, EngineSourc
 from cetrt.backends.device import device_for
 from cetrt.errors import MissingDependency, UserError
 from cetrt.spec import BlockSpec, Target
+from cetrt.switches import choice
 
 
 def _ort():
@@ -70,9 +71,7 @@ def cuda_options() -> dict[str, str]:
       in a session where the kernel itself takes under 1 ms; the memory-efficient kernel's first run costs under
       1 ms more than its later ones, and its later runs took the same time (7B layer on the H200, 10 shapes:
       bench/results/run_anatomy_first_runs_llama7b.json)."""
-    arena = os.environ.get("CETRT_ORT_ARENA", "").strip() or "kSameAsRequested"
-    if arena not in ("kSameAsRequested", "kNextPowerOfTwo"):
-        raise UserError(f"CETRT_ORT_ARENA={arena!r}: give kSameAsRequested or kNextPowerOfTwo, or leave it unset")
+    arena = choice("CETRT_ORT_ARENA", ("kSameAsRequested", "kNextPowerOfTwo"), default="kSameAsRequested")
     return {"use_tf32": "0", "arena_extend_strategy": arena, "sdpa_kernel": str(EFFICIENT_ATTENTION)}
 
 
