@@ -54,7 +54,7 @@ def _floor(data: dict) -> tuple[str, bool]:
     shown = " / ".join(f"{ratios[k][0]:.2f}x" for k in ("resident", "1/3", "1/6"))
     latency = " / ".join(f"{ratios[k][1]:.2f}x" for k in ("resident", "1/3", "1/6"))
     passes = data["budgets"]["1/6"]["passes"]
-    return (f"{shown} (latency alone {latency}; the 1/6 run made {passes} passes)",
+    return (f"{shown} (latency alone {latency}; the 1/6 run made {passes} pass{'es' if passes != 1 else ''})",
             max(r[0] for r in ratios.values()) <= 1.15)
 
 
@@ -65,9 +65,21 @@ def _ratio(numerator: str, denominator: str, least: float) -> Callable[[dict], t
     return measure
 
 
+# The 7B compute is the engines' time with the device synchronised after each block (bench/run_blocks.py): the
+# GPU's own time. ce-run's compute timer is the host's: it stops when the last run is enqueued, so the work still
+# queued when the host then waits for a read is missing from it (shown beside, never judged).
+def _compute_over_harness(data: dict) -> tuple[str, bool]:
+    synchronised = data["llama7b_compute_synchronised"]
+    ratio = data["llama7b_harness_s"] / synchronised["seconds"]
+    return (f"{ratio:.2f}x ({data['llama7b_harness_s']:.1f} s / {synchronised['seconds']:.1f} s; ce-run's host timer "
+            f"{data['llama7b_cetrt_compute_s']:.1f} s)", ratio >= 2.5)
+
+
 def _matmul_share(data: dict) -> tuple[str, bool]:
-    share = data["llama7b_useful_tflops"] / data["matmul_tflops"]
-    return f"{share:.0%} ({data['llama7b_useful_tflops']:.0f} of {data['matmul_tflops']:.0f} TFLOP/s)", share >= 0.55
+    synchronised = data["llama7b_compute_synchronised"]
+    share = synchronised["useful_tflops"] / data["matmul_tflops"]
+    return (f"{share:.0%} ({synchronised['useful_tflops']:.0f} of {data['matmul_tflops']:.0f} TFLOP/s; by ce-run's "
+            f"host timer {data['llama7b_useful_tflops'] / data['matmul_tflops']:.0%})", share >= 0.55)
 
 
 def _gpu_accuracy(data: dict) -> tuple[str, bool]:
@@ -123,7 +135,7 @@ TARGETS = (
     Target("16", "SmolLM2, all items, defaults: at least 6x faster than the harness, both as processes",
            "gpu_engines.json", _ratio("smollm2_harness_s", "smollm2_cetrt_s", 6.0)),
     Target("16", "7B compute at least 2.5x faster than the harness, weights resident", "gpu_engines.json",
-           _ratio("llama7b_harness_s", "llama7b_cetrt_compute_s", 2.5)),
+           _compute_over_harness),
     Target("16", "7B compute at least 55% of the FP16 matrix rate, useful FLOP", "gpu_engines.json", _matmul_share),
     Target("16", "SmolLM2 FP16 within 0.02 points of the FP32 reference, all items", "gpu_engines.json",
            _gpu_accuracy),
