@@ -282,10 +282,11 @@ def step_llama7b(args) -> dict:
     _, _ = run([sys.executable, ROOT / "bench" / "profile_block.py", "--engines", engines, "--dataset", args.dataset,
                 "--json", work / "7b_profile.json"])
     # the engines' own compute: the device synchronised after each block's runs, reads outside the blocks' time
-    # (ce-run's compute timer is the host's view of a shared stream, beside reads and loads)
+    # (ce-run's compute timer is the host's view of a shared stream, beside reads and loads); two passes: the
+    # first as a user's process meets it, the second warm, as the harness's resident round is timed
     limit = ["--limit", str(args.limit)] if args.limit else []
     _, _ = run([sys.executable, ROOT / "bench" / "run_blocks.py", "--engines", engines, "--dataset", args.dataset,
-                *limit, "--passes", "1", "--json", work / "7b_blocks.json"], env={"CETRT_NO_CACHE": "1"})
+                *limit, "--passes", "2", "--json", work / "7b_blocks.json"], env={"CETRT_NO_CACHE": "1"})
     return {"weights_bytes": weights, "probe": probe, "probe_run_bytes": probe_run_bytes, "runs": runs,
             "blocks_synchronised": json.loads((work / "7b_blocks.json").read_text()), "harness": harness,
             "matmul_tflops": rate, "profile": json.loads((work / "7b_profile.json").read_text())}
@@ -428,6 +429,24 @@ def step_pinab(args) -> dict:
                                                / medians["ahead"]["end_to_end_s"], 3),
             "max_score_difference_last_round": score_difference(work / "pin_as_read_starts.json",
                                                                 work / "pin_ahead.json")}
+
+
+def step_exitab(args) -> dict:
+    """The exit A/B: resident `ce-run`s of the prep7b engines ending at once after their results are written (the
+    default since 2026-12-05, cetrt.cli.run_main) against the interpreter's teardown (CETRT_QUICK_EXIT=0),
+    alternating, --rounds rounds, page cache dropped before each: 0.9-1.0 s of the 7B runs of 2026-12-05's third
+    session were after ce-run's timer (`after_run_s`), against 0.09 s on the CPU machine."""
+    work = args.work
+    engines = work / "engines" / "llama7b"
+    runs = alternate(engines, args, "exit", {"teardown": {"env": {"CETRT_QUICK_EXIT": "0"}}, "quick": {}})
+    outside = {name: [round(r["end_to_end_s"] - r["results"]["timings"]["total_s"]
+                            - r["results"]["phases"]["process_age_at_start_s"], 3) for r in done]
+               for name, done in runs.items()}
+    medians = {name: {"end_to_end_s": statistics.median(r["end_to_end_s"] for r in done),
+                      "after_run_s": statistics.median(outside[name])} for name, done in runs.items()}
+    return {"engines": str(engines), "runs": runs, "after_run_s": outside, "medians": medians,
+            "teardown_over_quick": round(medians["teardown"]["end_to_end_s"] / medians["quick"]["end_to_end_s"], 3),
+            "max_score_difference_last_round": score_difference(work / "exit_teardown.json", work / "exit_quick.json")}
 
 
 def step_mergeab(args) -> dict:
@@ -694,7 +713,7 @@ STEPS = {"smoke": step_smoke, "smollm2": step_smollm2, "prep7b": step_prep7b, "l
          "prep30b": step_prep30b, "llama30b": step_llama30b, "llama30b_third": step_llama30b_third,
          "harness30b": step_harness30b, "profile30b": step_profile30b, "startab": step_startab,
          "lengthab": step_lengthab, "sustained": step_sustained, "switchab": step_switchab, "pinab": step_pinab,
-         "mergeab": step_mergeab}
+         "mergeab": step_mergeab, "exitab": step_exitab}
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ Usage: `ce-run --engines engines/smollm2-135m --dataset ../shared/data/hellaswag
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 
@@ -189,6 +190,26 @@ def run_command(engines, dataset, limit, json_path, tokens_per_batch, length_mul
         click.echo(f"  results    {json_path}")
         for done_with in (options.journal, options.partial_results):
             done_with.unlink(missing_ok=True)
+
+
+def _quick_exit() -> bool:
+    from cetrt.switches import switch
+
+    return switch("CETRT_QUICK_EXIT", default=True)
+
+
+def run_main() -> None:
+    """`ce-run` as a program: the command, then, after a finished run (its results written, the files closed), the
+    process ends at once with exit code 0 instead of through the interpreter's teardown, in which the CUDA runtime,
+    ONNX Runtime's provider and the page-locked pool free what the kernel frees anyway when the process ends.
+    CETRT_QUICK_EXIT=0 keeps the teardown (the benchmark's baseline: `bench/gpu_speed.py exitab`). Failed and
+    stopped runs leave through `sys.exit` as before; the command called in-process (tests) never ends the process."""
+    quick = user_errors(_quick_exit)()  # a bad value is refused before the run, not after it
+    run_command.main()
+    if quick:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 @command()

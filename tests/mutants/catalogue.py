@@ -233,4 +233,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("a mistyped switch quietly runs the default", "cetrt/switches.py",
            'if value not in ("", "0", "1"):', 'if value not in ("", "0", "1") and False:',
            ("tests/test_switches.py",)),
+    Mutant("a failed ce-run ends through the quick exit, with exit code 0", "cetrt/cli.py",
+           "    run_command.main()\n    if quick:",
+           "    try:\n        run_command.main()\n    except SystemExit:\n        pass\n    if quick:",
+           ("tests/test_quick_exit.py",)),
 )
