@@ -47,7 +47,7 @@ def cuda_transfer(value, device: int):
 
 def evaluate_devices(options, engines, manifest, backend, budget: int, encoded, batches, schedule, tokenize_s: float,
                      start: float, announce):
-    from cetrt.runner.evaluate import _merged_items, _save_partial, make_results
+    from cetrt.runner.evaluate import items_of_batches, make_results, save_partial
 
     sizes = ModelSizes(manifest.model, manifest.dtype, [engine_bytes(b) for b in manifest.blocks],
                        manifest.shared_engine_bytes)
@@ -86,8 +86,8 @@ def evaluate_devices(options, engines, manifest, backend, budget: int, encoded, 
                              cache_inputs=all(p.activations == "memory" for p in plan.plans),
                              transfer=cuda_transfer if cuda else identity_transfer)
             except UserError as error:
-                saved = _save_partial(options, manifest, _merged_items({}, encoded, batches, finished, outputs),
-                                      [batches[i] for i in finished])
+                saved = save_partial(options, manifest, items_of_batches(encoded, batches, finished, outputs),
+                                     [batches[i] for i in finished])
                 raise UserError(f"{error}{saved}") from None
     finally:
         for stage in stages:
@@ -109,6 +109,6 @@ def evaluate_devices(options, engines, manifest, backend, budget: int, encoded, 
         "compute_s_per_device": [round(s.timings.compute_s, 4) for s in stages],
         "peak_rss_increase_bytes": rss.peak_increase,
     }
-    items = _merged_items({}, encoded, batches, list(range(len(batches))), outputs)
+    items = items_of_batches(encoded, batches, list(range(len(batches))), outputs)
     return make_results(manifest, options, items, batches, timings, tokenize_s=tokenize_s, total_s=total_s,
                         extra={"streaming": streaming})

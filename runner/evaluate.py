@@ -245,7 +245,7 @@ def _evaluate(options: RunOptions, announce: Callable[[str], None], stop: StopOn
                                 chunk_done, cache_inputs=plan.activations == "memory")
             except (UserError, StopRequested) as error:
                 kept = _in_documents_order(scored)
-                saved = _save_partial(options, manifest, kept, [batches[i] for i in sorted(scored)])
+                saved = save_partial(options, manifest, kept, [batches[i] for i in sorted(scored)])
                 where = f"; the journal {options.journal} keeps them: run the same command again to resume" if journal else ""
                 if isinstance(error, StopRequested):
                     raise Interrupted(f"stopped by {error} after {len(kept)} of {len(docs)} items{saved}{where}"
@@ -384,9 +384,10 @@ def _items_of(encoded, batch, output) -> dict:
     return dict(zip(sorted(row.item for row in batch.rows), item_results(encoded, [batch], [output])))
 
 
-def _merged_items(done: dict, encoded, batches, finished: list[int], outputs) -> list:
-    """Items of the batches resumed from the journal and of those run now, in the documents' order."""
-    return _in_documents_order({**done, **{i: _items_of(encoded, batches[i], outputs[i]) for i in finished}})
+def items_of_batches(encoded, batches, finished: list[int], outputs) -> list:
+    """The items of the `finished` batches (scored from their head outputs), in the documents' order: the several
+    devices' path, which scores at the end rather than as each chunk finishes."""
+    return _in_documents_order({i: _items_of(encoded, batches[i], outputs[i]) for i in finished})
 
 
 def _in_documents_order(scored: dict[int, dict]) -> list:
@@ -420,7 +421,7 @@ def make_results(manifest: Manifest, options: RunOptions, items, batches, timing
     )
 
 
-def _save_partial(options: RunOptions, manifest: Manifest, items: list, done_batches: list) -> str:
+def save_partial(options: RunOptions, manifest: Manifest, items: list, done_batches: list) -> str:
     """Nothing of a failed run is lost: the finished items go to `partial_results`, if given."""
     if not options.partial_results or not items:
         return ""
