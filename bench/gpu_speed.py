@@ -281,6 +281,8 @@ def step_llama7b(args) -> dict:
     rate = matmul_tflops()
     _, _ = run([sys.executable, ROOT / "bench" / "profile_block.py", "--engines", engines, "--dataset", args.dataset,
                 "--json", work / "7b_profile.json"])
+    _, _ = run([sys.executable, ROOT / "bench" / "profile_block.py", "--engines", engines, "--dataset", args.dataset,
+                "--block", "head", "--json", work / "7b_profile_head.json"])
     # the engines' own compute: the device synchronised after each block's runs, reads outside the blocks' time
     # (ce-run's compute timer is the host's view of a shared stream, beside reads and loads); two passes: the
     # first as a user's process meets it, the second warm, as the harness's resident round is timed
@@ -289,7 +291,8 @@ def step_llama7b(args) -> dict:
                 *limit, "--passes", "2", "--json", work / "7b_blocks.json"], env={"CETRT_NO_CACHE": "1"})
     return {"weights_bytes": weights, "probe": probe, "probe_run_bytes": probe_run_bytes, "runs": runs,
             "blocks_synchronised": json.loads((work / "7b_blocks.json").read_text()), "harness": harness,
-            "matmul_tflops": rate, "profile": json.loads((work / "7b_profile.json").read_text())}
+            "matmul_tflops": rate, "profile": json.loads((work / "7b_profile.json").read_text()),
+            "profile_head": json.loads((work / "7b_profile_head.json").read_text())}
 
 
 def step_device7b(args) -> dict:
