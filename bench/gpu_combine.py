@@ -15,6 +15,7 @@ Usage: python bench/gpu_combine.py [7b|llama30b|device|stream] [--steps bench/re
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -98,6 +99,32 @@ def synchronised_compute(big: dict, harness: dict, flop: float, rate: float) -> 
             "useful_tflops": round(tflops, 1), "fraction_of_matmul_rate": round(tflops / rate, 3)}
 
 
+def predictions_7b(steps: Path, big: dict) -> dict | None:
+    """ce-predict (the calib.json of the llama7b step's own engines, `gpu_steps/calib_llama7b.json`, brought back
+    with them since 2026-12-05's third session) for each 7B run, term by term against what the run reported: the
+    issue's predictor error, reported again. None where the step files hold no calib.json of that lease."""
+    calib_path = steps / "calib_llama7b.json"
+    if not calib_path.is_file() or big["command"].find("llama7b") < 0:
+        return None
+    from cetrt.calib.presets import load_counting_tokenizer
+    from cetrt.families import presets
+    from gpu_combine_30b import predicted, terms
+
+    calib = json.loads(calib_path.read_text())
+    spec = dataclasses.replace(presets()["llama-7b"], vocab_size=49152)  # the random engines carry SmolLM2's tokenizer
+    tokenizer = load_counting_tokenizer(None)[0]
+    out = {"calib": str(calib_path.relative_to(ROOT)), "by_run": {}}
+    for name, run in big["runs"].items():
+        if "refused" in run or name == "resident_torch_device":
+            continue
+        results_json = run["results"]
+        guess = predicted(spec, calib, results_json, results_json["n"], DATASET, tokenizer,
+                          calib["schedule"]["layers_per_engine"], model_name="random-llama-7b-shape")
+        assert guess.work.tokens() == results_json["tokens"], (guess.work.tokens(), results_json["tokens"])
+        out["by_run"][name] = terms(guess, results_json, results_json["latency_s"])
+    return out
+
+
 def combine_7b(steps: Path, results: Path) -> None:
     small = json.loads((steps / "smollm2.json").read_text())
     big = json.loads((steps / "llama7b.json").read_text())
@@ -152,6 +179,7 @@ def combine_7b(steps: Path, results: Path) -> None:
                                       "no transformers import since 2026-12-02) and encoding the items",
         },
         "machine": big["machine"], "commands": big["commands"], "step_command": big["command"],
+        "predictions": predictions_7b(steps, big),
     }
     (results / "gpu_end_to_end_7b.json").write_text(json.dumps(end_to_end, indent=2) + "\n")
 

@@ -35,7 +35,8 @@ def harness_tokens(tokenizer, dataset: Path, limit: int | None) -> tuple[int, in
     return sum(len(e.context) + len(c) - 1 for e in encoded for c in e.continuations), len(encoded)
 
 
-def predicted(spec, calib_json: dict, run: dict, limit: int | None, dataset: Path, tokenizer, built: int):
+def predicted(spec, calib_json: dict, run: dict, limit: int | None, dataset: Path, tokenizer, built: int,
+              model_name: str = "random-llama-30b-shape"):
     """ce-predict for a run's configuration: its budget, batch size and read-ahead, weights as inputs."""
     from cetrt.calib.predict import predict
     from cetrt.calib.rates import STORAGE_PRESETS, device_figures
@@ -50,7 +51,7 @@ def predicted(spec, calib_json: dict, run: dict, limit: int | None, dataset: Pat
     schedule, plan = run["streaming"]["schedule"], run["streaming"]["plan"]
     work = count_workload(str(dataset), limit, None, (schedule["tokens_per_batch"],), spec.max_positions, tokenizer)
     storage = device.measured_storage or STORAGE_PRESETS["nvme"]
-    return predict("random-llama-30b-shape", spec, "float16", work, device, storage, plan["budget_bytes"],
+    return predict(model_name, spec, "float16", work, device, storage, plan["budget_bytes"],
                    "the measured run's budget", schedule["prefetch_depth"])
 
 
