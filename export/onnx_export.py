@@ -55,8 +55,12 @@ def export_block(
     external_data_bytes: int = EXTERNAL_DATA_BYTES,
 ) -> list[Path]:
     """Write `path` (and `path.data` if external); return the files written, the .onnx first."""
+    return save_block(trace_block(module, examples, spec), path, parameter_bytes(module) > external_data_bytes)
+
+
+def trace_block(module: torch.nn.Module, examples: dict[str, torch.Tensor], spec: BlockSpec) -> onnx.ModelProto:
+    """The block's ONNX model at opset 17, in memory (the exporter's seconds are here)."""
     args = tuple(examples[name] for name in spec.input_names)
-    external = parameter_bytes(module) > external_data_bytes
     with torch.no_grad(), _quiet():
         program = torch.onnx.export(
             module,
@@ -72,6 +76,11 @@ def export_block(
         model = _drop_stale_attributes(version_converter.convert_version(program.model_proto, OPSET))
     if {o.version for o in model.opset_import if o.domain in ("", "ai.onnx")} != {OPSET}:
         raise RuntimeError(f"{spec.name}: the ONNX graph is not at opset {OPSET} after conversion")
+    return model
+
+
+def save_block(model: onnx.ModelProto, path: Path, external: bool) -> list[Path]:
+    """Write `path` (and `path.data` if `external`), checked; return the files written, the .onnx first."""
     data = path.with_name(path.name + ".data")
     data.unlink(missing_ok=True)
     onnx.save_model(model, str(path), save_as_external_data=external, all_tensors_to_one_file=True,

@@ -5,6 +5,7 @@ dtypes, dynamic dims B, L, S) are fixed here, once, and written to blocks.json f
 An export whose inputs (model hash, options, versions) are unchanged and whose files all verify is reused, not
 redone. Redoing it removes the old blocks.json first and the calib.json of the old export (it belongs to that
 export). The disk is checked for the export's size before any block is written; a full disk is one line.
+Layer blocks of one size share one traced graph (cetrt.export.shared_graph): two traces per size, not one a block.
 Usage: `export_model(ExportOptions(model="smollm2-135m", out_dir=Path("artifacts/onnx/smollm2-135m")))`.
 """
 
@@ -18,7 +19,8 @@ from tqdm import tqdm
 
 from cetrt.errors import UserError
 from cetrt.export.loading import DEFAULT_MODEL, LoadedModel, load_model
-from cetrt.export.onnx_export import EXTERNAL_DATA_BYTES, OPSET, export_block
+from cetrt.export.onnx_export import EXTERNAL_DATA_BYTES, OPSET, parameter_bytes, save_block
+from cetrt.export.shared_graph import SharedGraphs
 from cetrt.families import get_family
 from cetrt.families.base import Family
 from cetrt.files import FileRecord
@@ -153,10 +155,15 @@ def _export_into(out: Path, loaded: LoadedModel, options: ExportOptions) -> Expo
     examples = example_inputs(spec.hidden_size, torch_dtype, spec.vocab_size)
     specs = block_specs(family, spec.num_layers, options.layers_per_block, spec.hidden_size, options.dtype)
     blocks = []
+
+    def module_of(block: BlockSpec) -> torch.nn.Module:
+        return ({"embed": embed, "head": head}.get(block.kind) or layers(block.first_layer, block.last_layer)).eval()
+
+    graphs = SharedGraphs(specs, module_of, examples)  # layer blocks of one size: one trace shared
     for block in tqdm(specs, desc="export", unit="block"):
-        module = {"embed": embed, "head": head}.get(block.kind) or layers(block.first_layer, block.last_layer)
         path = out / f"block_{block.index:03d}.onnx"
-        files = export_block(module.eval(), examples, block, path, options.external_data_bytes)
+        external = parameter_bytes(module_of(block)) > options.external_data_bytes
+        files = save_block(graphs.model(block), path, external)
         blocks.append(ExportedBlock(spec=block, files=tuple(FileRecord.of(out, f) for f in files)))
     tokenizer_dir = out / TOKENIZER_DIR
     loaded.tokenizer.save_pretrained(tokenizer_dir)

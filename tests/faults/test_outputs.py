@@ -92,7 +92,7 @@ def test_a_full_disk_during_the_export_is_one_line_with_the_bytes(zoo, tmp_path,
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(pipeline, "export_block", full)
+    monkeypatch.setattr(pipeline, "save_block", full)
     out = fails_cleanly(export_command, ["--model", zoo.model("llama"), "--out", tmp_path / "onnx", "--dtype", "float32"],
                         "disk full")
     assert str(tmp_path / "onnx") in out and "MiB" in out
