@@ -133,8 +133,9 @@ def harness_run(model: Path, dataset: str, out: Path, limit: int | None, dtype: 
     return {"end_to_end_s": round(seconds, 3), "page_cache_dropped": dropped, **json.loads(out.read_text())}
 
 
-def prepare_smollm2(work: Path, dataset: str) -> dict:
-    """SmolLM2's engines as `make engines TARGET=cuda` makes them (the CLI defaults), and its HF weights."""
+def prepare_smollm2(work: Path, dataset: str, dtypes: tuple = ("float16", "float32")) -> dict:
+    """SmolLM2's engines as `make engines TARGET=cuda` makes them (the CLI defaults), and its HF weights in `dtypes`
+    (FP32 only for the reference run: not where an earlier step's reference is reused)."""
     onnx_dir, engines = work / "onnx" / "smollm2", work / "engines" / "smollm2"
     timings, calib = {}, None
     if not (engines / "manifest.json").is_file():
@@ -144,7 +145,7 @@ def prepare_smollm2(work: Path, dataset: str) -> dict:
         timings["build_s"], _ = run(ce("ce-build", "--onnx", onnx_dir, "--out", engines, "--target", "cuda"))
     from cetrt.export.loading import load_model
 
-    for dtype in ("float16", "float32"):
+    for dtype in dtypes:
         loaded = load_model("smollm2-135m", dtype=dtype)
         model = loaded.model
         model.hf_quantizer = None  # dequantized from the GGUF at load: plain tensors, saved as such
@@ -184,7 +185,7 @@ def step_prep7b(args) -> dict:
 
 def step_smollm2(args) -> dict:
     work = args.work
-    prepared = prepare_smollm2(work, args.dataset)
+    prepared = prepare_smollm2(work, args.dataset, ("float16",) if args.reference_from else ("float16", "float32"))
     engines = work / "engines" / "smollm2"
     cetrt = cetrt_run(engines, args.dataset, work / "smollm2_cetrt.json", args.limit)
     extra = {}
