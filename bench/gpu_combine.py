@@ -102,15 +102,16 @@ def synchronised_compute(big: dict, harness: dict, flop: float, rate: float) -> 
 def predictions_7b(steps: Path, big: dict) -> dict | None:
     """ce-predict (the calib.json of the llama7b step's own engines, `gpu_steps/calib_llama7b.json`, brought back
     with them since 2026-12-05's third session) for each 7B run, term by term against what the run reported: the
-    issue's predictor error, reported again. None where the step files hold no calib.json of that lease."""
+    issue's predictor error, reported again. None where the step files hold no calib.json of these engines (its
+    model hash is theirs, as ce-run requires of the calib.json it reads)."""
     calib_path = steps / "calib_llama7b.json"
-    if not calib_path.is_file() or big["command"].find("llama7b") < 0:
+    calib = json.loads(calib_path.read_text()) if calib_path.is_file() else None
+    if calib is None or calib["model_hash"] != big["runs"]["resident"]["results"]["model_hash"]:
         return None
     from cetrt.calib.presets import load_counting_tokenizer
     from cetrt.families import presets
     from gpu_combine_30b import predicted, terms
 
-    calib = json.loads(calib_path.read_text())
     spec = dataclasses.replace(presets()["llama-7b"], vocab_size=49152)  # the random engines carry SmolLM2's tokenizer
     tokenizer = load_counting_tokenizer(None)[0]
     out = {"calib": str(calib_path.relative_to(ROOT)), "by_run": {}}

@@ -55,7 +55,12 @@ def export_block(
     external_data_bytes: int = EXTERNAL_DATA_BYTES,
 ) -> list[Path]:
     """Write `path` (and `path.data` if external); return the files written, the .onnx first."""
-    return save_block(trace_block(module, examples, spec), path, parameter_bytes(module) > external_data_bytes)
+    return save_block(trace_block(module, examples, spec), path, needs_external_data(module, external_data_bytes))
+
+
+def needs_external_data(module: torch.nn.Module, external_data_bytes: int = EXTERNAL_DATA_BYTES) -> bool:
+    """Whether the block's weights go to `<file>.data` (protobuf holds at most 2 GB)."""
+    return parameter_bytes(module) > external_data_bytes
 
 
 def trace_block(module: torch.nn.Module, examples: dict[str, torch.Tensor], spec: BlockSpec) -> onnx.ModelProto:

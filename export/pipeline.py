@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from cetrt.errors import UserError
 from cetrt.export.loading import DEFAULT_MODEL, LoadedModel, load_model
-from cetrt.export.onnx_export import EXTERNAL_DATA_BYTES, OPSET, parameter_bytes, save_block
+from cetrt.export.onnx_export import EXTERNAL_DATA_BYTES, OPSET, needs_external_data, save_block
 from cetrt.export.shared_graph import SharedGraphs
 from cetrt.families import get_family
 from cetrt.families.base import Family
@@ -161,9 +161,8 @@ def _export_into(out: Path, loaded: LoadedModel, options: ExportOptions) -> Expo
 
     graphs = SharedGraphs(specs, module_of, examples)  # layer blocks of one size: one trace shared
     for block in tqdm(specs, desc="export", unit="block"):
-        path = out / f"block_{block.index:03d}.onnx"
-        external = parameter_bytes(module_of(block)) > options.external_data_bytes
-        files = save_block(graphs.model(block), path, external)
+        module, path = module_of(block), out / f"block_{block.index:03d}.onnx"
+        files = save_block(graphs.model(block, module), path, needs_external_data(module, options.external_data_bytes))
         blocks.append(ExportedBlock(spec=block, files=tuple(FileRecord.of(out, f) for f in files)))
     tokenizer_dir = out / TOKENIZER_DIR
     loaded.tokenizer.save_pretrained(tokenizer_dir)

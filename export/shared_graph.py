@@ -9,7 +9,8 @@ module, must equal its trace initializer for initializer; if it does not, or an 
 unambiguously, every block of that size is traced as before. The blocks in between are written from the first
 block's graph with their own weights: the same files a trace writes (tests/export/test_shared_graph.py).
 CETRT_SHARE_LAYER_GRAPHS=0 traces every block (the benchmark's baseline: bench/export_speed.py).
-Usage: `graphs = SharedGraphs(specs, module_of, examples)`; `model = graphs.model(spec)` for each block in order.
+Usage: `graphs = SharedGraphs(specs, module_of, examples)`; `model = graphs.model(spec, module_of(spec))` for each
+block in order.
 """
 
 from __future__ import annotations
@@ -48,10 +49,8 @@ def weight_sources(model: onnx.ModelProto, module: torch.nn.Module) -> dict[str,
     by_shape: dict[tuple, list[Source]] = defaultdict(list)
     for name, array in tensors.items():
         by_shape[array.shape].append(Source(name))
-        if array.ndim == 2 and array.shape[0] != array.shape[1]:  # a square one matches as it is or not at all
+        if array.ndim == 2:
             by_shape[array.shape[::-1]].append(Source(name, transposed=True))
-        elif array.ndim == 2:
-            by_shape[array.shape].append(Source(name, transposed=True))
     sources = {}
     for initializer in model.graph.initializer:
         value = numpy_helper.to_array(initializer)
@@ -102,8 +101,8 @@ class SharedGraphs:
         self._traced_last: dict[int, onnx.ModelProto] = {}
         self._enabled = switch("CETRT_SHARE_LAYER_GRAPHS", default=True)
 
-    def model(self, spec: BlockSpec) -> onnx.ModelProto:
-        module = self._module_of(spec)
+    def model(self, spec: BlockSpec, module: torch.nn.Module) -> onnx.ModelProto:
+        """The block's model; `module` is `module_of(spec)`."""
         if spec.kind != "layers":
             return trace_block(module, self._examples, spec)
         size = _size(spec)

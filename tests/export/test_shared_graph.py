@@ -11,6 +11,7 @@ from __future__ import annotations
 import filecmp
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 
@@ -106,8 +107,6 @@ def test_a_block_rebuilt_from_another_computes_with_its_own_weights():
     rebuilt = shared_graph.with_weights(template, shared_graph.weight_sources(template, first), second)
     assert shared_graph.same_model(rebuilt, trace_block(second, examples, SPEC))
     assert not shared_graph.same_model(template, trace_block(second, examples, SPEC))
-    import onnxruntime as ort
-
     session = ort.InferenceSession(rebuilt.SerializeToString(), providers=["CPUExecutionProvider"])
     hidden = np.random.default_rng(0).standard_normal((2, 3, 8)).astype(np.float32)
     np.testing.assert_allclose(session.run(None, {HIDDEN: hidden})[0],
