@@ -439,7 +439,7 @@ def step_exitab(args) -> dict:
     """The exit A/B: resident `ce-run`s of the prep7b engines ending at once after their results are written (the
     default since 2026-12-05, cetrt.cli.run_main) against the interpreter's teardown (CETRT_QUICK_EXIT=0),
     alternating, --rounds rounds, page cache dropped before each: 0.9-1.0 s of the 7B runs of 2026-12-05's third
-    session were after ce-run's timer (`after_run_s`), against 0.09 s on the CPU machine."""
+    session were after ce-run's timer (`after_run_s`)."""
     work = args.work
     engines = work / "engines" / "llama7b"
     runs = alternate(engines, args, "exit", {"teardown": {"env": {"CETRT_QUICK_EXIT": "0"}}, "quick": {}})

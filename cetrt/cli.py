@@ -192,7 +192,8 @@ def run_command(engines, dataset, limit, json_path, tokens_per_batch, length_mul
             done_with.unlink(missing_ok=True)
 
 
-def _quick_exit() -> bool:
+def quick_exit() -> bool:
+    """Whether ce-run ends at once after a finished run (the default), or through the teardown (CETRT_QUICK_EXIT=0)."""
     from cetrt.switches import switch
 
     return switch("CETRT_QUICK_EXIT", default=True)
@@ -204,7 +205,7 @@ def run_main() -> None:
     ONNX Runtime's provider and the page-locked pool free what the kernel frees anyway when the process ends.
     CETRT_QUICK_EXIT=0 keeps the teardown (the benchmark's baseline: `bench/gpu_speed.py exitab`). Failed and
     stopped runs leave through `sys.exit` as before; the command called in-process (tests) never ends the process."""
-    quick = user_errors(_quick_exit)()  # a bad value is refused before the run, not after it
+    quick = user_errors(quick_exit)()  # a bad value is refused before the run, not after it
     run_command.main()
     if quick:
         sys.stdout.flush()

@@ -87,6 +87,12 @@ def same_model(a: onnx.ModelProto, b: onnx.ModelProto) -> bool:
     return _without_initializers(a) == _without_initializers(b)
 
 
+def share_layer_graphs() -> bool:
+    """Whether layer blocks of one size share one trace (the default), or, with CETRT_SHARE_LAYER_GRAPHS=0, every
+    block is traced (the benchmark's baseline)."""
+    return switch("CETRT_SHARE_LAYER_GRAPHS", default=True)
+
+
 class SharedGraphs:
     """The ONNX model of each block, in order: layer blocks from their size's shared graph where it is proven."""
 
@@ -99,7 +105,7 @@ class SharedGraphs:
                 self._last[_size(spec)] = spec
         self._shared: dict[int, tuple[onnx.ModelProto, dict[str, Source]] | None] = {}
         self._traced_last: dict[int, onnx.ModelProto] = {}
-        self._enabled = switch("CETRT_SHARE_LAYER_GRAPHS", default=True)
+        self._enabled = share_layer_graphs()
 
     def model(self, spec: BlockSpec, module: torch.nn.Module) -> onnx.ModelProto:
         """The block's model; `module` is `module_of(spec)`."""

@@ -9,7 +9,9 @@ from __future__ import annotations
 import pytest
 
 import cetrt.backends.device as device_module
+from cetrt.cli import quick_exit
 from cetrt.errors import UserError
+from cetrt.export.shared_graph import share_layer_graphs
 from cetrt.runner.evaluate import loads_as_read, prepare_beside_tokenizing
 from cetrt.switches import parse, switch
 from cetrt.workload import encoded_cache
@@ -36,6 +38,8 @@ READERS = {
     "CETRT_PREPARE_BESIDE": prepare_beside_tokenizing,
     "CETRT_SHARED_STREAM": lambda: device_module._shares_stream("cuda", True),
     "CETRT_PINNED": pinned_read_buffers,
+    "CETRT_SHARE_LAYER_GRAPHS": share_layer_graphs,
+    "CETRT_QUICK_EXIT": quick_exit,
 }
 
 
