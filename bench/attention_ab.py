@@ -1,11 +1,13 @@
-"""One decoder layer of a LLaMA shape, random FP16 weights bound as inputs, timed with the export's attention and
-with it fused (cetrt/backends/ort_fusion.py), in one process, on the same packed batches of the dataset.
+"""A block of decoder layers of a LLaMA shape (one by default), random FP16 weights bound as inputs, timed as the
+export writes it, with its attention fused, and as ORT CUDA builds take it (attention fused and each residual add
+fused into its norm: cetrt/backends/ort_fusion.py), in one process, on the same packed batches of the dataset.
 
-What the fusion buys per batch size, beside the whole-run figures: the layer is exported by cetrt's own block
-module and exporter; both graphs are loaded as calib loads a layer engine (ONNX Runtime, the target's provider,
+What each rewrite buys per batch size, beside the whole-run figures: the block is exported by cetrt's own block
+module and exporter; the graphs are loaded as calib loads a layer engine (ONNX Runtime, the target's provider,
 weights bound); each batch is timed at its steady rate, as calib times it (calib.schedule._steady_run), over
-about 16k padded tokens a size.
-With --session-study, only the fused graph, a fresh session per size against one session through every size
+about 16k padded tokens a size. A block of one layer has one residual add to fuse (the other is its output);
+`--layers 6` is SmolLM2's default engine (11 of 12).
+With --session-study, only the build's graph, a fresh session per size against one session through every size
 (as calib and ce-run use one), with each of ONNX Runtime's two arena growth strategies.
 Usage: python bench/attention_ab.py --shape llama-30b --dataset d.jsonl --sizes 2048 4096 8192 --json out.json
 """
@@ -27,7 +29,7 @@ import torch
 
 from cetrt.backends import get_backend
 from cetrt.backends.base import EngineSource, LoadSettings, WeightsBound
-from cetrt.backends.ort_fusion import fuse_attention
+from cetrt.backends.ort_fusion import fuse_attention, fuse_for_gpu
 from cetrt.calib.flop import layer_block_flop
 from cetrt.calib.schedule import _steady_run, _typical_first, _with_hidden
 from cetrt.export.onnx_export import export_block
@@ -46,23 +48,25 @@ from random_llama import load_tokenizer_only, materialize  # noqa: E402
 TOKENS_PER_SIZE = 16384
 
 
-def one_layer(shape: str, tokenizer, tmp: Path, projections=separate_projections):
-    """The export of one random decoder layer of `shape`, split into graph and weights (the same weights for every
-    `projections` form: the generator's seed is fixed)."""
+def one_layer(shape: str, tokenizer, tmp: Path, projections=separate_projections, layers: int = 1):
+    """The export of one block of `layers` random decoder layers of `shape` (one by default), split into graph and
+    weights (the same weights for every `projections` form: the generator's seed is fixed)."""
     from transformers import LlamaForCausalLM
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
-    config = hf_config(shape, 1, len(tokenizer))
+    config = hf_config(shape, layers, len(tokenizer))
     with torch.device("meta"):
         model = LlamaForCausalLM(config).to(torch.float16)
     model.model.rotary_emb = LlamaRotaryEmbedding(config=config)
     family = get_family("llama")
     spec = family.spec_from_config(config)
-    block = block_specs(family, 1, 1, spec.hidden_size, "float16")[1]
-    materialize(model.model.layers[0], torch.Generator().manual_seed(0))
-    _, layers, _ = llama_blocks(model, projections=projections)
-    files = export_block(layers(0, 1).eval(), example_inputs(spec.hidden_size, torch.float16, spec.vocab_size), block,
-                         tmp / "layer.onnx")
+    block = block_specs(family, layers, layers, spec.hidden_size, "float16")[1]
+    generator = torch.Generator().manual_seed(0)
+    for layer in model.model.layers:
+        materialize(layer, generator)
+    _, make_block, _ = llama_blocks(model, projections=projections)
+    files = export_block(make_block(0, layers).eval(), example_inputs(spec.hidden_size, torch.float16, spec.vocab_size),
+                         block, tmp / "layer.onnx")
     return spec, block, split_block(files[0])
 
 
@@ -80,7 +84,7 @@ def time_session(session, block, batches, exported) -> dict:
             continue  # warm-up
         seconds += elapsed
         tokens += batch.shape[0] * batch.shape[1]
-        flop += layer_block_flop(exported.model, 1, batch)
+        flop += layer_block_flop(exported.model, block.last_layer - block.first_layer, batch)
         if tokens >= TOKENS_PER_SIZE:
             break
     return {"s_per_padded_token": seconds / tokens, "padded_tokens": tokens, "tflops_useful": flop / seconds / 1e12}
@@ -115,6 +119,7 @@ def main() -> None:
     parser.add_argument("--target", default="cuda")
     parser.add_argument("--sizes", type=int, nargs="+", default=[2048, 4096, 8192])
     parser.add_argument("--items", type=int, default=400)
+    parser.add_argument("--layers", type=int, default=1, help="decoder layers in the block")
     parser.add_argument("--session-study", action="store_true",
                         help="only the fused graph: a fresh session per size against one session through all sizes")
     parser.add_argument("--json", type=Path, required=True)
@@ -123,10 +128,11 @@ def main() -> None:
     target, backend = Target.from_name(args.target), get_backend("onnxruntime")
     rows = pack_docs(tokenizer, load_docs(args.dataset, args.items))
     with tempfile.TemporaryDirectory(prefix="attention-ab-") as tmp:
-        spec, block, split = one_layer(args.shape, tokenizer, Path(tmp))
+        spec, block, split = one_layer(args.shape, tokenizer, Path(tmp), layers=args.layers)
         exported = SimpleNamespace(model=spec, dtype="float16")
-        fused, count = fuse_attention(split.graph)
-        graphs = {"export": split.graph, "fused": fused}
+        attention, _ = fuse_attention(split.graph)
+        fused, count = fuse_for_gpu(split.graph)
+        graphs = {"export": split.graph, "attention": attention, "attention_norms": fused}
         sizes, study = {}, None
         if args.session_study:
             study = session_study(backend, target, fused, split, block, Path(tmp) / "layer.onnx", rows, exported,
@@ -139,10 +145,12 @@ def main() -> None:
                 session = bound(backend, target, graph, split, Path(tmp) / "layer.onnx")
                 sizes[str(size)][name] = time_session(session, block, batches, exported)
                 session.close()
-            sizes[str(size)]["export_over_fused"] = (sizes[str(size)]["export"]["s_per_padded_token"]
-                                                     / sizes[str(size)]["fused"]["s_per_padded_token"])
+            per_token = {name: sizes[str(size)][name]["s_per_padded_token"] for name in graphs}
+            sizes[str(size)]["export_over_attention"] = per_token["export"] / per_token["attention"]
+            sizes[str(size)]["attention_over_attention_norms"] = per_token["attention"] / per_token["attention_norms"]
             print(size, json.dumps(sizes[str(size)]), flush=True)
-    result = {"benchmark": __doc__.splitlines()[0], "shape": args.shape, "fused_attention_nodes": count,
+    result = {"benchmark": " ".join(__doc__.split("\n\n")[0].split()), "shape": args.shape, "layers": args.layers,
+              "fused_nodes": count,
               "sizes": sizes, **({"session_study": study} if study else {}), "machine": {"node": platform.node(), "gpu": torch.cuda.get_device_name(0)
                                           if torch.cuda.is_available() else None},
               "versions": {"onnxruntime": __import__("onnxruntime").__version__, "torch": torch.__version__},

@@ -44,6 +44,9 @@ both counted the same way, in one call per step; every run a separate process ti
   loadab    the resident-loading A/B on the prep7b engines: reading before the preparation is done and loading
             each engine as it arrives (the default since 2026-12-04) against the order and pace before
             (CETRT_LOAD_AS_READ=0), resident, alternating, --rounds rounds.
+  fusionab  the ORT CUDA rewrites one block at a time (bench/attention_ab.py): the export's graph, attention fused,
+            and the build's graph (attention and residual adds into norms fused), on SmolLM2's 6-layer block at
+            16,384 and 4,096 tokens a batch, a 7B layer at 8,192 and a 30B layer at 4,096 (calib's choices).
   The 30B steps take --shape/--layers/--target, so `--shape smollm2-135m --layers 2 --target cpu` tests them here.
 Each step writes <step>.json under --out (machine, versions, commands); `combine` (here, not on the device)
 writes bench/results/gpu_engines.json and bench/results/gpu_end_to_end_7b.json from them.
@@ -453,6 +456,22 @@ def step_exitab(args) -> dict:
             "max_score_difference_last_round": score_difference(work / "exit_teardown.json", work / "exit_quick.json")}
 
 
+FUSION_CASES = (("smollm2-135m", 6, (16384, 4096)), ("llama-7b", 1, (8192,)), ("llama-30b", 1, (4096,)))
+
+
+def step_fusionab(args) -> dict:
+    """The ORT CUDA rewrites per block (bench/attention_ab.py, one process a shape): the export's graph, attention
+    fused (the build until 2026-12-05) and the build's graph since (residual adds fused into norms too), timed on
+    the same batches; the shapes, blocks and batch sizes of the whole-run steps."""
+    out = {}
+    for shape, layers, sizes in FUSION_CASES:
+        path = args.work / f"fusionab_{shape}.json"
+        run([sys.executable, ROOT / "bench" / "attention_ab.py", "--shape", shape, "--layers", str(layers),
+             "--dataset", args.dataset, "--target", args.target, "--sizes", *map(str, sizes), "--json", path])
+        out[shape] = json.loads(path.read_text())
+    return {"cases": out}
+
+
 def step_mergeab(args) -> dict:
     """calib's merge rule on the 7B shape: LLaMA-7B-shaped random layers built as 1-layer and as 2-layer engines
     (bench/random_engines.py --layers-per-engine 1 / 2, --distinct-layers 8 to spare the disk: every block still
@@ -701,13 +720,15 @@ def step_smoke(args) -> dict:
               "max_diff_streamed_vs_resident": float(np.abs(stream - cuda).max()),
               "max_diff_merged_vs_one_layer_engines": float(np.abs(fused - cuda).max()),
               "streamed_plan": streamed.extra["streaming"]["plan"],
-              "fused_attention": {name: [t.details.get("fused_attention") for t in read_manifest(work / name).engine_types]
-                                  for name in ("cuda", "cuda-merged")}}
+              **{key: {name: [t.details.get(key) for t in read_manifest(work / name).engine_types]
+                       for name in ("cuda", "cuda-merged")} for key in ("fused_attention", "fused_norms")}}
     print(json.dumps(result), flush=True)
     assert result["max_diff_cuda_vs_cpu"] < 0.1 and result["max_diff_streamed_vs_resident"] < 1e-3, result
     assert result["max_diff_merged_vs_one_layer_engines"] < 1e-2, result
     # every layer's attention fused (engine types: embed, the layer types, head)
     assert result["fused_attention"] == {"cuda": [0, 1, 0], "cuda-merged": [0, 2, 1, 0]}, result
+    # every residual add that feeds a norm fused into it: 2 a layer, less a block's last (its output)
+    assert result["fused_norms"] == {"cuda": [0, 1, 0], "cuda-merged": [0, 3, 1, 0]}, result
     return result
 
 
@@ -717,7 +738,7 @@ STEPS = {"smoke": step_smoke, "smollm2": step_smollm2, "prep7b": step_prep7b, "l
          "prep30b": step_prep30b, "llama30b": step_llama30b, "llama30b_third": step_llama30b_third,
          "harness30b": step_harness30b, "profile30b": step_profile30b, "startab": step_startab,
          "lengthab": step_lengthab, "sustained": step_sustained, "switchab": step_switchab, "pinab": step_pinab,
-         "mergeab": step_mergeab, "exitab": step_exitab}
+         "mergeab": step_mergeab, "exitab": step_exitab, "fusionab": step_fusionab}
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
 Build runs ORT's graph optimizer at the extended level (fusions that stay valid across machines of the same
 provider) and saves the result; for a GPU it first fuses each layer's attention into ORT's MultiHeadAttention
-(cetrt/backends/ort_fusion.py), which that optimizer does not do. Load creates a session from the engine's
+and each residual add into the norm that reads it (cetrt/backends/ort_fusion.py), which that optimizer does not do. Load creates a session from the engine's
 bytes, read by the caller.
 On CPU, tensors between blocks are NumPy arrays.
 Usage: `OnnxRuntimeBackend().build(onnx, engine, block, Target.from_name("cpu"), BuildSettings())`.
@@ -32,8 +32,8 @@ def _ort():
     return onnxruntime
 
 
-def _fuses_attention(target: Target) -> bool:
-    """The one rule for which builds rewrite attention (cetrt.backends.ort_fusion): those for a GPU."""
+def _rewrites_for_gpu(target: Target) -> bool:
+    """The one rule for which builds rewrite attention and norms (cetrt.backends.ort_fusion): those for a GPU."""
     return target.device == "cuda"
 
 
@@ -168,28 +168,28 @@ class OnnxRuntimeBackend(Backend):
         return _ort().__version__
 
     def graph_for(self, model, target: Target):
-        from cetrt.backends.ort_fusion import fuse_attention  # onnx: build and calib only, not ce-run
+        from cetrt.backends.ort_fusion import fuse_for_gpu  # onnx: build and calib only, not ce-run
 
-        return fuse_attention(model)[0] if _fuses_attention(target) else model
+        return fuse_for_gpu(model)[0] if _rewrites_for_gpu(target) else model
 
     def rewrites(self, target: Target) -> str | None:
         from cetrt.backends.ort_fusion import FUSION
 
-        return FUSION if _fuses_attention(target) else None
+        return FUSION if _rewrites_for_gpu(target) else None
 
     def build(self, onnx_path: Path, engine_path: Path, block: BlockSpec, target: Target,
               settings: BuildSettings) -> BuildResult:
         start = time.perf_counter()
         details = {"optimization": "extended"}
-        if not _fuses_attention(target):
+        if not _rewrites_for_gpu(target):
             self._optimize(onnx_path, engine_path, target)
         else:  # the fused graph beside the source, where its external weights (if any) resolve
             import onnx
 
-            from cetrt.backends.ort_fusion import fuse_attention
+            from cetrt.backends.ort_fusion import fuse_for_gpu
 
-            model, fused = fuse_attention(onnx.load(str(onnx_path), load_external_data=False))
-            details["fused_attention"] = fused
+            model, fused = fuse_for_gpu(onnx.load(str(onnx_path), load_external_data=False))
+            details["fused_attention"], details["fused_norms"] = fused["attention"], fused["norms"]
             staged = onnx_path.with_name(f"{onnx_path.stem}.fused-{os.getpid()}.onnx")
             try:
                 onnx.save(model, str(staged))

@@ -1,27 +1,31 @@
-"""Attention fused for ONNX Runtime's CUDA provider: each layer's attention subgraph becomes one
-com.microsoft.MultiHeadAttention node, with the packed shared-prefix mask as its attention bias.
+"""The graph ONNX Runtime's CUDA provider builds: the export's layer blocks with attention and the norms fused
+(`fuse_for_gpu`). Attention is rewritten here; residual adds into norms in cetrt/backends/ort_norms.py.
 
-The export writes attention in standard opset-17 ops (`cetrt.families.common.attention`), which TensorRT fuses
-by itself. ORT's CUDA provider does not: it runs about fifteen kernels per layer that write the [B, H, L, L]
-scores several times over, in FP32. MultiHeadAttention does the same arithmetic in ORT's fused kernels (FP16
-products, softmax accumulated in FP32). Grouped K/V heads are repeated to the query's heads first, as the
-export's broadcast does. Only graphs that ORT builds for a GPU are rewritten; the ONNX that TensorRT and the
-precision check see does not change. A graph whose attention does not match the pattern is left as it is.
-Usage: `model, fused = fuse_attention(model)`.
+Each layer's attention subgraph becomes one com.microsoft.MultiHeadAttention node, with the packed shared-prefix
+mask as its attention bias. The export writes attention in standard opset-17 ops
+(`cetrt.families.common.attention`), which TensorRT fuses by itself. ORT's CUDA provider does not: it runs about
+fifteen kernels per layer that write the [B, H, L, L] scores several times over, in FP32. MultiHeadAttention does
+the same arithmetic in ORT's fused kernels (FP16 products, softmax accumulated in FP32). Grouped K/V heads are
+repeated to the query's heads first, as the export's broadcast does. Only graphs that ORT builds for a GPU are
+rewritten; the ONNX that TensorRT and the precision check see does not change. A graph whose attention does not
+match the pattern is left as it is. SiLU x up has no op of its own in ONNX Runtime (its SwiGLU lives inside the
+MoE op); its optimizer already makes the SiLU one kernel (QuickGelu), leaving one Mul.
+Usage: `model, counts = fuse_for_gpu(model)`.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 
-import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
-MS_DOMAIN = "com.microsoft"
-FUSION = "attention as com.microsoft.MultiHeadAttention, version 1"  # a build input: bump it when the rewrite changes
-_PREFIX = "cetrt_fused"
+from cetrt.backends.graph_edit import MS_DOMAIN, Emitter, GraphIndex, attribute, drop_unused, use_ms_domain
+from cetrt.backends.ort_norms import fuse_norms
+
+# A build input: bump it when a rewrite changes.
+FUSION = ("attention as com.microsoft.MultiHeadAttention, residual adds into com.microsoft.Skip(Simplified)"
+          "LayerNormalization, version 2")
 
 
 @dataclass(frozen=True)
@@ -39,56 +43,12 @@ class _Attention:
     mask_needs_head_axis: bool = False
 
 
-class _Graph:
-    """Lookups over a graph: who makes a tensor, who reads it, constants, and inferred shapes and types."""
-
-    def __init__(self, model: onnx.ModelProto):
-        graph = model.graph
-        self.producer = {out: node for node in graph.node for out in node.output}
-        self.consumers: dict[str, list] = defaultdict(list)
-        for node in graph.node:
-            for name in node.input:
-                self.consumers[name].append(node)
-        self.constants = {t.name: t for t in graph.initializer if not t.external_data}  # weights may be elsewhere
-        for node in graph.node:
-            if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-                self.constants[node.output[0]] = node.attribute[0].t
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
-        self.shapes, self.types = {}, {}
-        for info in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
-            tensor = info.type.tensor_type
-            self.types[info.name] = tensor.elem_type
-            self.shapes[info.name] = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
-
-    def made_by(self, name: str, op_type: str) -> onnx.NodeProto | None:
-        node = self.producer.get(name)
-        return node if node is not None and node.op_type == op_type else None
-
-    def only_reader(self, name: str, op_type: str) -> onnx.NodeProto | None:
-        readers = self.consumers.get(name, [])
-        return readers[0] if len(readers) == 1 and readers[0].op_type == op_type else None
-
-    def skip_cast_back(self, name: str) -> str:
-        """The tensor before a Cast (the export casts scores to FP32 and probabilities back)."""
-        cast = self.made_by(name, "Cast")
-        return cast.input[0] if cast is not None else name
-
-    def skip_cast_forward(self, name: str) -> str:
-        cast = self.only_reader(name, "Cast")
-        return cast.output[0] if cast is not None else name
-
-    def scalar(self, name: str) -> float | None:
-        tensor = self.constants.get(name)
-        if tensor is None or int(np.prod(tensor.dims)) != 1:
-            return None
-        return float(numpy_helper.to_array(tensor).reshape(-1)[0])
-
-
 def _perm(node: onnx.NodeProto) -> list[int] | None:
-    return next((list(helper.get_attribute_value(a)) for a in node.attribute if a.name == "perm"), None)
+    perm = attribute(node, "perm")
+    return list(perm) if perm is not None else None
 
 
-def _match(g: _Graph, softmax: onnx.NodeProto) -> _Attention | None:
+def _match(g: GraphIndex, softmax: onnx.NodeProto) -> _Attention | None:
     """softmax(Q' K^T + mask) V, as the export writes it, or None."""
     add = g.made_by(softmax.input[0], "Add")
     if add is None:
@@ -125,30 +85,7 @@ def _match(g: _Graph, softmax: onnx.NodeProto) -> _Attention | None:
     return attention if ranks == [4, 4, 4] and (mask_rank == 4 or merged_unsqueeze) else None
 
 
-class _Emitter:
-    """New nodes and constants, named uniquely."""
-
-    def __init__(self):
-        self.nodes: list[onnx.NodeProto] = []
-        self.initializers: list[onnx.TensorProto] = []
-        self._count = 0
-
-    def name(self, what: str) -> str:
-        self._count += 1
-        return f"{_PREFIX}_{what}_{self._count}"
-
-    def constant(self, values: list[int]) -> str:
-        name = self.name("shape")
-        self.initializers.append(numpy_helper.from_array(np.asarray(values, dtype=np.int64), name))
-        return name
-
-    def node(self, op_type: str, inputs: list[str], domain: str = "", output: str | None = None, **attrs) -> str:
-        out = output or self.name(op_type.lower())
-        self.nodes.append(helper.make_node(op_type, inputs, [out], name=self.name(op_type), domain=domain, **attrs))
-        return out
-
-
-def _to_sequence_major(g: _Graph, emit: _Emitter, name: str, heads: int, size: int) -> str:
+def _to_sequence_major(g: GraphIndex, emit: Emitter, name: str, heads: int, size: int) -> str:
     """[B, heads, L, D] -> [B, L, heads * D]; the export's own [B, L, heads * D] tensor where it split heads from
     one (Reshape then Transpose), else a Transpose and a Reshape."""
     swap = g.made_by(name, "Transpose")
@@ -160,7 +97,7 @@ def _to_sequence_major(g: _Graph, emit: _Emitter, name: str, heads: int, size: i
     return emit.node("Reshape", [swapped, emit.constant([0, 0, heads * size])])
 
 
-def _repeat_heads(emit: _Emitter, name: str, kv_heads: int, group: int, size: int) -> str:
+def _repeat_heads(emit: Emitter, name: str, kv_heads: int, group: int, size: int) -> str:
     """[B, L, kv_heads * D] -> [B, L, kv_heads * group * D], each K/V head repeated for its group of query heads
     (query head h reads K/V head h // group, as the export's grouping does)."""
     split = emit.node("Reshape", [name, emit.constant([0, 0, kv_heads, 1, size])])
@@ -171,11 +108,11 @@ def _repeat_heads(emit: _Emitter, name: str, kv_heads: int, group: int, size: in
 def fuse_attention(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """A copy of `model` with each matched attention subgraph replaced by MultiHeadAttention; and how many."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
-    g = _Graph(model)
+    g = GraphIndex(model)
     found = [a for a in (_match(g, n) for n in model.graph.node if n.op_type == "Softmax") if a is not None]
     if not found:
         return model, 0
-    emit, biases, placed = _Emitter(), {}, {}
+    emit, biases, placed = Emitter(), {}, {}
     for attention in found:
         start = len(emit.nodes)
         _, heads, _, size = g.shapes[attention.query]
@@ -204,27 +141,14 @@ def fuse_attention(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     model.graph.initializer.extend(emit.initializers)
-    _drop_unused(model.graph)
-    if not any(o.domain == MS_DOMAIN for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    drop_unused(model.graph)
+    use_ms_domain(model)
     return model, len(found)
 
 
-def _drop_unused(graph: onnx.GraphProto) -> None:
-    """Nodes, constants and shape annotations no graph output depends on any more."""
-    needed = {o.name for o in graph.output}
-    kept = []
-    for node in reversed(graph.node):
-        if any(out in needed for out in node.output):
-            kept.append(node)
-            needed.update(name for name in node.input if name)
-    del graph.node[:]
-    graph.node.extend(reversed(kept))
-    live = needed | {i.name for i in graph.input}
-    initializers = [t for t in graph.initializer if t.name in needed]
-    del graph.initializer[:]
-    graph.initializer.extend(initializers)
-    produced = {out for node in graph.node for out in node.output}
-    infos = [v for v in graph.value_info if v.name in produced or v.name in live]
-    del graph.value_info[:]
-    graph.value_info.extend(infos)
+def fuse_for_gpu(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
+    """A copy of `model` as ORT's CUDA builds take it: attention fused, then each residual add into its norm; and
+    how many of each."""
+    model, attention = fuse_attention(model)
+    model, norms = fuse_norms(model)
+    return model, {"attention": attention, "norms": norms}

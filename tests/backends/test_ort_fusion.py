@@ -1,10 +1,11 @@
-"""Attention fused for ONNX Runtime on a GPU (cetrt/backends/ort_fusion.py): the same numbers as the export's graph.
+"""The graph ONNX Runtime builds for a GPU (cetrt/backends/ort_fusion.py: attention fused, residual adds fused into
+their norms by cetrt/backends/ort_norms.py): the same numbers as the export's graph.
 
-Every family's layer blocks (grouped K/V heads in LLaMA, Phi-3 and Qwen2, biases and no rotary in OPT, two
-layers a block), weights as inputs as ce-build splits them and weights inside, are rewritten and run on ORT's
-CPU provider, which implements MultiHeadAttention too, on real
-packed batches of the dataset: the fused graph must give the export's hidden states to FP32 rounding, every
-layer's attention must be fused, and the packed mask must still matter.
+Every family's layer blocks (grouped K/V heads in LLaMA, Phi-3 and Qwen2, biases and no rotary in OPT, OPT's
+post-norm variant, two layers a block), weights as inputs as ce-build splits them and weights inside, are
+rewritten and run on ORT's CPU provider, which implements MultiHeadAttention and both Skip norms too, on real
+packed batches of the dataset: the rewritten graph must give the export's hidden states to FP32 rounding, every
+layer's attention and every residual add that feeds a norm must be fused, and the packed mask must still matter.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import pytest
 from tiny_models import ARCHS
 
 from cetrt.backends.onnxruntime import OnnxRuntimeBackend
-from cetrt.backends.ort_fusion import MS_DOMAIN, fuse_attention
+from cetrt.backends.ort_fusion import MS_DOMAIN, fuse_attention, fuse_for_gpu
+from cetrt.backends.ort_norms import fuse_norms
 from cetrt.formats.blocks import TOKENIZER_DIR, read_blocks
 from cetrt.formats.weights import split_block
 from cetrt.spec import HIDDEN, Target
@@ -48,8 +50,14 @@ def _feeds(export_dir, exported, hellaswag_path) -> list[dict]:
 CASES = [(arch, "inputs") for arch in ARCHS] + [("llama", "inside")]
 
 
+def _residual_norms(arch: str, layers: int) -> int:
+    """Residual adds that feed a norm in a block of `layers`: both of each layer's, less the block's last (its
+    output), except in a post-norm layer, where each add's sum is normalised at once."""
+    return 2 * layers if arch == "opt-postnorm" else 2 * layers - 1
+
+
 @pytest.mark.parametrize("arch, weights", CASES)
-def test_fused_attention_computes_what_the_export_does(zoo, hellaswag_path, arch, weights):
+def test_the_gpu_graph_computes_what_the_export_does(zoo, hellaswag_path, arch, weights):
     export_dir = zoo.onnx(arch)
     exported = read_blocks(export_dir)
     feeds = _feeds(export_dir, exported, hellaswag_path)
@@ -60,12 +68,14 @@ def test_fused_attention_computes_what_the_export_does(zoo, hellaswag_path, arch
             model, bound = split.graph, split.weights
         else:
             model, bound = onnx.load(str(path)), {}
-        fused, count = fuse_attention(model)
+        fused, count = fuse_for_gpu(model)
         layers = block.spec.last_layer - block.spec.first_layer
-        assert count == layers
+        assert count == {"attention": layers, "norms": _residual_norms(arch, layers)}
         ops = [n.op_type for n in fused.graph.node]
         assert ops.count("MultiHeadAttention") == layers and "Softmax" not in ops
-        assert {n.domain for n in fused.graph.node if n.op_type == "MultiHeadAttention"} == {MS_DOMAIN}
+        skip_norm = "SkipLayerNormalization" if arch.startswith("opt") else "SkipSimplifiedLayerNormalization"
+        assert ops.count(skip_norm) == count["norms"]
+        assert {n.domain for n in fused.graph.node if n.op_type in ("MultiHeadAttention", skip_norm)} == {MS_DOMAIN}
         onnx.checker.check_model(fused)
         reference, rewritten = _session(model, optimize=False), _session(fused, optimize=True)
         names = [i.name for i in reference.get_inputs()]
@@ -81,8 +91,28 @@ def test_a_graph_without_the_pattern_is_left_alone(zoo):
     export_dir = zoo.onnx("llama")
     head = next(b for b in read_blocks(export_dir).blocks if b.spec.kind == "head")
     model = onnx.load(str(export_dir / head.onnx_file.path))
-    fused, count = fuse_attention(model)
-    assert count == 0 and fused.SerializeToString() == model.SerializeToString()
+    fused, count = fuse_for_gpu(model)
+    assert count == {"attention": 0, "norms": 0} and fused.SerializeToString() == model.SerializeToString()
+
+
+@pytest.mark.parametrize("arch", ["llama", "opt"])
+def test_fp16_norms_fused_round_as_the_export_does(zoo, hellaswag_path, arch):
+    """In an FP16 model the fused norm adds in FP16 and takes its statistics in FP32, as the export does (OPT's
+    LayerNorm weights, which the exporter folded to FP32 constants, are cast back to FP16 without loss)."""
+    export_dir = zoo.onnx(arch, "float16")
+    exported = read_blocks(export_dir)
+    block = next(b for b in exported.blocks if b.spec.kind == "layers")
+    split = split_block(export_dir / block.onnx_file.path)
+    fused, count = fuse_norms(split.graph)
+    assert count == 3
+    reference, rewritten = _session(split.graph, optimize=False), _session(fused, optimize=True)
+    names = [i.name for i in reference.get_inputs()]
+    for inputs in _feeds(export_dir, exported, hellaswag_path):
+        inputs[HIDDEN] = inputs[HIDDEN].astype(np.float16)
+        feed = {name: {**inputs, **split.weights}[name] for name in names}
+        expected = reference.run(None, feed)[0].astype(np.float32)
+        got = rewritten.run(None, feed)[0].astype(np.float32)
+        assert np.abs(got - expected).max() <= 2e-3 * np.abs(expected).max()
 
 
 def test_only_gpu_builds_fuse(zoo):
