@@ -20,7 +20,7 @@ from tqdm import tqdm
 from cetrt.errors import UserError
 from cetrt.export.loading import DEFAULT_MODEL, LoadedModel, load_model
 from cetrt.export.onnx_export import EXTERNAL_DATA_BYTES, OPSET, needs_external_data, save_block
-from cetrt.export.shared_graph import SharedGraphs
+from cetrt.export.shared_graph import SharedGraphs, share_layer_graphs
 from cetrt.families import get_family
 from cetrt.families.base import Family
 from cetrt.files import FileRecord
@@ -183,6 +183,7 @@ def _export_into(out: Path, loaded: LoadedModel, options: ExportOptions) -> Expo
 def export_model(options: ExportOptions, announce=lambda text: None) -> ExportedModel:
     """Reuse the export in `out_dir` if its inputs are unchanged and its files verify; else load the model in the
     export precision and write every block."""
+    share_layer_graphs()  # a mistyped CETRT_SHARE_LAYER_GRAPHS is refused now, not after the model has loaded
     source = resolve_source(options.model)
     hash_ = model_hash(source)
     existing, why = reusable_export(Path(options.out_dir), export_inputs(hash_, options))

@@ -111,3 +111,13 @@ def test_a_block_rebuilt_from_another_computes_with_its_own_weights():
     hidden = np.random.default_rng(0).standard_normal((2, 3, 8)).astype(np.float32)
     np.testing.assert_allclose(session.run(None, {HIDDEN: hidden})[0],
                                second(torch.from_numpy(hidden)).detach().numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_a_mistyped_switch_is_refused_before_the_model_loads(monkeypatch, tmp_path):
+    import cetrt.export.pipeline as pipeline
+    from cetrt.errors import UserError
+
+    monkeypatch.setenv("CETRT_SHARE_LAYER_GRAPHS", "yes")
+    monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: pytest.fail("the model was loaded first"))
+    with pytest.raises(UserError, match="CETRT_SHARE_LAYER_GRAPHS"):
+        export_model(ExportOptions(model=str(tmp_path / "any-model"), out_dir=tmp_path / "out"))
