@@ -65,6 +65,30 @@ def test_batches_cover_every_row_once_in_few_padded_shapes():
     assert arrays[POSITION_IDS].dtype == np.int64
 
 
+def test_rows_of_one_length_are_batched_by_the_positions_they_score(tokenizer, hellaswag_path):
+    """The head computes the vocabulary for every slot of a batch (its rows' most scored positions): rows of one
+    padded length go to that length's batches in order of their scored positions, so a batch's rows need about as
+    many slots. Same batch shapes as rows in order of length; fewer slots."""
+    rows = pack_all(encode_docs(tokenizer, load_docs(hellaswag_path, 400)))
+    plan = ShapePlan(tokens_per_batch=1024)
+    batches = make_batches(rows, plan)
+    by_length: dict[int, list[int]] = {}
+    for b in batches:
+        scored = [len(r.targets) for r in b.rows]
+        assert scored == sorted(scored) and b.slots == max(scored)
+        by_length.setdefault(b.length, []).extend(scored)
+    assert all(counts == sorted(counts) for counts in by_length.values())
+    by_real_length = sorted(rows, key=lambda r: r.length)  # the order before 2026-12-05
+    before, start = [], 0
+    while start < len(by_real_length):
+        length = plan.padded_length(by_real_length[start].length)
+        group = [r for r in by_real_length[start: start + plan.batch_size(length)] if r.length <= length]
+        before.append((len(group), length, max(len(r.targets) for r in group)))
+        start += len(group)
+    assert [b.shape for b in batches] == [(n, length) for n, length, _ in before]
+    assert sum(len(b.rows) * b.slots for b in batches) < 0.95 * sum(n * slots for n, _, slots in before)
+
+
 def test_positions_beyond_the_model_are_refused_with_a_message():
     with pytest.raises(UserError, match="positions"):
         make_batches([pack(0, encoded())], ShapePlan(), max_positions=4)
