@@ -218,7 +218,9 @@ def combine_7b(steps: Path, results: Path) -> None:
             "llama7b_random_weights": {"acc": resident["acc"], "acc_norm": resident["acc_norm"],
                                        "note": "random weights: chance-level by design; equal in all three runs"},
         },
-        "profiles": {"smollm2_layer_block": small["profile"], "llama7b_layer_block": big["profile"]},
+        "profiles": {"smollm2_layer_block": small["profile"], "llama7b_layer_block": big["profile"],
+                     # the heads' profiles: since 2026-12-05's fourth session (absent from earlier step files)
+                     "smollm2_head": small.get("profile_head"), "llama7b_head": big.get("profile_head")},
         "smollm2_schedule": small["prepared"]["calib"]["schedule"],
         "machine": small["machine"], "commands": small["commands"] + big["commands"],
         "step_commands": [small["command"], big["command"]],

@@ -6,7 +6,8 @@ both counted the same way, in one call per step; every run a separate process ti
             (what `make engines TARGET=cuda` runs) and its HF FP16 and FP32 weights as safetensors; then all items,
             page cache dropped before each: `ce-run` end to end (process, tokenizing, loading, scoring) against
             bench/hf_harness.py end to end (process, loading from safetensors, tokenizing, scoring); the FP32
-            reference's accuracy; a profile of one batch through a layer block. `ce-run` again with its GPU
+            reference's accuracy; a profile of one batch through a layer block and through the head; the
+            blocks' synchronised compute (bench/run_blocks.py, two passes). `ce-run` again with its GPU
             buffers through torch (CETRT_DEVICE=torch, as before 2026-12-02): the device's A/B.
   prep7b    a LLaMA-7B-shaped random model as engines (bench/random_engines.py, calibrated here) and as HF
             safetensors (other random values, same shape).
@@ -204,11 +205,18 @@ def step_smollm2(args) -> dict:
     else:
         reference = harness_run(work / "hf" / "smollm2-float32", args.dataset, work / "smollm2_hf32.json", args.limit,
                                 dtype="float32", rounds=1)
-    _, prof = run([sys.executable, ROOT / "bench" / "profile_block.py", "--engines", engines, "--dataset",
-                   args.dataset, "--json", work / "smollm2_profile.json"])
+    for block in ("layers", "head"):
+        run([sys.executable, ROOT / "bench" / "profile_block.py", "--engines", engines, "--dataset", args.dataset,
+             "--block", block, "--json", work / f"smollm2_profile_{block}.json"])
+    # where the compute goes, block by block, the device synchronised after each block (a warm second pass too)
+    limit = ["--limit", str(args.limit)] if args.limit else []
+    run([sys.executable, ROOT / "bench" / "run_blocks.py", "--engines", engines, "--dataset", args.dataset, *limit,
+         "--passes", "2", "--json", work / "smollm2_blocks.json"], env={"CETRT_NO_CACHE": "1"})
     ref = reference["first_round"]
     return {"prepared": prepared, "cetrt": cetrt, **extra, "harness_fp16": harness,
-            "reference_fp32": reference, "profile": json.loads((work / "smollm2_profile.json").read_text()),
+            "reference_fp32": reference, "profile": json.loads((work / "smollm2_profile_layers.json").read_text()),
+            "profile_head": json.loads((work / "smollm2_profile_head.json").read_text()),
+            "blocks_synchronised": json.loads((work / "smollm2_blocks.json").read_text()),
             "acc_diff_points_vs_fp32": round(100 * (cetrt["results"]["acc"] - ref["acc"]), 3),
             "acc_norm_diff_points_vs_fp32": round(100 * (cetrt["results"]["acc_norm"] - ref["acc_norm"]), 3),
             "harness_over_cetrt": round(harness["end_to_end_s"] / cetrt["end_to_end_s"], 3)}
