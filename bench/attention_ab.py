@@ -121,7 +121,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=400)
     parser.add_argument("--layers", type=int, default=1, help="decoder layers in the block")
     parser.add_argument("--session-study", action="store_true",
-                        help="only the fused graph: a fresh session per size against one session through all sizes")
+                        help="only the build's graph: a fresh session per size against one session through all sizes")
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args()
     tokenizer = load_tokenizer_only()

@@ -2,7 +2,8 @@
 
 Build runs ORT's graph optimizer at the extended level (fusions that stay valid across machines of the same
 provider) and saves the result; for a GPU it first fuses each layer's attention into ORT's MultiHeadAttention
-and each residual add into the norm that reads it (cetrt/backends/ort_fusion.py), which that optimizer does not do. Load creates a session from the engine's
+and each residual add into the norm that reads it (cetrt/backends/ort_fusion.py), which that optimizer does not
+do. Load creates a session from the engine's
 bytes, read by the caller.
 On CPU, tensors between blocks are NumPy arrays.
 Usage: `OnnxRuntimeBackend().build(onnx, engine, block, Target.from_name("cpu"), BuildSettings())`.

@@ -19,15 +19,16 @@ from dataclasses import dataclass
 import onnx
 from onnx import TensorProto, helper
 
-from cetrt.backends.graph_edit import MS_DOMAIN, GraphIndex, attribute, drop_unused, sort_nodes, use_ms_domain
+from cetrt.backends.graph_edit import (MS_DOMAIN, PREFIX, GraphIndex, attribute, drop_unused, sort_nodes,
+                                      use_ms_domain)
 
 _FLOATS = (TensorProto.FLOAT, TensorProto.FLOAT16)
 
 
 @dataclass(frozen=True)
 class _Norm:
-    """One residual add and the norm of its sum: `output` is the norm in the model's dtype, `readers` the norm's
-    nodes that read the sum (they go with the norm)."""
+    """One residual add and the norm of its sum: `output` is the norm in the model's dtype, `readers` the ids of
+    the norm's nodes that read the sum (they go with the norm)."""
 
     add: onnx.NodeProto
     op_type: str  # the fused op
@@ -78,6 +79,8 @@ def _layer_norm(g: GraphIndex, norm: onnx.NodeProto) -> _Norm | None:
     """LayerNormalization over the last axis (in FP32 between casts: `layer_norm`) of a residual add's sum."""
     if attribute(norm, "axis", -1) not in (-1, len(g.shapes.get(norm.input[0]) or []) - 1) or len(norm.input) < 2:
         return None
+    if any(name and g.consumers.get(name) for name in norm.output[1:]):
+        return None  # its mean or inverse deviation is read: the fused op does not give them
     weight = g.skip_cast_back(norm.input[1])
     bias = g.skip_cast_back(norm.input[2]) if len(norm.input) > 2 and norm.input[2] else None
     return _of_residual(g, norm.input[0], (norm,), "SkipLayerNormalization", weight, bias,
@@ -143,8 +146,8 @@ def fuse_norms(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
             nodes.append(node)
     del model.graph.node[:]
     model.graph.node.extend(nodes)
-    drop_unused(model.graph)
     sort_nodes(model.graph)  # the fused node sits where the add was; the norm's weight may be made later
+    drop_unused(model.graph)  # (which keeps only what a later node reads: after the sort)
     use_ms_domain(model)
     return model, len(found)
 
@@ -152,7 +155,8 @@ def fuse_norms(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
 def _cast(casts: dict, name: str, dtype: int) -> str:
     """`name` cast to `dtype`, once per graph (a norm weight shared by two fused nodes is cast once)."""
     if name not in casts:
-        casts[name] = helper.make_node("Cast", [name], [f"{name}_as_{dtype}"], name=f"{name}_cast_{dtype}", to=dtype)
+        cast = f"{PREFIX}_{name}_as_{TensorProto.DataType.Name(dtype).lower()}"
+        casts[name] = helper.make_node("Cast", [name], [cast], name=cast, to=dtype)
     return casts[name].output[0]
 
 

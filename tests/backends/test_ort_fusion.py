@@ -95,6 +95,27 @@ def test_a_graph_without_the_pattern_is_left_alone(zoo):
     assert count == {"attention": 0, "norms": 0} and fused.SerializeToString() == model.SerializeToString()
 
 
+def test_a_norm_weight_made_after_the_add_is_kept_and_ordered(zoo, hellaswag_path):
+    """The fused node takes the add's place; a norm weight that a node makes later (here an Identity just before
+    the norm's scaling) must be moved ahead of it, not dropped."""
+    export_dir = zoo.onnx("llama")
+    exported = read_blocks(export_dir)
+    block = next(b for b in exported.blocks if b.spec.kind == "layers")
+    model = onnx.load(str(export_dir / block.onnx_file.path))
+    nodes = list(model.graph.node)
+    scale = next(i for i, n in enumerate(nodes) if n.op_type == "Mul" and "layers.0.post_norm" in n.input)
+    nodes[scale].input[list(nodes[scale].input).index("layers.0.post_norm")] = "post_norm_late"
+    nodes.insert(scale, onnx.helper.make_node("Identity", ["layers.0.post_norm"], ["post_norm_late"]))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    fused, count = fuse_norms(model)
+    assert count == 3
+    onnx.checker.check_model(fused)
+    reference, rewritten = _session(model, optimize=False), _session(fused, optimize=True)
+    feed = {i.name: _feeds(export_dir, exported, hellaswag_path)[0][i.name] for i in reference.get_inputs()}
+    np.testing.assert_allclose(rewritten.run(None, feed)[0], reference.run(None, feed)[0], atol=2e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("arch", ["llama", "opt"])
 def test_fp16_norms_fused_round_as_the_export_does(zoo, hellaswag_path, arch):
     """In an FP16 model the fused norm adds in FP16 and takes its statistics in FP32, as the export does (OPT's

@@ -225,6 +225,12 @@ MUTANTS: tuple[Mutant, ...] = (
            "        inputs = [norm.add.input[0], norm.add.input[1]] + [",
            "        inputs = [norm.add.input[0], norm.add.input[0]] + [",
            ("tests/backends/test_ort_fusion.py::test_the_gpu_graph_computes_what_the_export_does",)),
+    Mutant("the fused norms' graph pruned before it is put in order", "cetrt/backends/ort_norms.py",
+           "    sort_nodes(model.graph)  # the fused node sits where the add was; the norm's weight may be made later\n"
+           "    drop_unused(model.graph)  # (which keeps only what a later node reads: after the sort)\n",
+           "    drop_unused(model.graph)  # (which keeps only what a later node reads: after the sort)\n"
+           "    sort_nodes(model.graph)  # the fused node sits where the add was; the norm's weight may be made later\n",
+           ("tests/backends/test_ort_fusion.py::test_a_norm_weight_made_after_the_add_is_kept_and_ordered",)),
     Mutant("batches take rows by real length, whatever head slots they need", "cetrt/workload/packing.py",
            "    ordered = sorted(rows, key=lambda r: (plan.padded_length(r.length), len(r.targets)))",
            "    ordered = sorted(rows, key=lambda r: r.length)",
