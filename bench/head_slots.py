@@ -25,15 +25,16 @@ from cetrt.workload.tokens import encode_docs
 DATASET = Path(__file__).resolve().parents[2] / "shared" / "data" / "hellaswag" / "hellaswag_val.jsonl"
 
 
-def slots_by_real_length(rows, plan: ShapePlan) -> int:
-    """The batches' slots with rows in order of real length (make_batches before 2026-12-05): same batch shapes."""
-    ordered, total, start = sorted(rows, key=lambda r: r.length), 0, 0
+def batches_by_real_length(rows, plan: ShapePlan) -> list[tuple[int, int, int]]:
+    """(rows, padded length, slots) of each batch with rows in order of real length, as make_batches took them
+    before 2026-12-05 (the baseline here and in tests/runner/test_packing.py): the same batch shapes."""
+    ordered, batches, start = sorted(rows, key=lambda r: r.length), [], 0
     while start < len(ordered):
         length = plan.padded_length(ordered[start].length)
         group = [r for r in ordered[start: start + plan.batch_size(length)] if r.length <= length]
-        total += len(group) * max(len(r.targets) for r in group)
+        batches.append((len(group), length, max(len(r.targets) for r in group)))
         start += len(group)
-    return total
+    return batches
 
 
 def main() -> None:
@@ -51,7 +52,7 @@ def main() -> None:
             plan = ShapePlan(tokens_per_batch=tokens)
             batches = make_batches(rows, plan)
             now = sum(len(b.rows) * b.slots for b in batches)
-            before = slots_by_real_length(rows, plan)
+            before = sum(n * slots for n, _, slots in batches_by_real_length(rows, plan))
             cases.append({"items": limit, "tokens_per_batch": tokens, "batches": len(batches), "scored": scored,
                           "slots_by_scored_positions": now, "slots_by_real_length": before,
                           "slots_per_scored_now": round(now / scored, 3),

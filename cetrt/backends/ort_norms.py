@@ -126,10 +126,11 @@ def fuse_norms(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     if not found:
         return model, 0
     fused_at, replaced, casts = {}, set(), {}
+    outputs = {o.name for o in model.graph.output}
     for norm in found:
         total = norm.add.output[0]
         # the sum is an output only where something other than this norm reads it (a pre-norm layer's next add)
-        keeps_sum = any(id(r) not in norm.readers for r in g.consumers[total]) or total in _outputs(model)
+        keeps_sum = any(id(r) not in norm.readers for r in g.consumers[total]) or total in outputs
         dtype = g.types[total]
         inputs = [norm.add.input[0], norm.add.input[1]] + [
             name if g.types[name] == dtype else _cast(casts, name, dtype)
@@ -159,6 +160,3 @@ def _cast(casts: dict, name: str, dtype: int) -> str:
         casts[name] = helper.make_node("Cast", [name], [cast], name=cast, to=dtype)
     return casts[name].output[0]
 
-
-def _outputs(model: onnx.ModelProto) -> set[str]:
-    return {o.name for o in model.graph.output}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +17,9 @@ from cetrt.workload.hellaswag import Doc, load_docs
 from cetrt.workload.packing import make_batches, pack, pack_all
 from cetrt.workload.shapes import ShapePlan
 from cetrt.workload.tokens import EncodedDoc, encode_docs
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+import head_slots  # noqa: E402  (bench/ is scripts, not a package: the batching before 2026-12-05, the baseline)
 
 DOC = Doc(ind=0, activity_label="a", ctx_a="b", ctx_b="", endings=("w", "x", "y", "z"), label=0)
 
@@ -78,13 +83,7 @@ def test_rows_of_one_length_are_batched_by_the_positions_they_score(tokenizer, h
         assert scored == sorted(scored) and b.slots == max(scored)
         by_length.setdefault(b.length, []).extend(scored)
     assert all(counts == sorted(counts) for counts in by_length.values())
-    by_real_length = sorted(rows, key=lambda r: r.length)  # the order before 2026-12-05
-    before, start = [], 0
-    while start < len(by_real_length):
-        length = plan.padded_length(by_real_length[start].length)
-        group = [r for r in by_real_length[start: start + plan.batch_size(length)] if r.length <= length]
-        before.append((len(group), length, max(len(r.targets) for r in group)))
-        start += len(group)
+    before = head_slots.batches_by_real_length(rows, plan)  # the order before 2026-12-05
     assert [b.shape for b in batches] == [(n, length) for n, length, _ in before]
     assert sum(len(b.rows) * b.slots for b in batches) < 0.95 * sum(n * slots for n, _, slots in before)
 
