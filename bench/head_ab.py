@@ -4,10 +4,14 @@ The head turns every scored slot's hidden state into a vocabulary of logits and 
 target's log-probability and whether the target is the argmax. On SmolLM2 (49,152 tokens, hidden 576) the logits
 are most of its memory traffic: at 1.2 M slots for all items, 121 GB in FP16, 242 GB once cast to FP32, and
 today's form (`log_softmax`: Cast, LogSoftmax, GatherElements, ArgMax over the FP32 copy) writes and reads the
-FP32 tensor three times. The other forms need no [slots, vocab] output after the cast:
+FP32 tensor three times. `argmax16` is today's with ArgMax over the FP16 logits (exact: the cast to FP32 is
+exact); `log_softmax16` takes LogSoftmax over the FP16 logits (ONNX Runtime's CUDA kernel accumulates in FP32 but
+writes FP16: each log-probability rounded to FP16, as the harness's FP16 run computes it). The last two need no
+[slots, vocab] output after the cast:
 `logsumexp`: the target's logit minus ReduceLogSumExp over the FP32 logits, ArgMax over the FP16 logits (exact:
 the cast to FP32 is exact); `max_shift`: the same with the log-sum-exp spelled out (ReduceMax, Sub, Cast, Exp,
-ReduceSum, Log), which is what a backend without a fused reduction runs.
+ReduceSum, Log), which is what a backend without a fused reduction runs. (ONNX Runtime's CUDA ReduceLogSumExp
+itself is several passes through cuDNN: its reduction_ops.cc.)
 
 Per form: the steady seconds per run at the given slot counts (the fastest of 5 after 3 warm runs, the device
 synchronised) and the largest difference of its log-probabilities from a float64 reference over the same FP16
@@ -30,18 +34,24 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 SHAPES = {"smollm2": (576, 49152), "llama-7b": (4096, 32000), "llama-30b": (6656, 32000)}
-FORMS = ("log_softmax", "logsumexp", "max_shift")
+FORMS = ("log_softmax", "argmax16", "log_softmax16", "logsumexp", "max_shift")
 WARM_RUNS, TIMED_RUNS = 3, 5
 
 
 def head_graph(form: str, hidden: int, vocab: int, weight: np.ndarray) -> onnx.ModelProto:
     """picked [S, H] FP16, target [S, 1] int64 -> logprob [S, 1] FP32, greedy [S, 1] bool."""
     nodes = [helper.make_node("MatMul", ["picked", "weight"], ["logits"])]
-    if form == "log_softmax":
+    if form in ("log_softmax", "argmax16"):
         nodes += [helper.make_node("Cast", ["logits"], ["logits32"], to=TensorProto.FLOAT),
                   helper.make_node("LogSoftmax", ["logits32"], ["all_logprobs"], axis=-1),
                   helper.make_node("GatherElements", ["all_logprobs", "target"], ["logprob"], axis=-1),
-                  helper.make_node("ArgMax", ["logits32"], ["best"], axis=-1, keepdims=1)]
+                  helper.make_node("ArgMax", ["logits32" if form == "log_softmax" else "logits"], ["best"], axis=-1,
+                                   keepdims=1)]
+    elif form == "log_softmax16":
+        nodes += [helper.make_node("LogSoftmax", ["logits"], ["all_logprobs16"], axis=-1),
+                  helper.make_node("GatherElements", ["all_logprobs16", "target"], ["logprob16"], axis=-1),
+                  helper.make_node("Cast", ["logprob16"], ["logprob"], to=TensorProto.FLOAT),
+                  helper.make_node("ArgMax", ["logits"], ["best"], axis=-1, keepdims=1)]
     else:
         if form == "logsumexp":
             nodes += [helper.make_node("Cast", ["logits"], ["logits32"], to=TensorProto.FLOAT),
@@ -73,9 +83,18 @@ def head_graph(form: str, hidden: int, vocab: int, weight: np.ndarray) -> onnx.M
     return model
 
 
-def reference(picked: np.ndarray, weight: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """float64 log-probabilities and argmax over the FP16 logits (the MatMul's output, rounded to FP16 on host)."""
-    logits = (picked.astype(np.float32) @ weight.astype(np.float32)).astype(np.float16).astype(np.float64)
+def logits_graph(hidden: int, weight: np.ndarray) -> onnx.ModelProto:
+    """The head's MatMul alone: the FP16 logits every form starts from, for the reference."""
+    graph = helper.make_graph([helper.make_node("MatMul", ["picked", "weight"], ["logits"])], "logits",
+                              [helper.make_tensor_value_info("picked", TensorProto.FLOAT16, ["S", hidden])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT16, ["S", weight.shape[1]])],
+                              [numpy_helper.from_array(weight, "weight")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def reference(logits: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float64 log-probabilities and argmax over the provider's own FP16 logits."""
+    logits = logits.astype(np.float64)
     top = logits.max(axis=-1, keepdims=True)
     lse = top + np.log(np.exp(logits - top).sum(axis=-1, keepdims=True))
     return np.take_along_axis(logits, target, -1) - lse, logits.argmax(-1)[:, None] == target
@@ -114,11 +133,12 @@ def main() -> None:
                                            providers=[args.provider])
                 for form in FORMS}
     check = {}
-    picked = (rng.standard_normal((args.check_slots, hidden), np.float32)).astype(np.float16)
+    picked = rng.standard_normal((args.check_slots, hidden), np.float32).astype(np.float16)
     target = rng.integers(0, vocab, (args.check_slots, 1), dtype=np.int64)
-    logits = (picked.astype(np.float32) @ weight.astype(np.float32)).astype(np.float16)
+    logits = ort.InferenceSession(logits_graph(hidden, weight).SerializeToString(),
+                                  providers=[args.provider]).run(None, {"picked": picked})[0]
     target[::4] = logits.argmax(-1)[::4, None]  # some targets are the argmax, so greedy is checked both ways
-    ref_logprob, ref_greedy = reference(picked, weight, target)
+    ref_logprob, ref_greedy = reference(logits, target)
     for form, session in sessions.items():
         logprob, greedy = session.run(None, {"picked": picked, "target": target})
         check[form] = {"max_abs_logprob_diff": float(np.abs(logprob - ref_logprob).max()),
