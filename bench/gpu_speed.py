@@ -729,7 +729,7 @@ def step_smoke(args) -> dict:
               "max_diff_merged_vs_one_layer_engines": float(np.abs(fused - cuda).max()),
               "streamed_plan": streamed.extra["streaming"]["plan"],
               **{key: {name: [t.details.get(key) for t in read_manifest(work / name).engine_types]
-                       for name in ("cuda", "cuda-merged")} for key in ("fused_attention", "fused_norms")}}
+                       for name in ("cuda", "cuda-merged")} for key in ("fused_attention", "fused_norms", "fused_argmax")}}
     print(json.dumps(result), flush=True)
     assert result["max_diff_cuda_vs_cpu"] < 0.1 and result["max_diff_streamed_vs_resident"] < 1e-3, result
     assert result["max_diff_merged_vs_one_layer_engines"] < 1e-2, result
@@ -737,6 +737,8 @@ def step_smoke(args) -> dict:
     assert result["fused_attention"] == {"cuda": [0, 1, 0], "cuda-merged": [0, 2, 1, 0]}, result
     # every residual add that feeds a norm fused into it: 2 a layer, less a block's last (its output)
     assert result["fused_norms"] == {"cuda": [0, 1, 0], "cuda-merged": [0, 3, 1, 0]}, result
+    # the head's ArgMax reads the FP16 logits
+    assert result["fused_argmax"] == {"cuda": [0, 0, 1], "cuda-merged": [0, 0, 0, 1]}, result
     return result
 
 

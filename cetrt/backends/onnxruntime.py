@@ -190,7 +190,7 @@ class OnnxRuntimeBackend(Backend):
             from cetrt.backends.ort_fusion import fuse_for_gpu
 
             model, fused = fuse_for_gpu(onnx.load(str(onnx_path), load_external_data=False))
-            details["fused_attention"], details["fused_norms"] = fused["attention"], fused["norms"]
+            details.update({f"fused_{what}": count for what, count in fused.items()})
             staged = onnx_path.with_name(f"{onnx_path.stem}.fused-{os.getpid()}.onnx")
             try:
                 onnx.save(model, str(staged))

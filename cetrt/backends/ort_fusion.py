@@ -1,5 +1,6 @@
-"""The graph ONNX Runtime's CUDA provider builds: the export's layer blocks with attention and the norms fused
-(`fuse_for_gpu`). Attention is rewritten here; residual adds into norms in cetrt/backends/ort_norms.py.
+"""The graph ONNX Runtime's CUDA provider builds: the export's layer blocks with attention and the norms fused, and
+the head's ArgMax on FP16 logits (`fuse_for_gpu`). Attention is rewritten here; residual adds into norms in
+cetrt/backends/ort_norms.py; the ArgMax in cetrt/backends/ort_head.py.
 
 Each layer's attention subgraph becomes one com.microsoft.MultiHeadAttention node, with the packed shared-prefix
 mask as its attention bias. The export writes attention in standard opset-17 ops
@@ -21,11 +22,12 @@ import onnx
 from onnx import numpy_helper
 
 from cetrt.backends.graph_edit import MS_DOMAIN, Emitter, GraphIndex, attribute, drop_unused, use_ms_domain
+from cetrt.backends.ort_head import argmax_before_cast
 from cetrt.backends.ort_norms import fuse_norms
 
 # A build input: bump it when a rewrite changes.
 FUSION = ("attention as com.microsoft.MultiHeadAttention, residual adds into com.microsoft.Skip(Simplified)"
-          "LayerNormalization, version 2")
+          "LayerNormalization, the head's ArgMax before its FP32 cast, version 3")
 
 
 @dataclass(frozen=True)
@@ -147,8 +149,9 @@ def fuse_attention(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
 
 
 def fuse_for_gpu(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
-    """A copy of `model` as ORT's CUDA builds take it: attention fused, then each residual add into its norm; and
-    how many of each."""
+    """A copy of `model` as ORT's CUDA builds take it: attention fused, then each residual add into its norm, and
+    the head's ArgMax moved before its FP32 cast (cetrt/backends/ort_head.py); and how many of each."""
     model, attention = fuse_attention(model)
     model, norms = fuse_norms(model)
-    return model, {"attention": attention, "norms": norms}
+    model, argmax = argmax_before_cast(model)
+    return model, {"attention": attention, "norms": norms, "argmax": argmax}

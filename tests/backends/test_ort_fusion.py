@@ -17,6 +17,7 @@ import pytest
 from tiny_models import ARCHS
 
 from cetrt.backends.onnxruntime import OnnxRuntimeBackend
+from cetrt.backends.graph_edit import GraphIndex
 from cetrt.backends.ort_fusion import MS_DOMAIN, fuse_attention, fuse_for_gpu
 from cetrt.backends.ort_norms import fuse_norms
 from cetrt.formats.blocks import TOKENIZER_DIR, read_blocks
@@ -70,7 +71,7 @@ def test_the_gpu_graph_computes_what_the_export_does(zoo, hellaswag_path, arch, 
             model, bound = onnx.load(str(path)), {}
         fused, count = fuse_for_gpu(model)
         layers = block.spec.last_layer - block.spec.first_layer
-        assert count == {"attention": layers, "norms": _residual_norms(arch, layers)}
+        assert count == {"attention": layers, "norms": _residual_norms(arch, layers), "argmax": 0}
         ops = [n.op_type for n in fused.graph.node]
         assert ops.count("MultiHeadAttention") == layers and "Softmax" not in ops
         skip_norm = "SkipLayerNormalization" if arch.startswith("opt") else "SkipSimplifiedLayerNormalization"
@@ -92,7 +93,8 @@ def test_a_graph_without_the_pattern_is_left_alone(zoo):
     head = next(b for b in read_blocks(export_dir).blocks if b.spec.kind == "head")
     model = onnx.load(str(export_dir / head.onnx_file.path))
     fused, count = fuse_for_gpu(model)
-    assert count == {"attention": 0, "norms": 0} and fused.SerializeToString() == model.SerializeToString()
+    assert count == {"attention": 0, "norms": 0, "argmax": 0}  # an FP32 head: its ArgMax reads the logits already
+    assert fused.SerializeToString() == model.SerializeToString()
 
 
 def test_a_norm_weight_made_after_the_add_is_kept_and_ordered(zoo, hellaswag_path):
@@ -126,7 +128,7 @@ def test_fp16_gpu_graph_rounds_as_the_export_does(zoo, hellaswag_path, arch):
     block = next(b for b in exported.blocks if b.spec.kind == "layers")
     split = split_block(export_dir / block.onnx_file.path)
     fused, count = fuse_for_gpu(split.graph)
-    assert count == {"attention": 2, "norms": 3}
+    assert count == {"attention": 2, "norms": 3, "argmax": 0}
     reference, rewritten = _session(split.graph, optimize=False), _session(fused, optimize=True)
     names = [i.name for i in reference.get_inputs()]
     for inputs in _feeds(export_dir, exported, hellaswag_path):
@@ -135,6 +137,34 @@ def test_fp16_gpu_graph_rounds_as_the_export_does(zoo, hellaswag_path, arch):
         expected = reference.run(None, feed)[0].astype(np.float32)
         got = rewritten.run(None, feed)[0].astype(np.float32)
         assert np.abs(got - expected).max() <= 2e-3 * np.abs(expected).max()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_the_fp16_head_takes_its_argmax_before_the_cast(zoo, hellaswag_path, arch):
+    """The head's ArgMax reads the FP16 logits in the GPU graph: the same indices (the cast to FP32 is exact and
+    keeps the order, ties included) and the same log-probabilities, the FP32 LogSoftmax untouched."""
+    export_dir = zoo.onnx(arch, "float16")
+    exported = read_blocks(export_dir)
+    head = next(b for b in exported.blocks if b.spec.kind == "head")
+    model = onnx.load(str(export_dir / head.onnx_file.path))
+    fused, count = fuse_for_gpu(model)
+    assert count == {"attention": 0, "norms": 0, "argmax": 1}
+    g = GraphIndex(fused)
+    argmax = next(n for n in fused.graph.node if n.op_type == "ArgMax")
+    assert g.types[argmax.input[0]] == onnx.TensorProto.FLOAT16
+    softmax = next(n for n in fused.graph.node if n.op_type == "LogSoftmax")
+    assert g.types[softmax.input[0]] == onnx.TensorProto.FLOAT
+    for graph in (model, fused):  # the indices themselves, not only the greedy flags they make
+        graph.graph.output.append(onnx.helper.make_tensor_value_info(argmax.output[0], onnx.TensorProto.INT64, None))
+    reference, rewritten = _session(model, optimize=False), _session(fused, optimize=True)
+    names = [i.name for i in reference.get_inputs()]
+    for inputs in _feeds(export_dir, exported, hellaswag_path):
+        inputs[HIDDEN] = inputs[HIDDEN].astype(np.float16)
+        feed = {name: inputs[name] for name in names}
+        expected, got = reference.run(None, feed), rewritten.run(None, feed)
+        np.testing.assert_array_equal(got[2], expected[2])
+        np.testing.assert_array_equal(got[1], expected[1])
+        np.testing.assert_allclose(got[0], expected[0], atol=1e-5, rtol=1e-6)
 
 
 def test_only_gpu_builds_fuse(zoo):
