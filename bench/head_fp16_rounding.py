@@ -1,0 +1,74 @@
+"""What rounding each token's log-probability to FP16 would do to the scores: one ce-run, both ways.
+
+The head's LogSoftmax could run on the FP16 logits (bench/head_ab.py's `log_softmax16`: half the bytes of today's
+FP32 pass on ONNX Runtime CUDA), but it would write each log-probability in FP16, whose spacing is 0.004 at 4-8
+nats and 0.008 at 8-16: summed over an ending's tokens, errors of the size that separates near-tied endings. This
+runs the given engines once (FP32 engines isolate the rounding from the rest of FP16) with the runner's scoring
+patched to score every batch twice, as computed and with each log-probability rounded to FP16 first, and reports
+acc, acc_norm and the items whose prediction changed. Writes JSON with the machine, versions and command.
+Usage: python bench/head_fp16_rounding.py --engines engines/smollm2-135m/onnxruntime-cpu-float32-1lpb-inputs
+       --dataset ../shared/data/hellaswag/hellaswag_val.jsonl --limit 1000 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+
+from cetrt.runner import evaluate as evaluate_module
+from cetrt.runner.evaluate import RunOptions, evaluate
+from cetrt.runner.scoring import item_results, metrics
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--engines", type=Path, required=True)
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--limit", type=int, default=1000)
+    parser.add_argument("--json", type=Path, required=True)
+    args = parser.parse_args()
+
+    rounded: dict[int, object] = {}
+
+    def both_ways(encoded, batches, outputs):
+        fp16 = [dataclasses.replace(o, logprobs=o.logprobs.astype(np.float16).astype(np.float32)) for o in outputs]
+        for item in item_results(encoded, batches, fp16):
+            rounded[item.ind] = item
+        return item_results(encoded, batches, outputs)
+
+    start = time.perf_counter()
+    with mock.patch.object(evaluate_module, "item_results", both_ways):
+        results = evaluate(RunOptions(engines=args.engines, dataset=args.dataset, limit=args.limit, progress=False))
+    seconds = time.perf_counter() - start
+    exact = results.items
+    fp16 = [rounded[item.ind] for item in exact]
+    if len(rounded) != len(exact):
+        raise SystemExit("the patched scoring did not see every item")
+    changed = {"pred": [i.ind for i, r in zip(exact, fp16) if i.pred != r.pred],
+               "pred_norm": [i.ind for i, r in zip(exact, fp16) if i.pred_norm != r.pred_norm]}
+    gaps = [abs(a - b) for i, r in zip(exact, fp16) for a, b in zip(i.scores, r.scores)]
+    out = {"benchmark": __doc__.splitlines()[0], "engines": str(args.engines), "dtype": results.dtype,
+           "items": len(exact), "as_computed": metrics(exact), "log_probs_rounded_to_fp16": metrics(fp16),
+           "changed_predictions": {k: len(v) for k, v in changed.items()}, "changed_items": changed,
+           "ending_score_change": {"max": max(gaps), "mean": float(np.mean(gaps))},
+           "acc_diff_points": 100 * (metrics(fp16)["acc"] - metrics(exact)["acc"]),
+           "acc_norm_diff_points": 100 * (metrics(fp16)["acc_norm"] - metrics(exact)["acc_norm"]),
+           "seconds": round(seconds, 1),
+           "machine": {"node": platform.node(), "processor": platform.processor(), "python": platform.python_version()},
+           "command": " ".join(["bench/head_fp16_rounding.py", *sys.argv[1:]]),
+           "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in out.items() if k != "changed_items"}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
