@@ -729,7 +729,8 @@ def step_smoke(args) -> dict:
               "max_diff_merged_vs_one_layer_engines": float(np.abs(fused - cuda).max()),
               "streamed_plan": streamed.extra["streaming"]["plan"],
               **{key: {name: [t.details.get(key) for t in read_manifest(work / name).engine_types]
-                       for name in ("cuda", "cuda-merged")} for key in ("fused_attention", "fused_norms", "fused_argmax")}}
+                       for name in ("cuda", "cuda-merged")}
+                 for key in ("fused_attention", "fused_norms", "fused_argmax")}}
     print(json.dumps(result), flush=True)
     assert result["max_diff_cuda_vs_cpu"] < 0.1 and result["max_diff_streamed_vs_resident"] < 1e-3, result
     assert result["max_diff_merged_vs_one_layer_engines"] < 1e-2, result

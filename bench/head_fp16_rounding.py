@@ -49,18 +49,19 @@ def main() -> None:
         results = evaluate(RunOptions(engines=args.engines, dataset=args.dataset, limit=args.limit, progress=False))
     seconds = time.perf_counter() - start
     exact = results.items
-    fp16 = [rounded[item.ind] for item in exact]
     if len(rounded) != len(exact):
         raise SystemExit("the patched scoring did not see every item")
+    fp16 = [rounded[item.ind] for item in exact]
+    as_computed, as_rounded = metrics(exact), metrics(fp16)
     changed = {"pred": [i.ind for i, r in zip(exact, fp16) if i.pred != r.pred],
                "pred_norm": [i.ind for i, r in zip(exact, fp16) if i.pred_norm != r.pred_norm]}
     gaps = [abs(a - b) for i, r in zip(exact, fp16) for a, b in zip(i.scores, r.scores)]
     out = {"benchmark": __doc__.splitlines()[0], "engines": str(args.engines), "dtype": results.dtype,
-           "items": len(exact), "as_computed": metrics(exact), "log_probs_rounded_to_fp16": metrics(fp16),
+           "items": len(exact), "as_computed": as_computed, "log_probs_rounded_to_fp16": as_rounded,
            "changed_predictions": {k: len(v) for k, v in changed.items()}, "changed_items": changed,
            "ending_score_change": {"max": max(gaps), "mean": float(np.mean(gaps))},
-           "acc_diff_points": 100 * (metrics(fp16)["acc"] - metrics(exact)["acc"]),
-           "acc_norm_diff_points": 100 * (metrics(fp16)["acc_norm"] - metrics(exact)["acc_norm"]),
+           "acc_diff_points": 100 * (as_rounded["acc"] - as_computed["acc"]),
+           "acc_norm_diff_points": 100 * (as_rounded["acc_norm"] - as_computed["acc_norm"]),
            "seconds": round(seconds, 1),
            "machine": {"node": platform.node(), "processor": platform.processor(), "python": platform.python_version()},
            "command": " ".join(["bench/head_fp16_rounding.py", *sys.argv[1:]]),

@@ -16,8 +16,8 @@ import onnxruntime as ort
 import pytest
 from tiny_models import ARCHS
 
-from cetrt.backends.onnxruntime import OnnxRuntimeBackend
 from cetrt.backends.graph_edit import GraphIndex
+from cetrt.backends.onnxruntime import OnnxRuntimeBackend
 from cetrt.backends.ort_fusion import MS_DOMAIN, fuse_attention, fuse_for_gpu
 from cetrt.backends.ort_norms import fuse_norms
 from cetrt.formats.blocks import TOKENIZER_DIR, read_blocks
