@@ -464,6 +464,49 @@ def step_exitab(args) -> dict:
             "max_score_difference_last_round": score_difference(work / "exit_teardown.json", work / "exit_quick.json")}
 
 
+def step_anchorab(args) -> dict:
+    """The head A/B on SmolLM2, after the smollm2 step in the same work folder (its export and engines): engines
+    built with the head's anchored FP16 LogSoftmax (CETRT_HEAD_ANCHORED=1, cetrt/backends/ort_head.py) against the
+    step's default engines, `ce-run` alternating, --rounds rounds, page cache dropped before each; the head's and
+    layers' synchronised seconds of each (bench/run_blocks.py, warm second pass); accuracy of both against the HF
+    FP32 reference of --reference-from, and the items whose predictions differ between the two."""
+    work = args.work
+    onnx_dir, engines, anchored = work / "onnx" / "smollm2", work / "engines" / "smollm2", work / "engines" / "smollm2_anchored"
+    build_s, _ = run(ce("ce-build", "--onnx", onnx_dir, "--out", anchored, "--target", "cuda"),
+                     env={"CETRT_HEAD_ANCHORED": "1"})
+    from cetrt.formats.manifest import read_manifest
+
+    fused = {name: [x.details.get("fused_anchored") for m in [read_manifest(e)] for x in (*m.blocks, *m.engine_types)]
+             for name, e in (("default", engines), ("anchored", anchored))}
+    assert any(fused["anchored"]) and not any(fused["default"]), fused
+    sides = {"default": engines, "anchored": anchored}
+    runs: dict[str, list] = {name: [] for name in sides}
+    for _ in range(args.rounds):
+        for name, side in sides.items():
+            runs[name].append(cetrt_run(side, args.dataset, work / f"anchor_{name}.json", args.limit))
+    blocks = {}
+    for name, side in sides.items():
+        limit = ["--limit", str(args.limit)] if args.limit else []
+        run([sys.executable, ROOT / "bench" / "run_blocks.py", "--engines", side, "--dataset", args.dataset, *limit,
+             "--passes", "2", "--json", work / f"anchor_blocks_{name}.json"], env={"CETRT_NO_CACHE": "1"})
+        blocks[name] = json.loads((work / f"anchor_blocks_{name}.json").read_text())["passes"][-1]["wall_by_kind_s"]
+    reference = json.loads(args.reference_from.read_text())["reference_fp32"]["first_round"]
+    items = {name: json.loads((work / f"anchor_{name}.json").read_text())["items"] for name in sides}
+    changed = {key: [a["ind"] for a, b in zip(items["default"], items["anchored"], strict=True) if a[key] != b[key]]
+               for key in ("pred", "pred_norm")}
+    accuracy = {name: {metric: round(100 * (done[-1]["results"][metric] - reference[metric]), 3)
+                       for metric in ("acc", "acc_norm")} for name, done in runs.items()}
+    medians = {name: {"end_to_end_s": statistics.median(r["end_to_end_s"] for r in done),
+                      "compute_s": statistics.median(r["results"]["timings"]["compute_s"] for r in done)}
+               for name, done in runs.items()}
+    return {"engines": {name: str(side) for name, side in sides.items()}, "build_s": round(build_s, 1),
+            "fused_anchored": fused, "runs": runs, "medians": medians, "blocks_synchronised_warm": blocks,
+            "points_vs_fp32": accuracy, "reference_from": str(args.reference_from), "changed_items": changed,
+            "default_over_anchored": round(medians["default"]["end_to_end_s"] / medians["anchored"]["end_to_end_s"], 3),
+            "max_score_difference_last_round": score_difference(work / "anchor_default.json",
+                                                                work / "anchor_anchored.json")}
+
+
 FUSION_CASES = (("smollm2-135m", 6, (16384, 4096)), ("llama-7b", 1, (8192,)), ("llama-30b", 1, (4096,)))
 
 
@@ -749,7 +792,7 @@ STEPS = {"smoke": step_smoke, "smollm2": step_smollm2, "prep7b": step_prep7b, "l
          "prep30b": step_prep30b, "llama30b": step_llama30b, "llama30b_third": step_llama30b_third,
          "harness30b": step_harness30b, "profile30b": step_profile30b, "startab": step_startab,
          "lengthab": step_lengthab, "sustained": step_sustained, "switchab": step_switchab, "pinab": step_pinab,
-         "mergeab": step_mergeab, "exitab": step_exitab, "fusionab": step_fusionab}
+         "mergeab": step_mergeab, "exitab": step_exitab, "fusionab": step_fusionab, "anchorab": step_anchorab}
 
 
 def main() -> None:
@@ -788,8 +831,8 @@ def main() -> None:
               **result}
     (args.out / f"{args.step}.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     print(json.dumps({"step": args.step, "seconds": record["seconds"]}))
-    if args.step == "smollm2":
-        shutil.rmtree(args.work / "onnx", ignore_errors=True)  # the engines are built: free the disk
+    if args.step == "anchorab":
+        shutil.rmtree(args.work / "onnx", ignore_errors=True)  # SmolLM2's engines are built: free the disk
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The scoring head's tail in five forms, on ONNX Runtime, random FP16 weights, one process, the same inputs.
+"""The scoring head's tail in six forms, on ONNX Runtime, random FP16 weights, one process, the same inputs.
 
 The head turns every scored slot's hidden state into a vocabulary of logits and keeps two numbers a slot: the
 target's log-probability and whether the target is the argmax. On SmolLM2 (49,152 tokens, hidden 576) the logits
@@ -6,7 +6,10 @@ are most of its memory traffic: at 1.2 M slots for all items, 121 GB in FP16, 24
 today's form (`log_softmax`: Cast, LogSoftmax, GatherElements, ArgMax over the FP32 copy) writes and reads the
 FP32 tensor three times. `argmax16` is today's with ArgMax over the FP16 logits (exact: the cast to FP32 is
 exact); `log_softmax16` takes LogSoftmax over the FP16 logits (ONNX Runtime's CUDA kernel accumulates in FP32 but
-writes FP16: each log-probability rounded to FP16, as the harness's FP16 run computes it). The last two need no
+writes FP16: each log-probability rounded to FP16, as the harness's FP16 run computes it); `anchored16` takes the
+same FP16 LogSoftmax but keeps only the argmax's log-probability from it, and adds the target's logit minus the
+argmax's, exact in FP32 (the one rounding is of the argmax's log-probability, at least -log(vocab) and near 0
+where the model is confident, where FP16's steps are finest). The last two need no
 [slots, vocab] output after the cast:
 `logsumexp`: the target's logit minus ReduceLogSumExp over the FP32 logits, ArgMax over the FP16 logits (exact:
 the cast to FP32 is exact); `max_shift`: the same with the log-sum-exp spelled out (ReduceMax, Sub, Cast, Exp,
@@ -35,7 +38,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 # (hidden, vocabulary); the random 7B and 30B engines of the GPU steps carry SmolLM2's 49,152-token tokenizer
 SHAPES = {"smollm2": (576, 49152), "llama-7b": (4096, 49152), "llama-30b": (6656, 49152)}
-FORMS = ("log_softmax", "argmax16", "log_softmax16", "logsumexp", "max_shift")
+FORMS = ("log_softmax", "argmax16", "log_softmax16", "anchored16", "logsumexp", "max_shift")
 WARM_RUNS, TIMED_RUNS = 3, 5
 
 
@@ -53,6 +56,17 @@ def head_graph(form: str, hidden: int, weight: np.ndarray) -> onnx.ModelProto:
                   helper.make_node("GatherElements", ["all_logprobs16", "target"], ["logprob16"], axis=-1),
                   helper.make_node("Cast", ["logprob16"], ["logprob"], to=TensorProto.FLOAT),
                   helper.make_node("ArgMax", ["logits"], ["best"], axis=-1, keepdims=1)]
+    elif form == "anchored16":
+        nodes += [helper.make_node("LogSoftmax", ["logits"], ["all_logprobs16"], axis=-1),
+                  helper.make_node("ArgMax", ["logits"], ["best"], axis=-1, keepdims=1),
+                  helper.make_node("GatherElements", ["all_logprobs16", "best"], ["best_logprob16"], axis=-1),
+                  helper.make_node("GatherElements", ["logits", "best"], ["best_logit16"], axis=-1),
+                  helper.make_node("GatherElements", ["logits", "target"], ["target_logit16"], axis=-1),
+                  helper.make_node("Cast", ["best_logprob16"], ["best_logprob"], to=TensorProto.FLOAT),
+                  helper.make_node("Cast", ["best_logit16"], ["best_logit"], to=TensorProto.FLOAT),
+                  helper.make_node("Cast", ["target_logit16"], ["target_logit"], to=TensorProto.FLOAT),
+                  helper.make_node("Sub", ["target_logit", "best_logit"], ["below_best"]),
+                  helper.make_node("Add", ["below_best", "best_logprob"], ["logprob"])]
     else:
         if form == "logsumexp":
             nodes += [helper.make_node("Cast", ["logits"], ["logits32"], to=TensorProto.FLOAT),
@@ -143,6 +157,7 @@ def main() -> None:
     for form, session in sessions.items():
         logprob, greedy = session.run(None, {"picked": picked, "target": target})
         check[form] = {"max_abs_logprob_diff": float(np.abs(logprob - ref_logprob).max()),
+                       "mean_abs_logprob_diff": float(np.abs(logprob - ref_logprob).mean()),
                        "greedy_mismatches": int((greedy != ref_greedy).sum())}
     timings = {}
     for slots in args.slots:

@@ -174,9 +174,9 @@ class OnnxRuntimeBackend(Backend):
         return fuse_for_gpu(model)[0] if _rewrites_for_gpu(target) else model
 
     def rewrites(self, target: Target) -> str | None:
-        from cetrt.backends.ort_fusion import FUSION
+        from cetrt.backends.ort_fusion import fusion
 
-        return FUSION if _rewrites_for_gpu(target) else None
+        return fusion() if _rewrites_for_gpu(target) else None
 
     def build(self, onnx_path: Path, engine_path: Path, block: BlockSpec, target: Target,
               settings: BuildSettings) -> BuildResult:

@@ -22,8 +22,9 @@ import onnx
 from onnx import numpy_helper
 
 from cetrt.backends.graph_edit import MS_DOMAIN, Emitter, GraphIndex, attribute, drop_unused, use_ms_domain
-from cetrt.backends.ort_head import argmax_before_cast
+from cetrt.backends.ort_head import anchor_log_softmax, argmax_before_cast
 from cetrt.backends.ort_norms import fuse_norms
+from cetrt.switches import switch
 
 # A build input: bump it when a rewrite changes.
 FUSION = ("attention as com.microsoft.MultiHeadAttention, residual adds into com.microsoft.Skip(Simplified)"
@@ -148,10 +149,24 @@ def fuse_attention(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     return model, len(found)
 
 
+def fusion() -> str:
+    """What the GPU rewrites are, as a build input: FUSION, and the head's anchored form where it is asked for."""
+    return FUSION + (", the head's LogSoftmax in FP16 anchored at the argmax" if anchored_head() else "")
+
+
+def anchored_head() -> bool:
+    """CETRT_HEAD_ANCHORED=1 at build: the head's anchored FP16 LogSoftmax (cetrt/backends/ort_head.py)."""
+    return switch("CETRT_HEAD_ANCHORED", default=False)
+
+
 def fuse_for_gpu(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
     """A copy of `model` as ORT's CUDA builds take it: attention fused, then each residual add into its norm, and
-    the head's ArgMax moved before its FP32 cast (cetrt/backends/ort_head.py); and how many of each."""
+    the head's ArgMax moved before its FP32 cast, or its LogSoftmax anchored (cetrt/backends/ort_head.py); and how
+    many of each."""
     model, attention = fuse_attention(model)
     model, norms = fuse_norms(model)
     model, argmax = argmax_before_cast(model)
-    return model, {"attention": attention, "norms": norms, "argmax": argmax}
+    fused = {"attention": attention, "norms": norms, "argmax": argmax}
+    if anchored_head():
+        model, fused["anchored"] = anchor_log_softmax(model)
+    return model, fused

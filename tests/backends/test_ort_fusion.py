@@ -167,6 +167,37 @@ def test_the_fp16_head_takes_its_argmax_before_the_cast(zoo, hellaswag_path, arc
         np.testing.assert_allclose(got[0], expected[0], atol=1e-5, rtol=1e-6)
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_the_anchored_fp16_head_keeps_the_fp32_scores_within_its_one_rounding(zoo, hellaswag_path, arch, monkeypatch):
+    """CETRT_HEAD_ANCHORED=1: no FP32 copy of the logits left, the same greedy flags, and each target's
+    log-probability within an FP16 step at log(vocab) of the FP32 head's (the one rounding: of the argmax's
+    log-probability, at most log(vocab) nats)."""
+    monkeypatch.setenv("CETRT_HEAD_ANCHORED", "1")
+    export_dir = zoo.onnx(arch, "float16")
+    exported = read_blocks(export_dir)
+    head = next(b for b in exported.blocks if b.spec.kind == "head")
+    model = onnx.load(str(export_dir / head.onnx_file.path))
+    fused, count = fuse_for_gpu(model)
+    assert count == {"attention": 0, "norms": 0, "argmax": 1, "anchored": 1}
+    g = GraphIndex(fused)
+    assert [g.types[n.input[0]] for n in fused.graph.node if n.op_type == "LogSoftmax"] == [onnx.TensorProto.FLOAT16]
+    vocab = exported.model.vocab_size
+    assert not [n for n in fused.graph.node if n.op_type == "Cast" and g.types[n.output[0]] == onnx.TensorProto.FLOAT
+                and (g.shapes[n.output[0]] or [None])[-1] == vocab]  # no FP32 copy of the logits
+    bound = float(np.spacing(np.float16(np.log(vocab)))) + 1e-5  # one step: ORT's CPU kernel rounds twice
+    # both as written: ORT's CPU optimizer may keep an FP16 MatMul's output in FP32 for some readers
+    reference, rewritten = _session(model, optimize=False), _session(fused, optimize=False)
+    names = [i.name for i in reference.get_inputs()]
+    for inputs in _feeds(export_dir, exported, hellaswag_path):
+        inputs[HIDDEN] = (inputs[HIDDEN] * 4).astype(np.float16)  # spread logits: log-probabilities of many nats
+        feed = {name: inputs[name] for name in names}
+        expected, got = reference.run(None, feed), rewritten.run(None, feed)
+        np.testing.assert_array_equal(got[1], expected[1])
+        error = np.abs(got[0] - expected[0])
+        assert error.max() <= bound
+        assert error.max() > 0  # FP16 did round: the rewrite ran the anchored form, not the FP32 one
+
+
 def test_only_gpu_builds_fuse(zoo):
     export_dir = zoo.onnx("opt")
     layers = next(b for b in read_blocks(export_dir).blocks if b.spec.kind == "layers")
@@ -177,12 +208,16 @@ def test_only_gpu_builds_fuse(zoo):
     assert "MultiHeadAttention" in {n.op_type for n in on_gpu.graph.node}
 
 
-def test_the_rewrite_is_a_build_input(zoo, tmp_path):
-    """Engines built before the fusion changed are built again, not reused: the build's inputs name it."""
+def test_the_rewrite_is_a_build_input(zoo, tmp_path, monkeypatch):
+    """Engines built before the fusion changed, or with the head's form switched, are built again, not reused:
+    the build's inputs name it."""
     from cetrt.backends.ort_fusion import FUSION
     from cetrt.build.engines import BuildOptions, build_engines
 
     backend = OnnxRuntimeBackend()
     assert backend.rewrites(Target.from_name("cuda")) == FUSION and backend.rewrites(Target.from_name("cpu")) is None
+    monkeypatch.setenv("CETRT_HEAD_ANCHORED", "1")
+    assert backend.rewrites(Target.from_name("cuda")) not in (FUSION, None)
+    monkeypatch.delenv("CETRT_HEAD_ANCHORED")
     built = build_engines(BuildOptions(onnx_dir=zoo.onnx("llama"), out_dir=tmp_path / "engines"))
     assert "graph_rewrites" in built.inputs and built.inputs["graph_rewrites"] is None  # a CPU build: none
