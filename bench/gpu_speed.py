@@ -765,24 +765,33 @@ def step_smoke(args) -> dict:
                                    memory_budget=budget, tokens_per_batch=512))
     build_engines(BuildOptions(onnx_dir=work / "onnx", out_dir=work / "cuda-merged", target="cuda", layers_per_engine=2))
     merged = evaluate(RunOptions(engines=work / "cuda-merged", dataset=args.dataset, limit=24, progress=False))
-    cpu, cuda, stream, fused = (np.array([i.scores for i in r.items])
-                                for r in (scores["cpu"], scores["cuda"], streamed, merged))
+    os.environ["CETRT_HEAD_ANCHORED"] = "1"  # the head's anchored FP16 form (a build input: built apart)
+    try:
+        build_engines(BuildOptions(onnx_dir=work / "onnx", out_dir=work / "cuda-anchored", target="cuda"))
+    finally:
+        del os.environ["CETRT_HEAD_ANCHORED"]
+    anchored = evaluate(RunOptions(engines=work / "cuda-anchored", dataset=args.dataset, limit=24, progress=False))
+    cpu, cuda, stream, fused, anchored = (np.array([i.scores for i in r.items])
+                                          for r in (scores["cpu"], scores["cuda"], streamed, merged, anchored))
     result = {"max_diff_cuda_vs_cpu": float(np.abs(cuda - cpu).max()),
+              "max_diff_anchored_head_vs_cpu": float(np.abs(anchored - cpu).max()),
               "max_diff_streamed_vs_resident": float(np.abs(stream - cuda).max()),
               "max_diff_merged_vs_one_layer_engines": float(np.abs(fused - cuda).max()),
               "streamed_plan": streamed.extra["streaming"]["plan"],
               **{key: {name: [t.details.get(key) for t in read_manifest(work / name).engine_types]
-                       for name in ("cuda", "cuda-merged")}
-                 for key in ("fused_attention", "fused_norms", "fused_argmax")}}
+                       for name in ("cuda", "cuda-merged", "cuda-anchored")}
+                 for key in ("fused_attention", "fused_norms", "fused_argmax", "fused_anchored")}}
     print(json.dumps(result), flush=True)
     assert result["max_diff_cuda_vs_cpu"] < 0.1 and result["max_diff_streamed_vs_resident"] < 1e-3, result
     assert result["max_diff_merged_vs_one_layer_engines"] < 1e-2, result
     # every layer's attention fused (engine types: embed, the layer types, head)
-    assert result["fused_attention"] == {"cuda": [0, 1, 0], "cuda-merged": [0, 2, 1, 0]}, result
+    assert result["fused_attention"] == {"cuda": [0, 1, 0], "cuda-merged": [0, 2, 1, 0], "cuda-anchored": [0, 1, 0]}, result
     # every residual add that feeds a norm fused into it: 2 a layer, less a block's last (its output)
-    assert result["fused_norms"] == {"cuda": [0, 1, 0], "cuda-merged": [0, 3, 1, 0]}, result
+    assert result["fused_norms"] == {"cuda": [0, 1, 0], "cuda-merged": [0, 3, 1, 0], "cuda-anchored": [0, 1, 0]}, result
     # the head's ArgMax reads the FP16 logits
-    assert result["fused_argmax"] == {"cuda": [0, 0, 1], "cuda-merged": [0, 0, 0, 1]}, result
+    assert result["fused_argmax"] == {"cuda": [0, 0, 1], "cuda-merged": [0, 0, 0, 1], "cuda-anchored": [0, 0, 1]}, result
+    assert result["fused_anchored"]["cuda-anchored"] == [0, 0, 1], result
+    assert result["max_diff_anchored_head_vs_cpu"] < 0.1, result
     return result
 
 
