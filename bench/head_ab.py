@@ -93,7 +93,7 @@ def head_graph(form: str, hidden: int, weight: np.ndarray) -> onnx.ModelProto:
         [helper.make_tensor_value_info("logprob", TensorProto.FLOAT, ["S", 1]),
          helper.make_tensor_value_info("greedy", TensorProto.BOOL, ["S", 1])],
         [i for i in inits if i.name in {n for node in nodes for n in node.input}])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     onnx.checker.check_model(model)
     return model
 
@@ -104,7 +104,7 @@ def logits_graph(hidden: int, weight: np.ndarray) -> onnx.ModelProto:
                               [helper.make_tensor_value_info("picked", TensorProto.FLOAT16, ["S", hidden])],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT16, ["S", weight.shape[1]])],
                               [numpy_helper.from_array(weight, "weight")])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
 def reference(logits: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
