@@ -6,13 +6,18 @@ nats and 0.008 at 8-16: summed over an ending's tokens, errors of the size that 
 runs the given engines once (FP32 engines isolate the rounding from the rest of FP16) with the runner's scoring
 patched to score every batch twice, as computed and with each log-probability rounded to FP16 first, and reports
 acc, acc_norm and the items whose prediction changed. Writes JSON with the machine, versions and command.
+With `--form anchored` the rounding is the anchored head's instead (cetrt/backends/ort_head.py,
+CETRT_HEAD_ANCHORED): the head's graph also returns each slot's largest log-probability (ReduceMax over its
+LogSoftmax, added as the session is made), and each target's log-probability becomes itself minus that value plus
+that value rounded to FP16 (equal to the target's logit minus the argmax's plus the rounded value).
 Usage: python bench/head_fp16_rounding.py --engines engines/smollm2-135m/onnxruntime-cpu-float32-1lpb-inputs
-       --dataset ../shared/data/hellaswag/hellaswag_val.jsonl --limit 1000 --json out.json
+       --dataset ../shared/data/hellaswag/hellaswag_val.jsonl --limit 1000 --json out.json [--form anchored]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import platform
@@ -23,9 +28,53 @@ from unittest import mock
 
 import numpy as np
 
+from cetrt.backends import onnxruntime as ort_backend
 from cetrt.runner import evaluate as evaluate_module
 from cetrt.runner.evaluate import RunOptions, evaluate
 from cetrt.runner.scoring import item_results, metrics
+
+BEST = "cetrt_best_logprob"
+
+
+def with_best_logprob(model):
+    """The head's graph (a path or bytes) with each slot's largest log-probability as an extra output; any other
+    graph as it is."""
+    import onnx
+    from onnx import helper
+
+    proto = onnx.load(model) if isinstance(model, str) else onnx.ModelProto.FromString(model)
+    softmax = [n for n in proto.graph.node if n.op_type == "LogSoftmax"]
+    if not softmax:
+        return model
+    proto.graph.node.append(helper.make_node("ReduceMax", [softmax[0].output[0]], [BEST], axes=[-1], keepdims=0))
+    proto.graph.output.append(helper.make_tensor_value_info(BEST, onnx.TensorProto.FLOAT, None))
+    return proto.SerializeToString()
+
+
+def anchored_patches(best_by_logprobs: dict):
+    """Patches that make the head return its largest log-probability and keep it, by the logprobs array it came with."""
+    made, ran = ort_backend._ort().InferenceSession, ort_backend.OnnxRuntimeSession.run
+
+    def session(model, *rest, **kw):
+        return made(with_best_logprob(model), *rest, **kw)
+
+    def run(self, feeds):
+        out = ran(self, feeds)
+        if BEST in out:
+            best = out.pop(BEST)
+            best_by_logprobs[id(out["logprobs"])] = (out["logprobs"], best)  # the array kept: its id stays unique
+        return out
+
+    return [mock.patch.object(ort_backend._ort(), "InferenceSession", session),
+            mock.patch.object(ort_backend.OnnxRuntimeSession, "run", run)]
+
+
+def anchored_rounding(output, best_by_logprobs: dict):
+    logprobs, best = best_by_logprobs[id(output.logprobs)]
+    if logprobs is not output.logprobs or best.shape != logprobs.shape:
+        raise SystemExit("the head's largest log-probabilities do not line up with its outputs")
+    rounded = best.astype(np.float16).astype(np.float64)
+    return (logprobs.astype(np.float64) - best + rounded).astype(np.float32)
 
 
 def main() -> None:
@@ -34,18 +83,30 @@ def main() -> None:
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--limit", type=int, default=1000)
     parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument("--form", choices=("fp16", "anchored"), default="fp16",
+                        help="each log-probability rounded to FP16, or the anchored head's one rounding")
     args = parser.parse_args()
 
     rounded: dict[int, object] = {}
+    best_by_logprobs: dict = {}
+
+    def round_as_asked(output):
+        if args.form == "anchored":
+            return anchored_rounding(output, best_by_logprobs)
+        return output.logprobs.astype(np.float16).astype(np.float32)
 
     def both_ways(encoded, batches, outputs):
-        fp16 = [dataclasses.replace(o, logprobs=o.logprobs.astype(np.float16).astype(np.float32)) for o in outputs]
+        fp16 = [dataclasses.replace(o, logprobs=round_as_asked(o)) for o in outputs]
         for item in item_results(encoded, batches, fp16):
             rounded[item.ind] = item
         return item_results(encoded, batches, outputs)
 
+    patches = [mock.patch.object(evaluate_module, "item_results", both_ways)]
+    patches += anchored_patches(best_by_logprobs) if args.form == "anchored" else []
     start = time.perf_counter()
-    with mock.patch.object(evaluate_module, "item_results", both_ways):
+    with contextlib.ExitStack() as stack:
+        for patch in patches:
+            stack.enter_context(patch)
         results = evaluate(RunOptions(engines=args.engines, dataset=args.dataset, limit=args.limit, progress=False))
     seconds = time.perf_counter() - start
     exact = results.items
@@ -57,7 +118,7 @@ def main() -> None:
                "pred_norm": [i.ind for i, r in zip(exact, fp16) if i.pred_norm != r.pred_norm]}
     gaps = [abs(a - b) for i, r in zip(exact, fp16) for a, b in zip(i.scores, r.scores)]
     out = {"benchmark": __doc__.splitlines()[0], "engines": str(args.engines), "dtype": results.dtype,
-           "items": len(exact), "as_computed": as_computed, "log_probs_rounded_to_fp16": as_rounded,
+           "form": args.form, "items": len(exact), "as_computed": as_computed, "log_probs_rounded_to_fp16": as_rounded,
            "changed_predictions": {k: len(v) for k, v in changed.items()}, "changed_items": changed,
            "ending_score_change": {"max": max(gaps), "mean": float(np.mean(gaps))},
            "acc_diff_points": 100 * (as_rounded["acc"] - as_computed["acc"]),
