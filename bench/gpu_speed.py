@@ -471,7 +471,8 @@ def step_anchorab(args) -> dict:
     layers' synchronised seconds of each (bench/run_blocks.py, warm second pass); accuracy of both against the HF
     FP32 reference of --reference-from, and the items whose predictions differ between the two."""
     work = args.work
-    onnx_dir, engines, anchored = work / "onnx" / "smollm2", work / "engines" / "smollm2", work / "engines" / "smollm2_anchored"
+    onnx_dir, engines = work / "onnx" / "smollm2", work / "engines" / "smollm2"
+    anchored = work / "engines" / "smollm2_anchored"
     build_s, _ = run(ce("ce-build", "--onnx", onnx_dir, "--out", anchored, "--target", "cuda"),
                      env={"CETRT_HEAD_ANCHORED": "1"})
     from cetrt.formats.manifest import read_manifest
@@ -785,11 +786,14 @@ def step_smoke(args) -> dict:
     assert result["max_diff_cuda_vs_cpu"] < 0.1 and result["max_diff_streamed_vs_resident"] < 1e-3, result
     assert result["max_diff_merged_vs_one_layer_engines"] < 1e-2, result
     # every layer's attention fused (engine types: embed, the layer types, head)
-    assert result["fused_attention"] == {"cuda": [0, 1, 0], "cuda-merged": [0, 2, 1, 0], "cuda-anchored": [0, 1, 0]}, result
+    assert result["fused_attention"] == {"cuda": [0, 1, 0], "cuda-merged": [0, 2, 1, 0],
+                                         "cuda-anchored": [0, 1, 0]}, result
     # every residual add that feeds a norm fused into it: 2 a layer, less a block's last (its output)
-    assert result["fused_norms"] == {"cuda": [0, 1, 0], "cuda-merged": [0, 3, 1, 0], "cuda-anchored": [0, 1, 0]}, result
+    assert result["fused_norms"] == {"cuda": [0, 1, 0], "cuda-merged": [0, 3, 1, 0],
+                                     "cuda-anchored": [0, 1, 0]}, result
     # the head's ArgMax reads the FP16 logits
-    assert result["fused_argmax"] == {"cuda": [0, 0, 1], "cuda-merged": [0, 0, 0, 1], "cuda-anchored": [0, 0, 1]}, result
+    assert result["fused_argmax"] == {"cuda": [0, 0, 1], "cuda-merged": [0, 0, 0, 1],
+                                      "cuda-anchored": [0, 0, 1]}, result
     assert result["fused_anchored"]["cuda-anchored"] == [0, 0, 1], result
     assert result["max_diff_anchored_head_vs_cpu"] < 0.1, result
     return result

@@ -32,6 +32,7 @@ from cetrt.backends import onnxruntime as ort_backend
 from cetrt.runner import evaluate as evaluate_module
 from cetrt.runner.evaluate import RunOptions, evaluate
 from cetrt.runner.scoring import item_results, metrics
+from cetrt.spec import LOGPROBS
 
 BEST = "cetrt_best_logprob"
 
@@ -62,7 +63,7 @@ def anchored_patches(best_by_logprobs: dict):
         out = ran(self, feeds)
         if BEST in out:
             best = out.pop(BEST)
-            best_by_logprobs[id(out["logprobs"])] = (out["logprobs"], best)  # the array kept: its id stays unique
+            best_by_logprobs[id(out[LOGPROBS])] = (out[LOGPROBS], best)  # the array kept: its id stays unique
         return out
 
     return [mock.patch.object(ort_backend._ort(), "InferenceSession", session),
@@ -70,6 +71,8 @@ def anchored_patches(best_by_logprobs: dict):
 
 
 def anchored_rounding(output, best_by_logprobs: dict):
+    """The head's log-probabilities as the anchored head would give them: each moved by the FP16 rounding of its
+    slot's largest log-probability (the one value that form rounds)."""
     logprobs, best = best_by_logprobs[id(output.logprobs)]
     if logprobs is not output.logprobs or best.shape != logprobs.shape:
         raise SystemExit("the head's largest log-probabilities do not line up with its outputs")

@@ -21,6 +21,7 @@ RSS = "tests/runner/test_rss_budget.py"
 STORAGE = "tests/test_storage.py"
 RESIDENT_LOADING = "tests/runner/test_resident_loading.py"
 LENGTH = "tests/runner/test_packing.py::test_rows_pad_to_multiples_of_8_by_default_and_the_option_changes_it"
+ANCHORED_HEAD = "tests/backends/test_ort_fusion.py::test_the_anchored_fp16_head_keeps_the_fp32_scores_within_its_one_rounding"
 
 
 @dataclass(frozen=True)
@@ -241,11 +242,11 @@ MUTANTS: tuple[Mutant, ...] = (
            ("tests/backends/test_ort_fusion.py::test_the_fp16_head_takes_its_argmax_before_the_cast",)),
     Mutant("the anchored head keeps the target's FP16 log-probability, not the argmax's", "cetrt/backends/ort_head.py",
            '("best_logprob", all_logprobs, best)', '("best_logprob", all_logprobs, target)',
-           ("tests/backends/test_ort_fusion.py::test_the_anchored_fp16_head_keeps_the_fp32_scores_within_its_one_rounding",)),
+           (ANCHORED_HEAD,)),
     Mutant("the anchored head takes the argmax's logit minus the target's", "cetrt/backends/ort_head.py",
            'emit.node("Sub", [wide["target_logit"], wide["best_logit"]])',
            'emit.node("Sub", [wide["best_logit"], wide["target_logit"]])',
-           ("tests/backends/test_ort_fusion.py::test_the_anchored_fp16_head_keeps_the_fp32_scores_within_its_one_rounding",)),
+           (ANCHORED_HEAD,)),
     Mutant("batches take rows by real length, whatever head slots they need", "cetrt/workload/packing.py",
            "    ordered = sorted(rows, key=lambda r: (plan.padded_length(r.length), len(r.targets)))",
            "    ordered = sorted(rows, key=lambda r: r.length)",
