@@ -69,7 +69,7 @@ def anchor_log_softmax(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         logits, target, axis = cast.input[0], gather.input[1], attribute(gather, "axis", 0)
         start = len(emit.nodes)
         all_logprobs = emit.node("LogSoftmax", [logits], axis=axis)
-        best = emit.node("ArgMax", [logits], axis=axis, keepdims=1)
+        best = _argmax_kept(g, emit, logits, axis, last)
         wide = {name: emit.node("Cast", [emit.node("GatherElements", [source, index], axis=axis)],
                                 to=TensorProto.FLOAT)
                 for name, source, index in (("best_logprob", all_logprobs, best), ("best_logit", logits, best),
@@ -82,6 +82,19 @@ def anchor_log_softmax(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     nodes = [new for node in model.graph.node for new in replaced.get(id(node), [node])]
     del model.graph.node[:]
     model.graph.node.extend(nodes)
+    model.graph.initializer.extend(emit.initializers)
     drop_unused(model.graph)  # the FP32 LogSoftmax, and the Cast if nothing else reads it
     sort_nodes(model.graph)
     return model, len(replaced)
+
+
+def _argmax_kept(g: GraphIndex, emit: Emitter, logits: str, axis: int, last: set[int]) -> str:
+    """The argmax of `logits` along `axis` (the last: its spellings in `last`), that axis kept: the greedy flag's
+    ArgMax where the graph has one over the same tensor and axis (after argmax_before_cast it reads the FP16
+    logits), so the logits are not read a second time; else a new ArgMax."""
+    for node in g.consumers.get(logits, []):
+        if node.op_type == "ArgMax" and attribute(node, "axis", 0) in last:
+            if attribute(node, "keepdims", 1):
+                return node.output[0]
+            return emit.node("Unsqueeze", [node.output[0], emit.constant([axis])])
+    return emit.node("ArgMax", [logits], axis=axis, keepdims=1)

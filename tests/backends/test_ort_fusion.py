@@ -181,6 +181,7 @@ def test_the_anchored_fp16_head_keeps_the_fp32_scores_within_its_one_rounding(zo
     assert count == {"attention": 0, "norms": 0, "argmax": 1, "anchored": 1}
     g = GraphIndex(fused)
     assert [g.types[n.input[0]] for n in fused.graph.node if n.op_type == "LogSoftmax"] == [onnx.TensorProto.FLOAT16]
+    assert [n.op_type for n in fused.graph.node].count("ArgMax") == 1  # the greedy flag's, read once for both
     vocab = exported.model.vocab_size
     assert not [n for n in fused.graph.node if n.op_type == "Cast" and g.types[n.output[0]] == onnx.TensorProto.FLOAT
                 and (g.shapes[n.output[0]] or [None])[-1] == vocab]  # no FP32 copy of the logits
