@@ -3,8 +3,9 @@
 The repository's files (tracked, and untracked ones git does not ignore) are copied to a temporary folder; the
 tests run there with boot/sitecustomize.py on PYTHONPATH, so every process imports `cetrt` from the copy and
 not from the editable install. First the union of all selected tests runs on the unchanged copy and must
-pass (it also fills the shared tiny-model zoo, CETRT_TEST_ZOO, which later runs reuse where the export's
-sources are unchanged); then each bug in turn: planted, its tests run, the file restored. A bug is killed when
+pass (it also fills the shared tiny-model zoo, which later runs reuse where the export's sources are unchanged:
+the folder CETRT_TEST_ZOO names if set, as .ci/run sets it for `make test` before, else a new one); then each
+bug in turn: planted, its tests run, the file restored. A bug is killed when
 its tests fail; survived when they pass; an anchor that is not found exactly once, or a run that collects no
 test, fails the gauntlet too. Prints one row per bug: bug, tests run, result, seconds.
 Usage: `python tests/mutants/gauntlet.py [--only SUBSTRING] [--keep] [--verbose]`.
@@ -78,7 +79,8 @@ def main() -> int:
     mutants = [m for m in MUTANTS if args.only is None or args.only in m.name]
     start = time.perf_counter()
     scratch = Path(tempfile.mkdtemp(prefix="cetrt-mutants-"))
-    copy, zoo = scratch / "repo", scratch / "zoo"
+    copy = scratch / "repo"
+    zoo = Path(os.environ["CETRT_TEST_ZOO"]) if os.environ.get("CETRT_TEST_ZOO") else scratch / "zoo"
     copy_repository(copy)
     env = {**os.environ, "PYTHONPATH": str(copy / BOOT), "CETRT_SOURCE_ROOT": str(copy), "CETRT_TEST_ZOO": str(zoo),
            "PYTHONDONTWRITEBYTECODE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
