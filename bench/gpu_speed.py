@@ -42,6 +42,9 @@ both counted the same way, in one call per step; every run a separate process ti
   startab   the start-up A/B: ce-run preparing the device and engine types beside tokenizing (the default) against
             the old order (CETRT_PREPARE_BESIDE=0), alternating rounds, on the smollm2 step's engines or SmolLM2-shaped
             random ones made here.
+  orderab   the run order's A/B on the prep7b engines, before any probe: resident and 1/3 of the weights
+            alternating, --rounds rounds; the short probe after them (the llama7b step's first run has always read
+            slowest).
   loadab    the resident-loading A/B on the prep7b engines: reading before the preparation is done and loading
             each engine as it arrives (the default since 2026-12-04) against the order and pace before
             (CETRT_LOAD_AS_READ=0), resident, alternating, --rounds rounds.
@@ -446,6 +449,31 @@ def step_pinab(args) -> dict:
                                                                 work / "pin_ahead.json")}
 
 
+def step_orderab(args) -> dict:
+    """Whether a run's place in the step moves its reads: in every llama7b step so far the first run (resident,
+    right after the probes' 16 GB of reads) read slower and prepared slower than the runs after it. Here, on the
+    prep7b engines and before any probe: resident and 1/3 of the weights alternating, --rounds rounds, page cache
+    dropped before each; then the llama7b step's short probe. Each run's read rate, preparation and blocked time
+    by position."""
+    from cetrt.formats.manifest import read_manifest
+
+    work = args.work
+    engines = work / "engines" / "llama7b"
+    third = str(read_manifest(engines).engine_bytes // 3)
+    runs = alternate(engines, args, "order", {"resident": {}, "third": {"budget": third}})
+    order = []
+    for n in range(args.rounds):
+        for name in ("resident", "third"):
+            results = runs[name][n]["results"]
+            order.append({"run": name, "round": n, "end_to_end_s": runs[name][n]["end_to_end_s"],
+                          "read_gb_per_s": round(results["streaming"]["read_bytes_per_s"] / 1e9, 3),
+                          "prepared_s": results["phases"]["prepared_beside_tokenizing_s"],
+                          "blocked_on_storage_s": results["streaming"]["blocked_on_storage_s"]})
+    probe = probe_read(layer_files(engines))
+    return {"engines": str(engines), "order": order, "medians": reader_medians(runs),
+            "probe_after": probe, "probe_after_best_gb_per_s": max(p["gb_per_s"] for p in probe)}
+
+
 def step_exitab(args) -> dict:
     """The exit A/B: resident `ce-run`s of the prep7b engines ending at once after their results are written (the
     default since 2026-12-05, cetrt.cli.run_main) against the interpreter's teardown (CETRT_QUICK_EXIT=0),
@@ -804,7 +832,7 @@ STEPS = {"smoke": step_smoke, "smollm2": step_smollm2, "prep7b": step_prep7b, "l
          "device7b": step_device7b, "stream7b": step_stream7b,
          "prep30b": step_prep30b, "llama30b": step_llama30b, "llama30b_third": step_llama30b_third,
          "harness30b": step_harness30b, "profile30b": step_profile30b, "startab": step_startab,
-         "lengthab": step_lengthab, "sustained": step_sustained, "switchab": step_switchab, "pinab": step_pinab,
+         "lengthab": step_lengthab, "sustained": step_sustained, "switchab": step_switchab, "pinab": step_pinab, "orderab": step_orderab,
          "mergeab": step_mergeab, "exitab": step_exitab, "fusionab": step_fusionab, "anchorab": step_anchorab}
 
 
