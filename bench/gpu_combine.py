@@ -100,12 +100,14 @@ def synchronised_compute(big: dict, harness: dict, flop: float, rate: float) -> 
 
 
 def predictions_7b(steps: Path, big: dict) -> dict | None:
-    """ce-predict (the calib.json of the llama7b step's own engines, `gpu_steps/calib_llama7b.json`, brought back
-    with them since 2026-12-05's third session) for each 7B run, term by term against what the run reported: the
-    issue's predictor error, reported again. None where the step files hold no calib.json of these engines (its
-    model hash is theirs, as ce-run requires of the calib.json it reads)."""
+    """ce-predict (the calib.json of the llama7b step's own engines: inside the step file since 2026-12-06's second
+    session, before that `gpu_steps/calib_llama7b.json`, copied beside it by hand) for each 7B run, term by term
+    against what the run reported: the issue's predictor error, reported again. None where neither holds a
+    calib.json of these engines (its model hash is theirs, as ce-run requires of the calib.json it reads)."""
     calib_path = steps / "calib_llama7b.json"
-    calib = json.loads(calib_path.read_text()) if calib_path.is_file() else None
+    calib = big.get("calib") or (json.loads(calib_path.read_text()) if calib_path.is_file() else None)
+    if big.get("calib"):
+        calib_path = steps / "llama7b.json"
     if calib is None or calib["model_hash"] != big["runs"]["resident"]["results"]["model_hash"]:
         return None
     from cetrt.calib.presets import load_counting_tokenizer

@@ -307,7 +307,9 @@ def step_llama7b(args) -> dict:
     return {"weights_bytes": weights, "probe": probe, "probe_run_bytes": probe_run_bytes, "runs": runs,
             "blocks_synchronised": json.loads((work / "7b_blocks.json").read_text()), "harness": harness,
             "matmul_tflops": rate, "profile": json.loads((work / "7b_profile.json").read_text()),
-            "profile_head": json.loads((work / "7b_profile_head.json").read_text())}
+            "profile_head": json.loads((work / "7b_profile_head.json").read_text()),
+            # the engines' calib.json, measured on this machine by prep7b: gpu_combine.py's ce-predict for these runs
+            "calib": json.loads((engines / "calib.json").read_text()) if (engines / "calib.json").is_file() else None}
 
 
 def step_device7b(args) -> dict:
