@@ -283,6 +283,7 @@ def step_llama7b(args) -> dict:
     probe = probe_read(files)
     drop_page_cache()  # the run's own byte count at its request size: a short probe may see a burst rate
     probe_run_bytes = probe_read(files, total=sum(p.stat().st_size for p in files), configs=[(16 << 20, 4)])
+    time.sleep(args.settle_s)  # the first run of a step has always prepared and read slowest (see orderab)
     runs = {"resident": cetrt_run(engines, args.dataset, work / "7b_resident.json", args.limit),
             "resident_torch_device": cetrt_run(engines, args.dataset, work / "7b_resident_torch.json", args.limit,
                                                env=TORCH_DEVICE)}
@@ -462,6 +463,7 @@ def step_orderab(args) -> dict:
     work = args.work
     engines = work / "engines" / "llama7b"
     third = str(read_manifest(engines).engine_bytes // 3)
+    time.sleep(args.settle_s)
     runs = alternate(engines, args, "order", {"resident": {}, "third": {"budget": third}})
     order = []
     for n in range(args.rounds):
@@ -861,6 +863,8 @@ def main() -> None:
     parser.add_argument("--merge-shape", default="llama-7b", help="mergeab: the LLaMA preset (smollm2-135m to try it on CPU)")
     parser.add_argument("--seconds", type=float, default=40.0, help="sustained: seconds of back-to-back matmuls")
     parser.add_argument("--rounds", type=int, default=3, help="startab, lengthab, loadab: alternating rounds of each side")
+    parser.add_argument("--settle-s", type=float, default=0.0, help="llama7b, orderab: seconds of rest before the "
+                        "first measured run (a guess to test: the host's disk still busy with the prep step's writes)")
     parser.add_argument("--budget-divisor", type=int, default=3, help="llama30b_third: the budget is the weights / this "
                         "(a tiny shape's head alone is more than 1/3 of it: 2 there)")
     args = parser.parse_args()
@@ -871,6 +875,7 @@ def main() -> None:
     record = {"step": args.step, "machine": machine(), "command": " ".join(sys.argv), "commands": COMMANDS,
               "seconds": round(time.perf_counter() - start, 1), "dataset": args.dataset, "limit": args.limit,
               "cetrt_environment": {k: v for k, v in os.environ.items() if k.startswith("CETRT_")},
+              "settle_s": args.settle_s,
               **result}
     (args.out / f"{args.step}.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     print(json.dumps({"step": args.step, "seconds": record["seconds"]}))
