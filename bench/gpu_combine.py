@@ -104,10 +104,11 @@ def predictions_7b(steps: Path, big: dict) -> dict | None:
     session, before that `gpu_steps/calib_llama7b.json`, copied beside it by hand) for each 7B run, term by term
     against what the run reported: the issue's predictor error, reported again. None where neither holds a
     calib.json of these engines (its model hash is theirs, as ce-run requires of the calib.json it reads)."""
-    calib_path = steps / "calib_llama7b.json"
-    calib = big.get("calib") or (json.loads(calib_path.read_text()) if calib_path.is_file() else None)
     if big.get("calib"):
-        calib_path = steps / "llama7b.json"
+        calib, calib_path = big["calib"], steps / "llama7b.json"
+    else:
+        calib_path = steps / "calib_llama7b.json"
+        calib = json.loads(calib_path.read_text()) if calib_path.is_file() else None
     if calib is None or calib["model_hash"] != big["runs"]["resident"]["results"]["model_hash"]:
         return None
     from cetrt.calib.presets import load_counting_tokenizer

@@ -225,6 +225,13 @@ def step_smollm2(args) -> dict:
             "harness_over_cetrt": round(harness["end_to_end_s"] / cetrt["end_to_end_s"], 3)}
 
 
+def engines_calib(engines: Path) -> dict | None:
+    """The calib.json beside the engines, as measured on this machine (None where the build had none): what
+    gpu_combine.py's ce-predict for the step's runs reads."""
+    path = engines / "calib.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def layer_files(engines: Path) -> list[Path]:
     """The layer blocks' files the runs read: what the plain probe reads too."""
     from cetrt.formats.manifest import read_manifest
@@ -309,8 +316,7 @@ def step_llama7b(args) -> dict:
             "blocks_synchronised": json.loads((work / "7b_blocks.json").read_text()), "harness": harness,
             "matmul_tflops": rate, "profile": json.loads((work / "7b_profile.json").read_text()),
             "profile_head": json.loads((work / "7b_profile_head.json").read_text()),
-            # the engines' calib.json, measured on this machine by prep7b: gpu_combine.py's ce-predict for these runs
-            "calib": json.loads((engines / "calib.json").read_text()) if (engines / "calib.json").is_file() else None}
+            "calib": engines_calib(engines)}
 
 
 def step_device7b(args) -> dict:
@@ -690,7 +696,7 @@ def step_llama30b(args, divisor: int | None = None) -> dict:
             "layers_per_engine": manifest.build_options.get("layers_per_engine", 1),
             "distinct_layer_files": manifest.build_options.get("distinct_layer_files"),
             "items_run": result["results"]["n"], "run": result, "matmul_tflops": rate,
-            "calib": json.loads((engines / "calib.json").read_text()) if (engines / "calib.json").is_file() else None}
+            "calib": engines_calib(engines)}
 
 
 def sustained_matrix_rate(seconds: float = 40.0) -> dict:
