@@ -6,10 +6,13 @@ figure taken from the step files, plus the useful FLOP of the 7B run, counted he
 layers, attention over the pairs the packed mask allows, the head at the scored slots (SmolLM2's tokenizer, the
 one the random 7B engines carry). `llama30b` reads {prep30b,llama30b,llama30b_third,harness30b}.json and writes
 gpu_llama30b.json (bench/gpu_combine_30b.py): the issue's keys, ce-predict against each run term by term, and
-the scaling to all items by token count where a run covered fewer. `device` reads device7b_h100.json and writes
-gpu_device_ab_7b.json: the GPU buffers through cuda-bindings against torch's. `stream` reads stream7b.json and writes
-gpu_stream_ab_7b.json: ONNX Runtime on its own stream against the runner's.
-Usage: python bench/gpu_combine.py [7b|llama30b|device|stream] [--steps bench/results/gpu_steps] [--results bench/results]
+the scaling to all items by token count where a run covered fewer. `7b-whole` reads whole7b.json (issue 12's
+runs and harness on every item) and writes gpu_end_to_end_7b_all_items.json in gpu_end_to_end_7b.json's form.
+`device` reads device7b_h100.json and writes gpu_device_ab_7b.json: the GPU buffers through cuda-bindings against
+torch's. `stream` reads stream7b.json and writes gpu_stream_ab_7b.json: ONNX Runtime on its own stream against the
+runner's.
+Usage: python bench/gpu_combine.py [7b|7b-whole|llama30b|device|stream] [--steps bench/results/gpu_steps]
+       [--results bench/results]
 """
 
 from __future__ import annotations
@@ -99,13 +102,13 @@ def synchronised_compute(big: dict, harness: dict, flop: float, rate: float) -> 
             "useful_tflops": round(tflops, 1), "fraction_of_matmul_rate": round(tflops / rate, 3)}
 
 
-def predictions_7b(steps: Path, big: dict) -> dict | None:
+def predictions_7b(steps: Path, big: dict, step_file: str = "llama7b.json") -> dict | None:
     """ce-predict (the calib.json of the llama7b step's own engines: inside the step file since 2026-12-06's second
     session, before that `gpu_steps/calib_llama7b.json`, copied beside it by hand) for each 7B run, term by term
     against what the run reported: the issue's predictor error, reported again. None where neither holds a
     calib.json of these engines (its model hash is theirs, as ce-run requires of the calib.json it reads)."""
     if big.get("calib"):
-        calib, calib_path = big["calib"], steps / "llama7b.json"
+        calib, calib_path = big["calib"], steps / step_file
     else:
         calib_path = steps / "calib_llama7b.json"
         calib = json.loads(calib_path.read_text()) if calib_path.is_file() else None
@@ -117,7 +120,7 @@ def predictions_7b(steps: Path, big: dict) -> dict | None:
 
     spec = dataclasses.replace(presets()["llama-7b"], vocab_size=49152)  # the random engines carry SmolLM2's tokenizer
     tokenizer = load_counting_tokenizer(None)[0]
-    out = {"calib": str(calib_path.relative_to(ROOT)), "by_run": {}}
+    out = {"calib": str(calib_path.relative_to(ROOT) if calib_path.is_relative_to(ROOT) else calib_path), "by_run": {}}
     for name, run in big["runs"].items():
         if "refused" in run or name == "resident_torch_device":
             continue
@@ -129,9 +132,9 @@ def predictions_7b(steps: Path, big: dict) -> dict | None:
     return out
 
 
-def combine_7b(steps: Path, results: Path) -> None:
-    small = json.loads((steps / "smollm2.json").read_text())
-    big = json.loads((steps / "llama7b.json").read_text())
+def end_to_end_7b(steps: Path, big: dict, step_file: str, items: str) -> dict:
+    """Issue 12's benchmark (gpu_end_to_end_7b.json's keys) from a step file with the probes, ce-run's runs
+    (resident, 1/3, 1/6) and the harness: llama7b's (items 0-1999) or whole7b's (every item)."""
     probe = max(p["gb_per_s"] for p in big["probe"])
     run_probe = big["probe_run_bytes"][0]["gb_per_s"] if big.get("probe_run_bytes") else None  # since 2026-12-04
     refused = {name: run["refused"] for name, run in big["runs"].items() if "refused" in run}
@@ -141,7 +144,7 @@ def combine_7b(steps: Path, results: Path) -> None:
     harness = big["harness"]
     floor = max(resident["bytes_read"] / 1e9 / probe, resident["compute_s"])
     end_to_end = {
-        "benchmark": "LLaMA-7B shape, random FP16 weights, items 0-1999, weights as inputs, ORT 1.31.1 CUDA; every run "
+        "benchmark": f"LLaMA-7B shape, random FP16 weights, {items}, weights as inputs, ORT 1.31.1 CUDA; every run "
                      "a process timed from outside, page cache dropped before it; see definitions",
         "cetrt_end_to_end_s": resident["end_to_end_s"],
         "hf_end_to_end_s": harness["end_to_end_s"],
@@ -182,10 +185,31 @@ def combine_7b(steps: Path, results: Path) -> None:
             "tokenize_and_imports_s": "ce-run's tokenize timer: loading the tokenizer (with `tokenizers` alone, "
                                       "no transformers import since 2026-12-02) and encoding the items",
         },
-        "machine": big["machine"], "commands": big["commands"], "step_command": big["command"],
-        "predictions": predictions_7b(steps, big),
+        "machine": big["machine"],
+        # whole7b's parts may come from several calls on one machine: each call's commands
+        "commands": [c for call in big["calls"] for c in call["commands"]] if "calls" in big else big["commands"],
+        "step_command": [call["command"] for call in big["calls"]] if "calls" in big else big["command"],
+        "predictions": predictions_7b(steps, big, step_file),
     }
+    return end_to_end
+
+
+def combine_whole_7b(steps: Path, results: Path) -> None:
+    """gpu_end_to_end_7b_all_items.json from gpu_speed.py whole7b's step file."""
+    big = json.loads((steps / "whole7b.json").read_text())
+    n = big["runs"]["resident"]["results"]["n"]
+    items = f"all {n:,} items" if big["limit"] is None else f"items 0-{n - 1}"
+    end_to_end = end_to_end_7b(steps, big, "whole7b.json", items)
+    (results / "gpu_end_to_end_7b_all_items.json").write_text(json.dumps(end_to_end, indent=2) + "\n")
+    print(json.dumps(end_to_end["ratios"], indent=1))
+
+
+def combine_7b(steps: Path, results: Path) -> None:
+    small = json.loads((steps / "smollm2.json").read_text())
+    big = json.loads((steps / "llama7b.json").read_text())
+    end_to_end = end_to_end_7b(steps, big, "llama7b.json", "items 0-1999")
     (results / "gpu_end_to_end_7b.json").write_text(json.dumps(end_to_end, indent=2) + "\n")
+    resident, harness = end_to_end["resident"], big["harness"]
 
     flop, tokens = useful_flop(2000)
     rate = big["matmul_tflops"]
@@ -295,13 +319,15 @@ def combine_device(steps: Path, results: Path, name: str = "device7b_h100.json")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("which", nargs="?", default="7b", choices=("7b", "llama30b", "device", "stream"))
+    parser.add_argument("which", nargs="?", default="7b", choices=("7b", "7b-whole", "llama30b", "device", "stream"))
     parser.add_argument("--steps", type=Path, default=STEPS, help="where the step files are")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the results go")
     parser.add_argument("--dataset", type=Path, default=DATASET, help="the dataset the runs scored (for counting)")
     args = parser.parse_args()
     if args.which == "7b":
         combine_7b(args.steps, args.results)
+    elif args.which == "7b-whole":
+        combine_whole_7b(args.steps, args.results)
     elif args.which == "device":
         combine_device(args.steps, args.results)
     elif args.which == "stream":

@@ -15,6 +15,8 @@ both counted the same way, in one call per step; every run a separate process ti
             CETRT_DEVICE=torch: the device's A/B) and at 1/3 and 1/6 of the weights; the harness method loading
             the same-size weights from cold disk, then again resident; the FP16 matrix rate; useful FLOP; a
             profile of one batch.
+  whole7b   llama7b's end-to-end runs and harness on the whole validation set (every item unless --limit), no
+            profiles; --parts splits it over calls on one machine, the parts kept in <work> between them.
   device7b  the GPU buffers' A/B alone on the prep7b engines: resident ce-run, cuda-bindings and torch
             alternating, two rounds.
   stream7b  ONNX Runtime's stream A/B on the prep7b engines: its own stream synchronised per run
@@ -317,6 +319,50 @@ def step_llama7b(args) -> dict:
             "matmul_tflops": rate, "profile": json.loads((work / "7b_profile.json").read_text()),
             "profile_head": json.loads((work / "7b_profile_head.json").read_text()),
             "calib": engines_calib(engines)}
+
+
+WHOLE_PARTS = ("probe", "resident", "1/3", "1/6", "harness")
+
+
+def step_whole7b(args) -> dict:
+    """Issue 12's benchmark on the whole validation set, the product's job (llama7b scores items 0-1999, where the
+    process's fixed costs weigh on a 6.6 s floor): the probes, `ce-run` from cold storage resident and at 1/3 and 1/6
+    of the weights, the harness loading the same-size weights from cold disk and then again resident. --parts runs
+    some of them, so that the step fits a call's 600 s as two calls on one machine; each part is kept in
+    <work>/whole7b.json as it finishes and a later call adds to it (what a call returns holds every part so far)."""
+    from cetrt.formats.manifest import read_manifest
+
+    work = args.work
+    engines = work / "engines" / "llama7b"
+    weights = read_manifest(engines).engine_bytes
+    kept_path = work / "whole7b.json"
+    kept = json.loads(kept_path.read_text()) if kept_path.is_file() else {"runs": {}, "calls": []}
+    parts = args.parts.split(",")
+    unknown = sorted(set(parts) - set(WHOLE_PARTS))
+    if unknown:
+        raise SystemExit(f"--parts: {', '.join(unknown)} unknown; take from {', '.join(WHOLE_PARTS)}")
+    kept["calls"].append({"command": " ".join(sys.argv), "parts": parts, "commands": COMMANDS})
+    for part in parts:
+        if part == "probe":
+            files = layer_files(engines)
+            kept["probe"] = probe_read(files)
+            drop_page_cache()
+            kept["probe_run_bytes"] = probe_read(files, total=sum(p.stat().st_size for p in files),
+                                                 configs=[(16 << 20, 4)])
+            time.sleep(args.settle_s)
+        elif part == "harness":
+            kept["harness"] = harness_run(work / "hf" / "llama7b", args.dataset, work / "whole_hf.json", args.limit,
+                                          rounds=2)
+        else:
+            divisor = {"resident": None, "1/3": 3, "1/6": 6}[part]
+            budget = str(weights // divisor) if divisor else None
+            try:
+                kept["runs"][part] = cetrt_run(engines, args.dataset, work / f"whole_{divisor or 1}.json", args.limit,
+                                               budget=budget)
+            except SystemExit as refused:  # calib's engines can be too large for this budget: ce-run's words
+                kept["runs"][part] = {"refused": str(refused)[-600:]}
+        kept_path.write_text(json.dumps(kept, default=str))
+    return {"weights_bytes": weights, **kept, "calib": engines_calib(engines)}
 
 
 def step_device7b(args) -> dict:
@@ -838,6 +884,7 @@ def step_smoke(args) -> dict:
 
 
 STEPS = {"smoke": step_smoke, "smollm2": step_smollm2, "prep7b": step_prep7b, "llama7b": step_llama7b,
+         "whole7b": step_whole7b,
          "loadab": step_loadab,
          "device7b": step_device7b, "stream7b": step_stream7b,
          "prep30b": step_prep30b, "llama30b": step_llama30b, "llama30b_third": step_llama30b_third,
@@ -869,8 +916,11 @@ def main() -> None:
     parser.add_argument("--merge-shape", default="llama-7b", help="mergeab: the LLaMA preset (smollm2-135m to try it on CPU)")
     parser.add_argument("--seconds", type=float, default=40.0, help="sustained: seconds of back-to-back matmuls")
     parser.add_argument("--rounds", type=int, default=3, help="startab, lengthab, loadab: alternating rounds of each side")
-    parser.add_argument("--settle-s", type=float, default=0.0, help="llama7b, orderab: seconds of rest before the "
-                        "first measured run (a guess to test: the host's disk still busy with the prep step's writes)")
+    parser.add_argument("--parts", default=",".join(WHOLE_PARTS),
+                        help=f"whole7b: which of {', '.join(WHOLE_PARTS)} this call runs (comma-separated)")
+    parser.add_argument("--settle-s", type=float, default=0.0, help="llama7b, orderab, whole7b: seconds of rest "
+                        "before the first measured run (a guess to test: the host's disk still busy with the prep "
+                        "step's writes)")
     parser.add_argument("--budget-divisor", type=int, default=3, help="llama30b_third: the budget is the weights / this "
                         "(a tiny shape's head alone is more than 1/3 of it: 2 there)")
     args = parser.parse_args()
