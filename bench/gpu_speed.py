@@ -368,6 +368,20 @@ def step_whole7b(args) -> dict:
     return {"weights_bytes": weights, **kept, "calib": engines_calib(engines)}
 
 
+def step_readlong(args) -> dict:
+    """The disk's rate over as many bytes as a 1/6 run reads: the short probe (its best rate is what issue 12's
+    reader target is judged against), then every layer file of the prep7b engines once per pass, 16 MiB x 4 in
+    flight, --rounds passes, each pass's rate (whole7b's 1/6 run read ten passes)."""
+    files = layer_files(args.work / "engines" / "llama7b")
+    short = probe_read(files)
+    passes = [probe_read(files, total=sum(p.stat().st_size for p in files), configs=[(16 << 20, 4)])[0]
+              for _ in range(args.rounds)]
+    total = sum(p["bytes"] for p in passes)
+    seconds = sum(p["bytes"] / (p["gb_per_s"] * 1e9) for p in passes)
+    return {"probe": short, "probe_best_gb_per_s": max(p["gb_per_s"] for p in short), "passes": passes,
+            "passes_bytes": total, "passes_gb_per_s": round(total / seconds / 1e9, 3)}
+
+
 def step_device7b(args) -> dict:
     """The GPU buffers' A/B alone: resident `ce-run`s of the prep7b engines, cuda-bindings and torch alternating,
     two rounds, page cache dropped before each."""
@@ -918,7 +932,7 @@ STEPS = {"smoke": step_smoke, "smollm2": step_smollm2, "prep7b": step_prep7b, "l
          "prep30b": step_prep30b, "llama30b": step_llama30b, "llama30b_third": step_llama30b_third,
          "harness30b": step_harness30b, "profile30b": step_profile30b, "startab": step_startab,
          "lengthab": step_lengthab, "sustained": step_sustained, "switchab": step_switchab, "pinab": step_pinab,
-         "readab": step_readab,
+         "readab": step_readab, "readlong": step_readlong,
          "orderab": step_orderab, "mergeab": step_mergeab, "exitab": step_exitab, "fusionab": step_fusionab, "anchorab": step_anchorab}
 
 
