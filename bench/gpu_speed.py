@@ -33,9 +33,8 @@ both counted the same way, in one call per step; every run a separate process ti
   profile30b  bench/profile_block.py on the 30B engines at 2,048 and 8,192 tokens per batch.
   switchab  the GIL hand-over A/B on the prep7b engines: ce-run with its 0.5 ms hand-over against Python's 5 ms
             (CETRT_SWITCH_INTERVAL_MS=5), resident, alternating, --rounds rounds.
-  readab    the reads-before-the-device A/B on the prep7b engines: the first reads into plain memory while the
-            device is made (the default) against waiting for its buffers (CETRT_READ_BEFORE_DEVICE=0), resident and
-            at 1/3 of the weights, alternating, --rounds rounds.
+  readlong  the disk over as many bytes as a streamed run reads: the short probe, then the prep7b engines' layer
+            files once per pass, --rounds passes.
   pinab     the page-locked buffers A/B on the prep7b engines: each next read's buffer made beside the read under way
             (the default) against made as its read starts (CETRT_PINNED_AHEAD=0), resident, alternating, --rounds.
   mergeab   calib's merge rule: 7B-shaped random layers as 1- and 2-layer engines, the layers' synchronised compute
@@ -502,31 +501,6 @@ def reader_medians(runs: dict[str, list]) -> dict[str, dict]:
     return {name: {key: statistics.median(pick(r) for r in done) for key, pick in picks} for name, done in runs.items()}
 
 
-def step_readab(args) -> dict:
-    """The reads-before-the-device A/B: `ce-run` on the prep7b engines, resident and at 1/3 of the weights, the
-    store's first reads going to plain memory while the preparation makes the device (the default since 2026-12-06's
-    third session, runner/evaluate.py `reader_buffers`) against waiting for the device's page-locked buffers
-    (CETRT_READ_BEFORE_DEVICE=0), alternating, --rounds rounds, page cache dropped before each: the 7B runs of
-    2026-12-06's second session set the device up for 0.20-0.30 s after tokenizing (`of_which_device_setup_s`)."""
-    from cetrt.formats.manifest import read_manifest
-
-    engines = args.work / "engines" / "llama7b"
-    third = str(read_manifest(engines).engine_bytes // 3)
-    sides = {"wait": {"env": {"CETRT_READ_BEFORE_DEVICE": "0"}}, "early": {},
-             "wait_third": {"env": {"CETRT_READ_BEFORE_DEVICE": "0"}, "budget": third}, "early_third": {"budget": third}}
-    runs = alternate(engines, args, "read", sides)
-    picks = {"latency_s": lambda r: r["results"]["latency_s"],
-             "device_setup_s": lambda r: r["results"]["phases"]["of_which_device_setup_s"],
-             "before_executor_s": lambda r: r["results"]["phases"]["before_executor_s"]}
-    medians = {name: {**reader_medians(runs)[name],
-                      **{key: statistics.median(pick(r) for r in done) for key, pick in picks.items()}}
-               for name, done in runs.items()}
-    return {"engines": str(engines), "runs": runs, "medians": medians,
-            "wait_over_early": {"resident": round(medians["wait"]["end_to_end_s"] / medians["early"]["end_to_end_s"], 3),
-                                "1/3": round(medians["wait_third"]["end_to_end_s"]
-                                             / medians["early_third"]["end_to_end_s"], 3)}}
-
-
 def step_pinab(args) -> dict:
     """The page-locked buffers A/B: `ce-run` on the prep7b engines, resident, with the next read's buffer made
     beside the read under way and the first two beside tokenizing (the default since 2026-12-05,
@@ -932,7 +906,7 @@ STEPS = {"smoke": step_smoke, "smollm2": step_smollm2, "prep7b": step_prep7b, "l
          "prep30b": step_prep30b, "llama30b": step_llama30b, "llama30b_third": step_llama30b_third,
          "harness30b": step_harness30b, "profile30b": step_profile30b, "startab": step_startab,
          "lengthab": step_lengthab, "sustained": step_sustained, "switchab": step_switchab, "pinab": step_pinab,
-         "readab": step_readab, "readlong": step_readlong,
+         "readlong": step_readlong,
          "orderab": step_orderab, "mergeab": step_mergeab, "exitab": step_exitab, "fusionab": step_fusionab, "anchorab": step_anchorab}
 
 

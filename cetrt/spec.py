@@ -154,7 +154,6 @@ class Target:
     default_efficiency: float | None = None  # fraction of peak assumed for whole-run compute when not measured
     efficiency_source: str = ""
     devices: int = 1  # identical devices of one machine; memory_bytes and the rates above are per device
-    shared_memory: bool = False  # CPU and GPU share one DRAM (Jetson): a host buffer is memory the budget counts
 
     @classmethod
     def from_name(cls, name: str) -> "Target":
@@ -207,7 +206,7 @@ TARGETS: dict[str, Target] = {
             note="ONNX Runtime CPU; FP32 by default because ORT's x86 CPU kernels for FP16 MatMul cast to FP32",
         ),
         Target(
-            name="orin-agx-32gb", device="cuda", compute_capability="8.7", shared_memory=True, memory_bytes=28 * GiB,
+            name="orin-agx-32gb", device="cuda", compute_capability="8.7", memory_bytes=28 * GiB,
             workspace_bytes=2 * GiB, backends=("tensorrt", "onnxruntime"), default_dtype="float16",
             note="Jetson AGX Orin 32GB: 32 GB shared by CPU and GPU, about 28 GB usable (datasheet, not measured)",
             peak_fp16_flops=14 * 2048 * 930e6, memory_bandwidth_bytes_per_s=204.8e9,
@@ -216,7 +215,7 @@ TARGETS: dict[str, Target] = {
             efficiency_source="assumption: not measured on an Orin; the fraction of peak of " + _H200_30B_EFFICIENCY,
         ),
         Target(
-            name="orin-agx-64gb", device="cuda", compute_capability="8.7", shared_memory=True, memory_bytes=60 * GiB,
+            name="orin-agx-64gb", device="cuda", compute_capability="8.7", memory_bytes=60 * GiB,
             workspace_bytes=4 * GiB, backends=("tensorrt", "onnxruntime"), default_dtype="float16",
             note="Jetson AGX Orin 64GB (datasheet, not measured)",
             peak_fp16_flops=16 * 2048 * 1.3e9, memory_bandwidth_bytes_per_s=204.8e9,

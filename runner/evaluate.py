@@ -2,12 +2,10 @@
 
 Steps, each timed: open the manifest, load documents, tokenize the harness's way (while a thread makes the device
 and the engine types ready: `BlockLoader.prepare`), pack and batch, plan memory for the budget, start reading the
-engines (into plain memory until that thread has made the device), wait for that thread if it is not done, run the
-blocks layer-major (engines resident or streamed), score. Latency is everything but tokenization. With a `journal`
-path, every finished chunk's items are appended to the run journal (runner/journal.py) and a rerun with the same
-arguments resumes from it; SIGINT and SIGTERM stop the run at the next batch (runner/interrupt.py). If the run fails
-or is stopped part way, the items that finished are also written to the `partial_results` path, and the one-line
-error names both.
+engines, wait for that thread if it is not done, run the blocks layer-major (engines resident or streamed), score. Latency is everything but tokenization. With a `journal` path, every finished chunk's items are appended to the run journal
+(runner/journal.py) and a rerun with the same arguments resumes from it; SIGINT and SIGTERM stop the run at the
+next batch (runner/interrupt.py). If the run fails or is stopped part way, the items that finished are also
+written to the `partial_results` path, and the one-line error names both.
 Usage: `results = evaluate(RunOptions(engines=Path("engines/smollm2-135m"), dataset="...jsonl", limit=200))`.
 """
 
@@ -45,7 +43,7 @@ from cetrt.runner.journal import RunJournal, digest
 from cetrt.runner.loading import BlockLoader
 from cetrt.runner.memory import RssSampler, process_age_s
 from cetrt.runner.scoring import item_results, metrics
-from cetrt.storage import DEFAULT_REQUESTS_IN_FLIGHT, HostBuffers, ReadPlan, ReadStats, readers_first
+from cetrt.storage import DEFAULT_REQUESTS_IN_FLIGHT, ReadPlan, ReadStats, readers_first
 from cetrt.switches import switch
 from cetrt.workload.hellaswag import default_dataset, load_docs
 from cetrt.workload.packing import make_batches, pack_all
@@ -218,8 +216,8 @@ def _evaluate(options: RunOptions, announce: Callable[[str], None], stop: StopOn
         as_read = loads_as_read()
         if not as_read:  # the order before 2026-12-04: the preparation done before the first read
             preparing.wait()
-        device_start = time.perf_counter()  # on a GPU: the CUDA context and streams made, unless read before it
-        reads, buffers = ReadPlan(requests_in_flight=schedule.requests_in_flight), reader_buffers(load, preparing)
+        device_start = time.perf_counter()  # on a GPU: torch imported, the CUDA context and streams made
+        reads, buffers = ReadPlan(requests_in_flight=schedule.requests_in_flight), backend.host_buffers(manifest.target)
         device_setup_s = time.perf_counter() - device_start
         if plan.resident:
             store = ResidentStore(engines, manifest.blocks, plan.prefetch_depth, load, timings, stats, meter, reads,
@@ -321,20 +319,6 @@ def loads_as_read() -> bool:
     return switch("CETRT_LOAD_AS_READ", default=True)
 
 
-def reader_buffers(load: BlockLoader, preparing: "Beside") -> HostBuffers | None:
-    """Where the store reads to. By default, while the preparation beside tokenizing is still making the device (a
-    CUDA context from a cold page cache: 0.2-0.3 s of the 7B runs' set-up after tokenizing), plain memory, its
-    page-locked buffers from then on: the first reads start as soon as the run is planned. With
-    CETRT_READ_BEFORE_DEVICE=0, or with nothing prepared beside, the device's buffers, waiting for the device as
-    before 2026-12-06's third session (the benchmark's baseline: `bench/gpu_speed.py readab`). Never where the device
-    shares the host's memory (`Target.shared_memory`, the Orin): there a plain buffer kept for reuse is memory the
-    plan does not count."""
-    target = load.manifest.target
-    if preparing.active and switch("CETRT_READ_BEFORE_DEVICE", default=True) and not target.shared_memory:
-        return load.buffers_once_prepared()
-    return load.backend.host_buffers(target)
-
-
 def prepare_beside_tokenizing() -> bool:
     """Whether the device and engine types are made ready beside tokenizing (the default), or, with
     CETRT_PREPARE_BESIDE=0, when the executor first needs them, as before 2026-12-03 (the benchmark's baseline)."""
@@ -349,11 +333,6 @@ class Beside:
     def __init__(self, work: Callable[[], None] | None):
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cetrt-prepare") if work else None
         self._future = self._pool.submit(self._timed, work) if work else None
-
-    @property
-    def active(self) -> bool:
-        """Whether there is work beside (else `wait()` does nothing)."""
-        return self._future is not None
 
     @staticmethod
     def _timed(work: Callable[[], None]) -> float:

@@ -15,7 +15,7 @@ from cetrt import storage
 from cetrt.backends.base import Backend, EngineSource, LoadSettings, Session, WeightsBound
 from cetrt.formats.manifest import EngineBlock, Manifest
 from cetrt.formats.weights import weights_from_bytes
-from cetrt.storage import HostBuffers, ReadStats
+from cetrt.storage import ReadStats
 
 
 class BlockLoader:
@@ -25,7 +25,6 @@ class BlockLoader:
         self._stats, self._meter = stats, meter
         self._types: dict[str, Session] = {}
         self._types_lock = threading.Lock()  # prepare's thread, a resident store's loader and the executor
-        self._prepared_buffers: HostBuffers | None = None  # the device's, once `prepare` has made the device
 
     def prepare(self) -> None:
         """What a run needs before its first block and that does not depend on the documents: the backend's device
@@ -36,34 +35,8 @@ class BlockLoader:
         buffers = self._backend.host_buffers(self._manifest.target)
         if buffers is not None:
             buffers.prepare(storage.buffer_sizes(storage.upcoming(self._manifest.blocks, 0)))
-            self._prepared_buffers = buffers
         for engine_type in self._manifest.engine_types:
             self._engine_type(engine_type.name)
-
-    @property
-    def manifest(self) -> Manifest:
-        return self._manifest
-
-    @property
-    def backend(self) -> Backend:
-        return self._backend
-
-    def buffers_once_prepared(self) -> HostBuffers:
-        """The reader's buffers without waiting for the device: plain memory while `prepare` is still making the
-        device (a CUDA context from a cold page cache), its page-locked pool from then on. The store's first reads
-        then start as soon as the run is planned. Not for a device that shares the host's memory (the Orin), where
-        a plain buffer kept for reuse would be memory the budget does not count."""
-
-        def take(nbytes: int) -> memoryview | None:
-            ready = self._prepared_buffers
-            return ready.take(nbytes) if ready is not None else None
-
-        def prepare(sizes: list[int]) -> None:
-            ready = self._prepared_buffers
-            if ready is not None:
-                ready.prepare(sizes)
-
-        return HostBuffers(take, prepare)
 
     def __call__(self, block: EngineBlock, source: EngineSource) -> Session:
         if block.engine_type is None:

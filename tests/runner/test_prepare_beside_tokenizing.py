@@ -68,12 +68,10 @@ def test_the_first_reads_buffers_are_prepared_beside_tokenizing_and_each_next_on
         zoo, hellaswag_path, monkeypatch):
     """On a GPU the reader's buffers are page-locked memory, slow to make: the preparation asks for the first two
     reads' buffers while tokenizing runs, and the reader asks for each next read's before its own. Here plain
-    buffers stand in for the page-locked ones (the CPU backend has none), and the scores must not change. The store
-    waits for the device's buffers here (CETRT_READ_BEFORE_DEVICE=0), so every read takes them."""
+    buffers stand in for the page-locked ones (the CPU backend has none), and the scores must not change."""
     from cetrt.backends.onnxruntime import OnnxRuntimeBackend
     from cetrt.storage import HostBuffers, buffer_sizes
 
-    monkeypatch.setenv("CETRT_READ_BEFORE_DEVICE", "0")
     engines = zoo.engines("llama")
     blocks = read_manifest(engines).blocks
     asked: list[tuple[str, list[int]]] = []
@@ -92,61 +90,3 @@ def test_the_first_reads_buffers_are_prepared_beside_tokenizing_and_each_next_on
     assert taken == buffer_sizes(blocks)  # every block read into the buffers given, once (resident)
     monkeypatch.undo()
     assert [i.scores for i in given.items] == [i.scores for i in _run(engines, hellaswag_path).items]
-
-
-def test_the_first_reads_start_before_the_device_is_made_and_score_the_same(zoo, hellaswag_path, monkeypatch):
-    """The store's reads do not wait for the device: here the device's buffers come only after a read has started
-    (the preparing thread waits for it), so at least the first block lands in plain memory and the later ones in
-    the device's buffers; the scores are those of a run that waited for the device."""
-    from cetrt.backends.onnxruntime import OnnxRuntimeBackend
-    from cetrt.storage import HostBuffers, ReadPool, buffer_sizes
-
-    engines = zoo.engines("llama")
-    sizes = buffer_sizes(read_manifest(engines).blocks)
-    a_read_started, taken, device_waited = threading.Event(), [], []
-    plain_buffer = ReadPool.buffer
-
-    def buffer(self, nbytes):
-        a_read_started.set()
-        return plain_buffer(self, nbytes)
-
-    def slow_device(self, target):  # the preparing thread makes the device only once the reader is under way
-        device_waited.append(a_read_started.wait(timeout=20))
-        return HostBuffers(lambda n: taken.append(n) or memoryview(mmap.mmap(-1, n)))
-
-    monkeypatch.setattr(ReadPool, "buffer", buffer)
-    monkeypatch.setattr(OnnxRuntimeBackend, "host_buffers", slow_device)
-    early = _run(engines, hellaswag_path)
-    assert device_waited == [True], "the reader waited for the device"
-    assert 0 < len(sizes) - len(taken) < len(sizes) and taken == sizes[len(sizes) - len(taken):]
-    assert early.extra["phases"]["of_which_device_setup_s"] < 0.05
-    monkeypatch.undo()
-    assert [i.scores for i in early.items] == [i.scores for i in _run(engines, hellaswag_path).items]
-
-
-def test_a_device_sharing_the_hosts_memory_is_waited_for(zoo, monkeypatch):
-    """On the Orin a plain buffer kept for reuse would be memory the plan does not count: its reads wait for the
-    device's buffers, as they do with CETRT_READ_BEFORE_DEVICE=0 or nothing prepared beside."""
-    import dataclasses
-
-    from cetrt.backends import get_backend
-    from cetrt.runner.evaluate import Beside, reader_buffers
-    from cetrt.runner.loading import BlockLoader
-    from cetrt.storage import HostBuffers
-
-    manifest = read_manifest(zoo.engines("llama"))
-    device = HostBuffers(lambda n: None)
-    backend = get_backend(manifest.backend)
-    monkeypatch.setattr(type(backend), "host_buffers", lambda self, target: device)
-
-    def buffers(shared: bool, preparing: Beside):
-        shown = dataclasses.replace(manifest, target=dataclasses.replace(manifest.target, shared_memory=shared))
-        return reader_buffers(BlockLoader(zoo.engines("llama"), shown, backend, None, None, None), preparing)
-
-    beside = Beside(lambda: None)
-    assert buffers(False, beside) is not device  # plain memory until the preparation has made the device
-    assert buffers(True, beside) is device
-    assert buffers(False, Beside(None)) is device
-    monkeypatch.setenv("CETRT_READ_BEFORE_DEVICE", "0")
-    assert buffers(False, beside) is device
-    beside.wait()
