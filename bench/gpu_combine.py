@@ -132,6 +132,16 @@ def predictions_7b(steps: Path, big: dict, step_file: str = "llama7b.json") -> d
     return out
 
 
+def harness_scored_once_s(harness: dict) -> float:
+    """The harness method end to end as a user runs it, scoring once: bench/hf_harness.py's clock from its start to
+    the end of its first round (`scored_once_s`, recorded since 2026-12-06's third session); in earlier step files
+    its `end_to_end_s`, which runs on through the resident rounds, less those rounds. Until then gpu_end_to_end_7b's
+    hf_end_to_end_s counted the resident round too (45.18 s for 33.07 s in 2026-12-06's second session)."""
+    if harness.get("scored_once_s") is not None:
+        return harness["scored_once_s"]
+    return round(harness["end_to_end_s"] - sum(r["seconds"] for r in harness["resident_rounds"]), 3)
+
+
 def end_to_end_7b(steps: Path, big: dict, step_file: str, items: str) -> dict:
     """Issue 12's benchmark (gpu_end_to_end_7b.json's keys) from a step file with the probes, ce-run's runs
     (resident, 1/3, 1/6) and the harness: llama7b's (items 0-1999) or whole7b's (every item)."""
@@ -147,7 +157,7 @@ def end_to_end_7b(steps: Path, big: dict, step_file: str, items: str) -> dict:
         "benchmark": f"LLaMA-7B shape, random FP16 weights, {items}, weights as inputs, ORT 1.31.1 CUDA; every run "
                      "a process timed from outside, page cache dropped before it; see definitions",
         "cetrt_end_to_end_s": resident["end_to_end_s"],
-        "hf_end_to_end_s": harness["end_to_end_s"],
+        "hf_end_to_end_s": harness_scored_once_s(harness),
         "hf_resident_s": harness["resident_rounds"][0]["seconds"],
         "cetrt_compute_s": resident["compute_s"],
         "probe_read_gb_per_s": probe,
@@ -165,16 +175,21 @@ def end_to_end_7b(steps: Path, big: dict, step_file: str, items: str) -> dict:
                                             if run_probe else None),
             "latency_over_floor": {name: round(r["latency_s"] / max(r["bytes_read"] / 1e9 / probe, r["compute_s"]), 3)
                                    for name, r in runs.items()},
-            "hf_end_to_end_over_cetrt_end_to_end": round(harness["end_to_end_s"] / resident["end_to_end_s"], 3),
+            "hf_end_to_end_over_cetrt_end_to_end": round(harness_scored_once_s(harness) / resident["end_to_end_s"], 3),
             "floor_s": round(floor, 3),
         },
-        "hf": {k: harness[k] for k in ("imports_s", "load_s", "tokenize_s", "end_to_end_s")}
-              | {"first_round_s": harness["first_round"]["seconds"]},
+        "hf": {k: harness[k] for k in ("imports_s", "load_s", "tokenize_s")}
+              | {"first_round_s": harness["first_round"]["seconds"], "scored_once_s": harness_scored_once_s(harness),
+                 "with_the_resident_round_s": harness["end_to_end_s"]},
         "definitions": {
             "cetrt_end_to_end_s": "ce-run as a process from cold storage: interpreter, imports, tokenizing (cache off), "
                                   "reading every weight O_DIRECT with the per-chunk xxh3-128 check, loading, scoring",
-            "hf_end_to_end_s": "bench/hf_harness.py as a process: imports, safetensors from cold disk to the GPU, "
-                               "tokenizing, scoring with the harness's method",
+            "hf_end_to_end_s": "bench/hf_harness.py as a process, scoring once: its clock from its start to the end "
+                               "of its first round (imports, safetensors from cold disk to the GPU, tokenizing, "
+                               "scoring with the harness's method); the process then scores again, weights resident "
+                               "(hf_resident_s), which this does not count (it did before 2026-12-06's third "
+                               "session). Its clock starts once the interpreter is up and stops before its teardown: "
+                               "cetrt's figure, timed from outside, counts both",
             "hf_resident_s": "the same scoring again, weights resident (the old baseline)",
             "cetrt_compute_s": "ce-run's compute timer (blocks run, batch inputs built and uploaded); with ONNX Runtime "
                                "on the runner's stream (CETRT_SHARED_STREAM in the step's cetrt_environment, the "

@@ -32,14 +32,17 @@ class Target:
 PASSES_IN_THE_FLOOR = {"resident": 1, "1/3": 1, "1/6": 2}
 
 
-def _floor_ratios(data: dict) -> dict[str, tuple[float, float]]:
+def _floor_ratios(data: dict, passes_made: bool = False, rate_key: str = "probe_read_gb_per_s"
+                  ) -> dict[str, tuple[float, float]]:
     """Each 7B run's end to end and latency over the issue's floor: max(passes x the weights / the probe's rate,
-    the run's compute)."""
-    one_pass = data["resident"]["bytes_read"] / (data["probe_read_gb_per_s"] * 1e9)
+    the run's compute). The passes are the issue's (1, 1, 2) for items 0-1999, or, with `passes_made`, those the
+    run made (the whole set at 1/3 and 1/6 needs more than the issue's slice did)."""
+    rate = (data[rate_key] if rate_key == "probe_read_gb_per_s" else data[rate_key][0]["gb_per_s"]) * 1e9
     runs = {"resident": data["resident"], **data["budgets"]}
     ratios = {}
     for name, run in runs.items():
-        floor = max(PASSES_IN_THE_FLOOR[name] * one_pass, run["compute_s"])
+        passes = run["bytes_read"] / data["resident"]["bytes_read"] if passes_made else PASSES_IN_THE_FLOOR[name]
+        floor = max(passes * data["resident"]["bytes_read"] / rate, run["compute_s"])
         ratios[name] = (run["end_to_end_s"] / floor, run["latency_s"] / floor)
     return ratios
 
@@ -49,12 +52,29 @@ def _reader(data: dict) -> tuple[str, bool]:
     return " / ".join(f"{ratios[k]:.2f}" for k in ("resident", "1/3", "1/6")), min(ratios.values()) >= 0.90
 
 
+def _reader_whole(data: dict) -> tuple[str, bool]:
+    shown, met = _reader(data)
+    run_sized = data["ratios"]["reader_over_run_sized_probe"]
+    return (f"{shown} (of the run-sized probe's {data['probe_run_bytes'][0]['gb_per_s']:.2f} GB/s: "
+            + " / ".join(f"{run_sized[k]:.2f}" for k in ("resident", "1/3", "1/6")) + ")", met)
+
+
 def _floor(data: dict) -> tuple[str, bool]:
     ratios = _floor_ratios(data)
     shown = " / ".join(f"{ratios[k][0]:.2f}x" for k in ("resident", "1/3", "1/6"))
     latency = " / ".join(f"{ratios[k][1]:.2f}x" for k in ("resident", "1/3", "1/6"))
     passes = data["budgets"]["1/6"]["passes"]
     return (f"{shown} (latency alone {latency}; the 1/6 run made {passes} pass{'es' if passes != 1 else ''})",
+            max(r[0] for r in ratios.values()) <= 1.15)
+
+
+def _floor_whole(data: dict) -> tuple[str, bool]:
+    ratios = _floor_ratios(data, passes_made=True)
+    run_sized = _floor_ratios(data, passes_made=True, rate_key="probe_run_bytes")
+    passes = " / ".join(str(data["budgets"][k]["passes"]) for k in ("1/3", "1/6"))
+    return (" / ".join(f"{ratios[k][0]:.2f}x" for k in ("resident", "1/3", "1/6"))
+            + f" (passes 1 / {passes}; at the run-sized probe's rate "
+            + " / ".join(f"{run_sized[k][0]:.2f}x" for k in ("resident", "1/3", "1/6")) + ")",
             max(r[0] for r in ratios.values()) <= 1.15)
 
 
@@ -125,12 +145,18 @@ def _cpu_read(data: dict) -> tuple[str, bool]:
 TARGETS = (
     Target("product", "FP16 accuracy within 0.5 points of the FP32 reference (CPU, lm-eval itself, 1,000 items)",
            "cpu_smollm2_first1000.json", _cpu_accuracy),
-    Target("12", "the reader at least 90% of the O_DIRECT probe (7B; resident / 1/3 / 1/6)", "gpu_end_to_end_7b.json",
+    Target("12", "the reader at least 90% of the O_DIRECT probe (7B, items 0-1999; resident / 1/3 / 1/6)", "gpu_end_to_end_7b.json",
            _reader),
-    Target("12", "end to end at most 1.15x max(reads at the probe's rate, compute) (7B; resident / 1/3 / 1/6)",
+    Target("12", "end to end at most 1.15x max(reads at the probe's rate, compute) (7B, items 0-1999)",
            "gpu_end_to_end_7b.json", _floor),
-    Target("12", "end to end at least 1.5x faster than the harness loading the same weights (7B)",
+    Target("12", "end to end at least 1.5x faster than the harness loading the same weights (7B, items 0-1999)",
            "gpu_end_to_end_7b.json", _ratio("hf_end_to_end_s", "cetrt_end_to_end_s", 1.5)),
+    Target("12", "the reader at least 90% of the O_DIRECT probe (7B, all items; resident / 1/3 / 1/6)",
+           "gpu_end_to_end_7b_all_items.json", _reader_whole),
+    Target("12", "end to end at most 1.15x max(the passes' reads at the probe's rate, compute) (7B, all items)",
+           "gpu_end_to_end_7b_all_items.json", _floor_whole),
+    Target("12", "end to end at least 1.5x faster than the harness loading the same weights (7B, all items)",
+           "gpu_end_to_end_7b_all_items.json", _ratio("hf_end_to_end_s", "cetrt_end_to_end_s", 1.5)),
     Target("12", "on CPU, a streamed run's read rate at least 80% of the probe's", "cpu_read.json", _cpu_read),
     Target("16", "SmolLM2, all items, defaults: at least 6x faster than the harness, both as processes",
            "gpu_engines.json", _ratio("smollm2_harness_s", "smollm2_cetrt_s", 6.0)),
