@@ -3,8 +3,9 @@ items, score them (bench/hf_baseline.py), then score them again with the weights
 
 Each part is timed on its own clock inside one process; the caller times the whole process too (interpreter and
 imports included), as it times `ce-run`. `scored_once_s` is the clock from the start to the end of the first round
-(the method end to end, scored once); `end_to_end_s` runs on through the resident rounds. Tokenization is the harness's (cetrt's tested copy of `_encode_pair`),
-with cetrt's tokenization cache off, so neither side gets it from a previous run.
+(the method end to end, scored once); `end_to_end_s` runs on through the resident rounds. Tokenization is the
+harness's (cetrt's tested copy of `_encode_pair`), with cetrt's tokenization cache off, so neither side gets it
+from a previous run.
 Usage: python bench/hf_harness.py --model /tmp/hf/smollm2 --dataset d.jsonl --limit 2000 --json out.json
 """
 
