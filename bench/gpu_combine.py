@@ -102,7 +102,7 @@ def synchronised_compute(big: dict, harness: dict, flop: float, rate: float) -> 
             "useful_tflops": round(tflops, 1), "fraction_of_matmul_rate": round(tflops / rate, 3)}
 
 
-def predictions_7b(steps: Path, big: dict, step_file: str = "llama7b.json") -> dict | None:
+def predictions_7b(steps: Path, big: dict, step_file: str, dataset: Path) -> dict | None:
     """ce-predict (the calib.json of the llama7b step's own engines: inside the step file since 2026-12-06's second
     session, before that `gpu_steps/calib_llama7b.json`, copied beside it by hand) for each 7B run, term by term
     against what the run reported: the issue's predictor error, reported again. None where neither holds a
@@ -125,7 +125,7 @@ def predictions_7b(steps: Path, big: dict, step_file: str = "llama7b.json") -> d
         if "refused" in run or name == "resident_torch_device":
             continue
         results_json = run["results"]
-        guess = predicted(spec, calib, results_json, results_json["n"], DATASET, tokenizer,
+        guess = predicted(spec, calib, results_json, results_json["n"], dataset, tokenizer,
                           calib["schedule"]["layers_per_engine"], model_name="random-llama-7b-shape")
         assert guess.work.tokens() == results_json["tokens"], (guess.work.tokens(), results_json["tokens"])
         out["by_run"][name] = terms(guess, results_json, results_json["latency_s"])
@@ -142,7 +142,7 @@ def harness_scored_once_s(harness: dict) -> float:
     return round(harness["end_to_end_s"] - sum(r["seconds"] for r in harness["resident_rounds"]), 3)
 
 
-def end_to_end_7b(steps: Path, big: dict, step_file: str, items: str) -> dict:
+def end_to_end_7b(steps: Path, big: dict, step_file: str, items: str, dataset: Path) -> dict:
     """Issue 12's benchmark (gpu_end_to_end_7b.json's keys) from a step file with the probes, ce-run's runs
     (resident, 1/3, 1/6) and the harness: llama7b's (items 0-1999) or whole7b's (every item)."""
     probe = max(p["gb_per_s"] for p in big["probe"])
@@ -204,29 +204,29 @@ def end_to_end_7b(steps: Path, big: dict, step_file: str, items: str) -> dict:
         # whole7b's parts may come from several calls on one machine: each call's commands
         "commands": [c for call in big["calls"] for c in call["commands"]] if "calls" in big else big["commands"],
         "step_command": [call["command"] for call in big["calls"]] if "calls" in big else big["command"],
-        "predictions": predictions_7b(steps, big, step_file),
+        "predictions": predictions_7b(steps, big, step_file, dataset),
     }
     return end_to_end
 
 
-def combine_whole_7b(steps: Path, results: Path) -> None:
+def combine_whole_7b(steps: Path, results: Path, dataset: Path) -> None:
     """gpu_end_to_end_7b_all_items.json from gpu_speed.py whole7b's step file."""
     big = json.loads((steps / "whole7b.json").read_text())
     n = big["runs"]["resident"]["results"]["n"]
     items = f"all {n:,} items" if big["limit"] is None else f"items 0-{n - 1}"
-    end_to_end = end_to_end_7b(steps, big, "whole7b.json", items)
+    end_to_end = end_to_end_7b(steps, big, "whole7b.json", items, dataset)
     (results / "gpu_end_to_end_7b_all_items.json").write_text(json.dumps(end_to_end, indent=2) + "\n")
     print(json.dumps(end_to_end["ratios"], indent=1))
 
 
-def combine_7b(steps: Path, results: Path) -> None:
+def combine_7b(steps: Path, results: Path, dataset: Path) -> None:
     small = json.loads((steps / "smollm2.json").read_text())
     big = json.loads((steps / "llama7b.json").read_text())
-    end_to_end = end_to_end_7b(steps, big, "llama7b.json", "items 0-1999")
+    end_to_end = end_to_end_7b(steps, big, "llama7b.json", "items 0-1999", dataset)
     (results / "gpu_end_to_end_7b.json").write_text(json.dumps(end_to_end, indent=2) + "\n")
     resident, harness = end_to_end["resident"], big["harness"]
 
-    flop, tokens = useful_flop(2000)
+    flop, tokens = useful_flop(2000, dataset=dataset)
     rate = big["matmul_tflops"]
     engines = {
         "benchmark": "issue 16: the GPU path with the defaults a user gets, against the harness's method, both as "
@@ -340,9 +340,9 @@ def main() -> None:
     parser.add_argument("--dataset", type=Path, default=DATASET, help="the dataset the runs scored (for counting)")
     args = parser.parse_args()
     if args.which == "7b":
-        combine_7b(args.steps, args.results)
+        combine_7b(args.steps, args.results, args.dataset)
     elif args.which == "7b-whole":
-        combine_whole_7b(args.steps, args.results)
+        combine_whole_7b(args.steps, args.results, args.dataset)
     elif args.which == "device":
         combine_device(args.steps, args.results)
     elif args.which == "stream":

@@ -29,9 +29,9 @@ def test_the_harness_is_counted_until_it_has_scored_once():
 
 @pytest.mark.parametrize("which, made", [("7b", "gpu_end_to_end_7b.json"),
                                          ("7b-whole", "gpu_end_to_end_7b_all_items.json")])
-def test_the_committed_end_to_end_results_are_what_the_step_files_make(which, made, tmp_path):
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_combine.py"), which, "--results", str(tmp_path)],
-                          capture_output=True, text=True)
+def test_the_committed_end_to_end_results_are_what_the_step_files_make(which, made, tmp_path, hellaswag_path):
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_combine.py"), which, "--results", str(tmp_path),
+                           "--dataset", str(hellaswag_path)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     committed = json.loads((ROOT / "bench" / "results" / made).read_text())
     assert json.loads((tmp_path / made).read_text()) == committed
