@@ -283,6 +283,28 @@ def probe_read(paths: list[Path], total: int = 3 << 30, configs: list = PROBE_CO
     return results
 
 
+def probe_pass(files: list[Path]) -> dict:
+    """Every file read once at the runs' request size and depth (16 MiB x 4): the rate of a pass over the weights,
+    where a short probe may see the disk's burst rate."""
+    return probe_read(files, total=sum(p.stat().st_size for p in files), configs=[(16 << 20, 4)])[0]
+
+
+def step_probes(files: list[Path]) -> dict:
+    """The short probe's nine configurations, then, page cache dropped, one pass (`probe_run_bytes`)."""
+    probe = probe_read(files)
+    drop_page_cache()
+    return {"probe": probe, "probe_run_bytes": [probe_pass(files)]}
+
+
+def budget_run(engines: Path, args, out: Path, budget: str | None) -> dict:
+    """`cetrt_run` under `budget`; where ce-run refuses it (calib's engines can be too large for a budget), its
+    words instead."""
+    try:
+        return cetrt_run(engines, args.dataset, out, args.limit, budget=budget)
+    except SystemExit as refused:
+        return {"refused": str(refused)[-600:]}
+
+
 def step_llama7b(args) -> dict:
     from cetrt.formats.manifest import read_manifest
 
@@ -291,19 +313,13 @@ def step_llama7b(args) -> dict:
     manifest = read_manifest(engines)
     weights = manifest.engine_bytes
     files = layer_files(engines)
-    probe = probe_read(files)
-    drop_page_cache()  # the run's own byte count at its request size: a short probe may see a burst rate
-    probe_run_bytes = probe_read(files, total=sum(p.stat().st_size for p in files), configs=[(16 << 20, 4)])
+    probes = step_probes(files)
     time.sleep(args.settle_s)  # the first run of a step has always prepared and read slowest (see orderab)
     runs = {"resident": cetrt_run(engines, args.dataset, work / "7b_resident.json", args.limit),
             "resident_torch_device": cetrt_run(engines, args.dataset, work / "7b_resident_torch.json", args.limit,
                                                env=TORCH_DEVICE)}
     for name, divisor in (("1/3", 3), ("1/6", 6)):
-        try:
-            runs[name] = cetrt_run(engines, args.dataset, work / f"7b_{divisor}.json", args.limit,
-                                   budget=str(weights // divisor))
-        except SystemExit as refused:  # calib's engines can be too large for this budget: record ce-run's words
-            runs[name] = {"refused": str(refused)[-600:]}
+        runs[name] = budget_run(engines, args, work / f"7b_{divisor}.json", str(weights // divisor))
     harness = harness_run(work / "hf" / "llama7b", args.dataset, work / "7b_hf.json", args.limit, rounds=2)
     rate = matmul_tflops()
     _, _ = run([sys.executable, ROOT / "bench" / "profile_block.py", "--engines", engines, "--dataset", args.dataset,
@@ -316,7 +332,7 @@ def step_llama7b(args) -> dict:
     limit = ["--limit", str(args.limit)] if args.limit else []
     _, _ = run([sys.executable, ROOT / "bench" / "run_blocks.py", "--engines", engines, "--dataset", args.dataset,
                 *limit, "--passes", "2", "--json", work / "7b_blocks.json"], env={"CETRT_NO_CACHE": "1"})
-    return {"weights_bytes": weights, "probe": probe, "probe_run_bytes": probe_run_bytes, "runs": runs,
+    return {"weights_bytes": weights, **probes, "runs": runs,
             "blocks_synchronised": json.loads((work / "7b_blocks.json").read_text()), "harness": harness,
             "matmul_tflops": rate, "profile": json.loads((work / "7b_profile.json").read_text()),
             "profile_head": json.loads((work / "7b_profile_head.json").read_text()),
@@ -346,23 +362,15 @@ def step_whole7b(args) -> dict:
     kept["calls"].append({"command": " ".join(sys.argv), "parts": parts, "commands": COMMANDS})
     for part in parts:
         if part == "probe":
-            files = layer_files(engines)
-            kept["probe"] = probe_read(files)
-            drop_page_cache()
-            kept["probe_run_bytes"] = probe_read(files, total=sum(p.stat().st_size for p in files),
-                                                 configs=[(16 << 20, 4)])
+            kept.update(step_probes(layer_files(engines)))
             time.sleep(args.settle_s)
         elif part == "harness":
             kept["harness"] = harness_run(work / "hf" / "llama7b", args.dataset, work / "whole_hf.json", args.limit,
                                           rounds=2)
         else:
-            divisor = {"resident": None, "1/3": 3, "1/6": 6}[part]
-            budget = str(weights // divisor) if divisor else None
-            try:
-                kept["runs"][part] = cetrt_run(engines, args.dataset, work / f"whole_{divisor or 1}.json", args.limit,
-                                               budget=budget)
-            except SystemExit as refused:  # calib's engines can be too large for this budget: ce-run's words
-                kept["runs"][part] = {"refused": str(refused)[-600:]}
+            divisor = {"resident": 1, "1/3": 3, "1/6": 6}[part]
+            kept["runs"][part] = budget_run(engines, args, work / f"whole_{divisor}.json",
+                                            str(weights // divisor) if divisor > 1 else None)
         kept_path.write_text(json.dumps(kept, default=str))
     return {"weights_bytes": weights, **kept, "calib": engines_calib(engines)}
 
@@ -373,8 +381,7 @@ def step_readlong(args) -> dict:
     flight, --rounds passes, each pass's rate (whole7b's 1/6 run read ten passes)."""
     files = layer_files(args.work / "engines" / "llama7b")
     short = probe_read(files)
-    passes = [probe_read(files, total=sum(p.stat().st_size for p in files), configs=[(16 << 20, 4)])[0]
-              for _ in range(args.rounds)]
+    passes = [probe_pass(files) for _ in range(args.rounds)]
     total = sum(p["bytes"] for p in passes)
     seconds = sum(p["bytes"] / (p["gb_per_s"] * 1e9) for p in passes)
     return {"probe": short, "probe_best_gb_per_s": max(p["gb_per_s"] for p in short), "passes": passes,

@@ -42,8 +42,8 @@ def _floor_ratios(data: dict, passes_made: bool = False, gb_per_s: float | None 
     runs = {"resident": data["resident"], **data["budgets"]}
     ratios = {}
     for name, run in runs.items():
-        passes = run["bytes_read"] / data["resident"]["bytes_read"] if passes_made else PASSES_IN_THE_FLOOR[name]
-        floor = max(passes * data["resident"]["bytes_read"] / rate, run["compute_s"])
+        read = run["bytes_read"] if passes_made else PASSES_IN_THE_FLOOR[name] * data["resident"]["bytes_read"]
+        floor = max(read / rate, run["compute_s"])
         ratios[name] = (run["end_to_end_s"] / floor, run["latency_s"] / floor)
     return ratios
 
