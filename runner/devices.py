@@ -57,6 +57,7 @@ def evaluate_devices(options, engines, manifest, backend, budget: int, encoded, 
     announce(plan.describe())
     chunk_list = stage_chunks(plan, batches)
     cuda = manifest.target.device == "cuda"
+    rss = RssSampler()  # its baseline before the stores' first reads, which they start as they are made
     reads, buffers = ReadPlan(requests_in_flight=schedule.requests_in_flight), backend.host_buffers(manifest.target)
     per_token = activation_bytes_per_token(manifest.model, manifest.dtype)
     stages, loaders, meters, stats = [], [], [], []
@@ -80,7 +81,7 @@ def evaluate_devices(options, engines, manifest, backend, budget: int, encoded, 
         outputs: list = [None] * len(batches)
         finished: list[int] = []
         steps = len(batches) * len(manifest.blocks)
-        with tqdm(total=steps, desc="scoring", unit="step", disable=not options.progress) as bar, RssSampler() as rss:
+        with tqdm(total=steps, desc="scoring", unit="step", disable=not options.progress) as bar, rss:
             try:
                 run_pipeline(stages, batches, chunk_list, outputs, bar.update, finished.extend,
                              cache_inputs=all(p.activations == "memory" for p in plan.plans),

@@ -216,6 +216,7 @@ def _evaluate(options: RunOptions, announce: Callable[[str], None], stop: StopOn
         as_read = loads_as_read()
         if not as_read:  # the order before 2026-12-04: the preparation done before the first read
             preparing.wait()
+        rss = RssSampler()  # its baseline before the store's first read: what the reads and loads take is counted
         device_start = time.perf_counter()  # on a GPU: torch imported, the CUDA context and streams made
         reads, buffers = ReadPlan(requests_in_flight=schedule.requests_in_flight), backend.host_buffers(manifest.target)
         device_setup_s = time.perf_counter() - device_start
@@ -238,7 +239,7 @@ def _evaluate(options: RunOptions, announce: Callable[[str], None], stop: StopOn
             activations = DiskActivations(meter, options.spill_dir)
         steps = len(todo) * len(manifest.blocks)
         executor_start = time.perf_counter()
-        with tqdm(total=steps, desc="scoring", unit="step", disable=not options.progress) as bar, RssSampler() as rss:
+        with tqdm(total=steps, desc="scoring", unit="step", disable=not options.progress) as bar, rss:
             try:
                 stop.check()
                 run_layer_major(manifest.blocks, store, batches, chunk_list, activations, timings, outputs, step,
