@@ -3,9 +3,10 @@ age (how long the interpreter and imports took before the run began, which a run
 
 On Linux it reads /proc/self/statm every 20 ms while entered; `peak_increase` is the largest RSS seen minus the
 RSS when the sampler was made (the interpreter and libraries already loaded): a run makes it before its store
-starts reading, so the bytes read and loaded before the executor count too, however far the reads got by then. On the Orin, where CPU and GPU share memory,
-this counts host allocations only; device allocations show in the executor's held-bytes meter.
-Usage: `with RssSampler() as rss: ...`; `rss.peak_increase`; `process_age_s()`.
+starts reading, so the bytes read and loaded before the executor count too, however far the reads got by then.
+On the Orin, where CPU and GPU share memory, this counts host allocations only; device allocations show in the
+executor's held-bytes meter.
+Usage: `rss = RssSampler()` (the baseline); `with rss: ...` (sampling); `rss.peak_increase`; `process_age_s()`.
 """
 
 from __future__ import annotations
